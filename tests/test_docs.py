@@ -1,0 +1,241 @@
+"""The docs site: `python docs/build.py` renders every notebook, and every page works in headless Chromium.
+
+The browser part drives Debian's `chromium` through the DevTools protocol (a websocket, `websocket-client`).
+For each page it checks the title, the navigation, the API entries of the chapter's module, the notebook's saved
+outputs and plots, the console (no errors) and the network (nothing but local files), and saves a screenshot.
+"""
+import base64, importlib, inspect, json, re, shutil, subprocess, sys, time, urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT/'nbs'
+if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))  # the package of this working tree
+CHROMIUM = next(filter(None, map(shutil.which, ('chromium', 'chromium-browser', 'google-chrome'))), None)
+CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+                  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage',
+                  '--window-size=1280,900']
+_HIDDEN = re.compile(r'^\s*#\|\s*(?:hide|export|exporti|default_exp|include:\s*false|output:\s*false)\b', re.M)
+
+
+# ---------------------------------------------------------------- what the notebooks say the site must show
+def _notebooks():
+    "Every page's notebook, as the build discovers them: nbs/*.ipynb and nbs/tutorials/*.ipynb."
+    return sorted(p for p in [*NBS.glob('*.ipynb'), *NBS.glob('tutorials/*.ipynb')] if not p.name.startswith('_'))
+
+
+def _cells(nb_path): return json.loads(nb_path.read_text(encoding='utf-8'))['cells']
+def _src(c): return ''.join(c['source'])
+
+
+def _expected(nb_path):
+    "Page path, title, module and the outputs a reader must see, read from the source notebook."
+    from nbdev.config import nbpath2html
+    cells = _cells(nb_path)
+    title = next((m.group(1).strip() for c in cells if c['cell_type'] == 'markdown'
+                  for m in [re.match(r'#\s+(.+)', _src(c).lstrip())] if m), nb_path.stem)
+    exp = next((m.group(1) for c in cells if c['cell_type'] == 'code'
+                for m in [re.search(r'^\s*#\|\s*default_exp\s+(\S+)', _src(c), re.M)] if m), None)
+    shown = [o for c in cells if c['cell_type'] == 'code' and not _HIDDEN.search(_src(c)) for o in c.get('outputs', [])]
+    rel = nb_path.relative_to(NBS)
+    return dict(href=(rel.parent/nbpath2html(rel).name).as_posix(), title=title, module=exp, outputs=len(shown),
+                images=sum(any(k.startswith('image/') for k in o.get('data', {})) for o in shown))
+
+
+def _api_names(module):
+    "Functions and classes a chapter's module exports (`__all__`) and defines itself: each needs a doc entry."
+    if module is None: return []
+    mod = importlib.import_module(f'resnext_nb.{module}')
+    objs = ((n, getattr(mod, n)) for n in getattr(mod, '__all__', []))
+    return [n for n, o in objs if (inspect.isfunction(o) or inspect.isclass(o))
+            and o.__module__ == mod.__name__ and o.__name__ == n]
+
+
+PAGES = [_expected(p) for p in _notebooks()]
+
+
+# ---------------------------------------------------------------- the build
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "Build the site once, with the one documented command, into a temporary folder."
+    out = tmp_path_factory.mktemp('site')/'_docs'
+    t = time.time()
+    r = subprocess.run([sys.executable, 'docs/build.py', '--out', str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f'python docs/build.py failed:\n{r.stdout}\n{r.stderr}'
+    print(f'\nsite built in {time.time() - t:.0f}s: {r.stdout.strip()}')
+    return out
+
+
+def test_every_notebook_has_a_page(site):
+    assert any(p['href'] == 'index.html' for p in PAGES), 'nbs/index.ipynb is missing'
+    missing = [p['href'] for p in PAGES if not (site/p['href']).is_file()]
+    assert not missing, f'no page for: {missing}'
+    assert (site/'search_index.js').is_file()
+
+
+_FETCH = re.compile(r'''<script\b[^>]*\ssrc\s*=\s*["']?([^"'\s>]+)|<link\b[^>]*\shref\s*=\s*["']?([^"'\s>]+)'''
+                    r'''|@import\s+(?:url\()?\s*["']?([^"'\s)]+)|url\(\s*["']?([^"'\s)]+)''', re.I)
+
+def test_pages_fetch_nothing_from_the_internet(site):
+    "Every <script src>, <link href>, @import and url() in the output is local, relative or inline data."
+    bad = []
+    for f in site.rglob('*'):
+        if f.suffix not in ('.html', '.css', '.js'): continue
+        for m in _FETCH.finditer(f.read_text(encoding='utf-8')):
+            url = next(g for g in m.groups() if g)
+            if re.match(r'(?:[a-z][a-z0-9+.-]*:)?//', url, re.I) or url.lower().startswith(('http:', 'https:')):
+                bad.append(f'{f.relative_to(site)}: {m.group(0)[:120]}')
+    assert not bad, 'pages load resources from the network:\n' + '\n'.join(bad)
+
+
+# ---------------------------------------------------------------- the browser
+class DevTools:
+    "A minimal Chrome DevTools protocol client: send commands, keep the events that arrive meanwhile."
+    def __init__(self, ws_url):
+        import websocket
+        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True, enable_multithread=False)
+        self.next_id, self.events = 0, []
+
+    def send(self, method, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({'id': self.next_id, 'method': method, 'params': params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get('id') == self.next_id:
+                if 'error' in msg: raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get('result', {})
+            self.events.append(msg)
+
+    def wait_for(self, method, timeout=60):
+        deadline = time.time() + timeout
+        while not any(e.get('method') == method for e in self.events):
+            assert time.time() < deadline, f'no {method} within {timeout}s'
+            self.events.append(json.loads(self.ws.recv()))
+
+    def drain(self, seconds=0.3):
+        "Collect events for `seconds` more (late console messages, failed loads)."
+        self.ws.settimeout(seconds)
+        try:
+            while True: self.events.append(json.loads(self.ws.recv()))
+        except Exception: pass
+        finally: self.ws.settimeout(60)
+
+    def js(self, expr):
+        r = self.send('Runtime.evaluate', expression=expr, returnByValue=True, awaitPromise=True)
+        assert 'exceptionDetails' not in r, r['exceptionDetails']
+        return r['result'].get('value')
+
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip('chromium is not installed (apt-get install -y chromium); the browser checks need it')
+    profile = tmp_path_factory.mktemp('chromium-profile')
+    proc = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f'--user-data-dir={profile}', '--remote-debugging-port=0',
+                             'about:blank'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        port_file, deadline = profile/'DevToolsActivePort', time.time() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert proc.poll() is None, f'chromium exited: {proc.stderr.read().decode()[-2000:]}'
+            assert time.time() < deadline, 'chromium did not open its DevTools port within 60s'
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}/json/list', timeout=10) as r:
+            target = next(t for t in json.load(r) if t['type'] == 'page')
+        dt = DevTools(target['webSocketDebuggerUrl'])
+        for domain in ('Page', 'Runtime', 'Log', 'Network'): dt.send(f'{domain}.enable')
+        yield dt
+        dt.ws.close()
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=20)
+        except subprocess.TimeoutExpired: proc.kill()
+
+
+def _problems(events):
+    "Console errors, uncaught exceptions, failed loads and any request that leaves this machine."
+    out = []
+    for e in events:
+        m, p = e.get('method'), e.get('params', {})
+        if m == 'Runtime.exceptionThrown': out.append(f"exception: {p['exceptionDetails'].get('text')} "
+                                                      f"{p['exceptionDetails'].get('exception', {}).get('description', '')}")
+        elif m == 'Runtime.consoleAPICalled' and p.get('type') in ('error', 'assert'):
+            out.append(f"console.{p['type']}: {[a.get('value', a.get('description')) for a in p.get('args', [])]}")
+        elif m == 'Log.entryAdded' and p['entry'].get('level') == 'error':
+            out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
+        elif m == 'Network.loadingFailed' and not p.get('canceled'): out.append(f"load failed: {p.get('errorText')}")
+        elif m == 'Network.requestWillBeSent' and not p['request']['url'].startswith(('file:', 'data:', 'about:')):
+            out.append(f"network request: {p['request']['url']}")
+    return out
+
+
+_PAGE_FACTS = '''(() => {
+  const text = el => el.textContent.replace('\\u00b6', '').trim();
+  const imgs = [...document.querySelectorAll('main .jp-OutputArea-output img, main .jp-RenderedSVG svg')];
+  return {
+    docTitle: document.title,
+    h1: [...document.querySelectorAll('main h1')].map(text),
+    headings: [...document.querySelectorAll('main h2, main h3, main h4')].map(text),
+    nav: [...document.querySelectorAll('nav.site-nav .nav-pages > li > a')].map(a => a.href),
+    current: [...document.querySelectorAll('nav.site-nav li.current > a')].map(text),
+    outputs: document.querySelectorAll('main .jp-OutputArea-child').length,
+    images: imgs.length,
+    brokenImages: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80)),
+  };
+})()'''
+
+
+def _screenshot(dt, path):
+    "A full-page PNG (height capped, so a long chapter stays a reasonable file)."
+    size = dt.send('Page.getLayoutMetrics')['cssContentSize']
+    clip = dict(x=0, y=0, width=max(1280, size['width']), height=min(size['height'], 12000), scale=1)
+    data = dt.send('Page.captureScreenshot', format='png', captureBeyondViewport=True, clip=clip)['data']
+    path.write_bytes(base64.b64decode(data))
+
+
+@pytest.mark.parametrize('page', PAGES, ids=[p['href'] for p in PAGES])
+def test_page_in_chromium(site, browser, page, tmp_path_factory):
+    dt, url = browser, (site/page['href']).as_uri()
+    dt.events.clear()
+    dt.send('Page.navigate', url=url)
+    dt.wait_for('Page.loadEventFired')
+    dt.drain()
+    facts = dt.js(_PAGE_FACTS)
+    shots = tmp_path_factory.getbasetemp()/'screenshots'
+    shots.mkdir(exist_ok=True)
+    _screenshot(dt, shots/(page['href'].replace('/', '_') + '.png'))
+
+    problems = _problems(dt.events)
+    assert not problems, f"{page['href']}:\n" + '\n'.join(problems)
+    assert facts['h1'] == [page['title']], f"{page['href']}: H1 {facts['h1']}, expected {page['title']!r}"
+    assert page['title'] in facts['docTitle']
+    # the sidebar links every page, and marks this one
+    expected_nav = {(site/p['href']).as_uri() for p in PAGES}
+    assert set(facts['nav']) == expected_nav, f"nav {sorted(facts['nav'])} != pages {sorted(expected_nav)}"
+    assert facts['current'] == [page['title']]
+    # API docs: a show_doc entry for every function and class the chapter exports
+    missing = [n for n in _api_names(page['module']) if n not in facts['headings']]
+    assert not missing, f"{page['href']}: no API entry (show_doc heading) for {missing}"
+    # the notebook's saved outputs and plots are on the page, and every image loads
+    assert facts['outputs'] >= page['outputs'], f"{page['href']}: {facts['outputs']} outputs, notebook has {page['outputs']}"
+    assert facts['images'] >= page['images'], f"{page['href']}: {facts['images']} plots, notebook has {page['images']}"
+    assert not facts['brokenImages'], facts['brokenImages']
+
+
+def test_search_finds_api_entries(site, browser):
+    "Typing an exported name in the sidebar's search box lists its entry, linking to the chapter page."
+    chapter = next((p for p in PAGES if _api_names(p['module'])), None)
+    if chapter is None: pytest.skip('no chapter exports anything yet')
+    name = _api_names(chapter['module'])[0]
+    browser.events.clear()
+    browser.send('Page.navigate', url=(site/'index.html').as_uri())
+    browser.wait_for('Page.loadEventFired')
+    links = browser.js(f'''(() => {{
+      const box = document.getElementById('site-search');
+      box.value = {json.dumps(name)};
+      box.dispatchEvent(new Event('input'));
+      return [...document.querySelectorAll('#site-search-results a')].map(a => a.href);
+    }})()''')
+    assert any(l.split('#')[0] == (site/chapter['href']).as_uri() for l in links), links
