@@ -1,7 +1,7 @@
 """Loader throughput of the ImageFolder path (decode + transform + collate), in images per second.
 
 Measures `resnext_nb.data.build_loaders` at 224 px for several worker counts in one run, train (RandomResizedCrop
-+ flip) and val (Resize + CenterCrop), and prints them side by side. Without `--data_path` it first writes
++ flip) and val (Resize + CenterCrop), and prints them side by side (the median of a few passes each). Without `--data_path` it first writes
 ImageNet-like JPEGs (500x375 px, quality 90, photo-like noise) into a temporary folder; nothing is downloaded.
 
 usage:
@@ -9,7 +9,7 @@ usage:
     python scripts/bench_loader.py --workers 1 2 --batches 20
     python scripts/bench_loader.py --data_path /data/imagenet --workers 0 4 8 16 --batch-size 256
 """
-import argparse, os, platform, random, sys, tempfile, time
+import argparse, os, platform, random, statistics, sys, tempfile, time
 from pathlib import Path
 import torch
 from PIL import Image
@@ -29,13 +29,17 @@ def write_imagenet_like(root:Path, n_train:int, n_val:int, size=(500, 375)) -> P
     return root
 
 
-def images_per_second(loader, max_batches:int) -> float:
-    "Images per second over up to `max_batches` batches, after one warm-up batch (worker start-up, first prefetch)."
-    it = iter(loader)
-    next(it)
-    n, t0 = 0, time.perf_counter()
-    for _, (_, labels) in zip(range(max_batches), it): n += len(labels)
-    return n / (time.perf_counter() - t0)
+def images_per_second(loader, max_batches:int, rounds:int) -> float:
+    "Median over `rounds` passes of images per second in up to `max_batches` batches, after one warm-up batch each."
+    rates = []
+    for _ in range(rounds):
+        it = iter(loader)
+        next(it)  # worker start-up and the first prefetch are not throughput
+        n, t0 = 0, time.perf_counter()
+        for _, (_, labels) in zip(range(max_batches), it): n += len(labels)
+        rates.append(n / (time.perf_counter() - t0))
+        del it
+    return statistics.median(rates)
 
 
 def decode_only(root:Path, n:int) -> float:
@@ -52,8 +56,9 @@ def main(argv=None):
     p.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2], help='loader processes to compare')
     p.add_argument('--image-size', type=int, default=224)
     p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--batches', type=int, default=12, help='timed batches per measurement (after one warm-up batch)')
-    p.add_argument('--per-class', type=int, default=48, help='generated train images per class (val gets half)')
+    p.add_argument('--batches', type=int, default=20, help='timed batches per pass (after one warm-up batch)')
+    p.add_argument('--rounds', type=int, default=3, help='passes per measurement; the median is reported')
+    p.add_argument('--per-class', type=int, default=70, help='generated train images per class (val gets as many)')
     args = p.parse_args(argv)
 
     tmp = None
@@ -61,8 +66,8 @@ def main(argv=None):
     else:
         tmp = tempfile.TemporaryDirectory(prefix='bench_loader_')
         t0 = time.perf_counter()
-        root = write_imagenet_like(Path(tmp.name), args.per_class, args.per_class // 2)
-        print(f"wrote {len(SHAPE_CLASSES) * (args.per_class + args.per_class // 2)} ImageNet-like JPEGs in {time.perf_counter() - t0:.0f} s")
+        root = write_imagenet_like(Path(tmp.name), args.per_class, args.per_class)
+        print(f"wrote {2 * len(SHAPE_CLASSES) * args.per_class} ImageNet-like JPEGs in {time.perf_counter() - t0:.0f} s")
     files = list(root.glob('train/*/*'))[:500]
     kib = sum(f.stat().st_size for f in files) / len(files) / 1024
     with Image.open(files[0]) as im: shape = im.size
@@ -76,11 +81,11 @@ def main(argv=None):
         cfg = DataConfig(data_path=str(root), image_size=args.image_size, batch_size=args.batch_size, workers=w,
                          persistent_workers=False, pin_memory=False)
         loaders = build_loaders(cfg)
-        train = images_per_second(loaders.train, args.batches)
-        val = images_per_second(loaders.val, args.batches)
+        train = images_per_second(loaders.train, args.batches, args.rounds)
+        val = images_per_second(loaders.val, args.batches, args.rounds)
         base = base or train
         print(f"| {w} | {train:.0f} | {val:.0f} | {train / base:.2f}x |", flush=True)
-    print(f"\nload average after: {os.getloadavg()[0]:.1f} (other processes on this machine slow every row equally only if it stayed flat)")
+    print(f"\nload average after: {os.getloadavg()[0]:.1f} (other processes running at the same time slow these figures)")
     if tmp: tmp.cleanup()
 
 
