@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageDraw
 from fastcore.basics import patch
-from .device import SideStream, gpu_jpeg_unavailable_reason, seeded_generator, supports_gpu_jpeg
+from .device import SideStream, gpu_jpeg_unavailable_reason, seeded_generator, supports_gpu_jpeg, wants_pinned_memory
 
 # %% auto #0
 __all__ = ['DATASETS', 'DATA_BACKENDS', 'IMG_EXTENSIONS', 'SHAPE_CLASSES', 'CIFAR_FOLDER', 'CIFAR_HELP', 'BUILTIN_NAME', 'log',
@@ -593,7 +593,7 @@ def build_loaders(
     if kind == 'cifar10': train, val = CifarSource(root, True), CifarSource(root, False)
     else: train, val = open_image_folder(root)
     check_train_size(len(train), cfg, world_size, root)
-    pin = cfg.pin_memory and device.type != 'cpu'
+    pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
         batches = EpochBatches(len(source), cfg.batch_size, rank, world_size, is_train, cfg.seed)
         if backend == 'gpu': return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')

@@ -20,8 +20,8 @@ from .train import AmpConfig, CheckpointError, RunConfig, TrainConfig, TrainingD
 # %% auto #0
 __all__ = ['SEED_PORT', 'QUICKSTART', 'RECIPE', 'OneLineParser', 'make_parser', 'external_launcher', 'slurm_environment',
            'config_from_args', 'UserError', 'run_worker', 'elastic_worker', 'check_port_free', 'launch_config',
-           'check_device_count', 'worker_environment', 'available_devices', 'describe_failure', 'launch_processes',
-           'summary_fields', 'write_summary', 'main']
+           'check_device_count', 'worker_environment', 'describe_failure', 'launch_processes', 'summary_fields',
+           'write_summary', 'main']
 
 # %% ../nbs/04_launch.ipynb #2c1b667b
 SEED_PORT = 29688  # the seed's fixed MASTER_PORT, kept as the default
@@ -222,12 +222,7 @@ def worker_environment(device_type:str, nproc:int) -> dict[str, str]:
     if nproc > 1: env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // nproc))
     return env
 
-# %% ../nbs/04_launch.ipynb #a04ee6fc
-def available_devices(device_type:str) -> int:
-    "How many processes this node can give a device: accelerators, or CPU cores."
-    return (os.cpu_count() or 1) if device_type == 'cpu' else torch.accelerator.device_count()
-
-# %% ../nbs/04_launch.ipynb #e06cce40
+# %% ../nbs/04_launch.ipynb #e78ad2b4
 def describe_failure(e:ChildFailedError) -> str:
     "One line per failed rank: its rank, exit code and recorded error message."
     lines = []
@@ -240,7 +235,7 @@ def describe_failure(e:ChildFailedError) -> str:
         lines.append(f"rank {rank} (pid {f.pid}) failed with exit code {f.exitcode}: {why}")
     return "resnext_nb: the job failed\n  " + "\n  ".join(lines)
 
-# %% ../nbs/04_launch.ipynb #ba4ee274
+# %% ../nbs/04_launch.ipynb #bfb40bbb
 def launch_processes(cfg:RunConfig, nproc:int, nnodes:int, node_rank:int, addr:str, port:int) -> dict:
     "Run `elastic_worker` in `nproc` processes on this node; returns rank 0's result (on node 0)."
     device_type = resolve_device_type(cfg.device)
@@ -251,7 +246,7 @@ def launch_processes(cfg:RunConfig, nproc:int, nnodes:int, node_rank:int, addr:s
     results = elastic_launch(launch_config(nproc, nnodes, node_rank, addr, port), elastic_worker)(cfg)
     return results.get(0, {}) if node_rank == 0 else {}
 
-# %% ../nbs/04_launch.ipynb #64359031
+# %% ../nbs/04_launch.ipynb #3cf31508
 def summary_fields(summary:dict, cfg:RunConfig, world:int, device_type:str, case_name:str|None, wall_s:float) -> dict:
     "The seed's summary fields for a finished run."
     global_batch = cfg.data.batch_size * world
@@ -270,7 +265,7 @@ def write_summary(fields:dict, output:str|Path) -> Path:
     path.write_text(''.join(f"{k} = {v}\n" for k, v in fields.items()))
     return path
 
-# %% ../nbs/04_launch.ipynb #99034efd
+# %% ../nbs/04_launch.ipynb #80b6df5c
 def _start(cfg:RunConfig, nproc:int, args) -> dict:
     "Run the job the way the environment and the flags ask: torchrun/SLURM, in-process, or torch elastic."
     launcher = external_launcher()
@@ -300,5 +295,5 @@ def main(argv:list[str]|None=None) -> int:
         print(f"=> summary {path}:\n" + ''.join(f"   {k} = {v}\n" for k, v in fields.items()), end='', flush=True)
     return 0
 
-# %% ../nbs/04_launch.ipynb #dd0a5e83
+# %% ../nbs/04_launch.ipynb #995c54f0
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
