@@ -6,9 +6,8 @@ Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
 # %% ../nbs/04_launch.ipynb #34f49fa7
 from __future__ import annotations
-import argparse, logging, os, shlex, socket, sys, time
+import argparse, logging, os, socket, sys, time
 from pathlib import Path
-import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch

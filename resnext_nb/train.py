@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #36ddb126
 from __future__ import annotations
-import json, math, os, pickle, shutil, sys, time, zipfile
+import json, math, os, pickle, time, zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 import torch
