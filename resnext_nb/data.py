@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageDraw
 from fastcore.basics import patch
-from .device import SideStream, gpu_jpeg_unavailable_reason, seeded_generator, wants_pinned_memory
+from .device import SideStream, gpu_jpeg_unavailable_reason, seeded_generator, supports_gpu_jpeg, wants_pinned_memory
 
 # %% auto #0
 __all__ = ['DATASETS', 'DATA_BACKENDS', 'IMG_EXTENSIONS', 'SHAPE_CLASSES', 'CIFAR_FOLDER', 'CIFAR_HELP', 'BUILTIN_NAME', 'log',
