@@ -11,6 +11,8 @@ glue between two maintained tools:
 1. nbdev processes the notebooks exactly as it does before handing them to Quarto (`proc_nbs`, the work of
    `nbdev-proc-nbs`): it runs the exported cells and turns every export into a `show_doc` entry (signature with
    its docments), drops hidden and exported cells, and moves the H1 title and `>` subtitle into front matter.
+   One change: `show_doc` renders with `docs/site_showdoc.py`, which gives classes their true signature (a
+   NamedTuple's or dataclass's fields, with their comments; no `*args, **kwargs` where a class has no `__init__`).
 2. nbconvert's HTML exporter renders each processed notebook with its `lab` template, extended in
    `docs/templates/site.html.j2` to load nothing from the internet (no require.js, MathJax, widget or mermaid
    scripts from CDNs), to add one sidebar with every page, and to honour the Quarto cell options nbdev leaves
@@ -31,8 +33,13 @@ QUARTO_FILES = {'_quarto.yml', 'nbdev.yml', 'sidebar.yml', 'styles.css', '_metad
 def _setup():
     "Run from the repository root, documenting the package in this working tree."
     os.chdir(ROOT)
-    if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))  # spawned nbdev workers inherit sys.path
+    for p in (ROOT, DOCS):  # spawned nbdev workers inherit sys.path: the package, and site_showdoc beside this file
+        if str(p) not in sys.path: sys.path.insert(0, str(p))
     os.environ.setdefault('MPLBACKEND', 'Agg')
+    # show_doc with true class signatures (see docs/site_showdoc.py), here and in the workers proc_nbs spawns
+    import nbdev.serve_drv, site_showdoc
+    site_showdoc.use_site_renderer()
+    nbdev.serve_drv.main = site_showdoc.proc_nb
 
 
 # ---------------------------------------------------------------- notebook -> page model
@@ -144,20 +151,35 @@ def exporter():
                         theme='light')  # images the notebooks link to are copied next to the pages
 
 
+_inline = {'a', 'abbr', 'b', 'code', 'em', 'i', 'kbd', 'mark', 'q', 's', 'samp', 'small', 'span', 'strong', 'sub',
+           'sup', 'u', 'var', 'wbr'}  # text inside these runs on; every other element is a word boundary
+
 def index_page(html, url, page_title):
-    "Headings of a rendered page (for its table of contents) and searchable text under each of them."
-    from bs4 import BeautifulSoup
+    "Headings of a rendered page (for its table of contents) and all the text under each: prose, code and outputs."
+    from bs4 import BeautifulSoup, NavigableString, Comment
     main = BeautifulSoup(html, 'html.parser').find('main')
-    entries, toc, cur = [], [], {'h': page_title, 'p': page_title, 'u': url, 't': []}
-    for el in main.find_all(['h2', 'h3', 'h4', 'p', 'li', 'td', 'pre']):
-        if el.name in ('h2', 'h3', 'h4') and el.get('id'):
-            entries.append(cur)
-            h = el.get_text(' ', strip=True).rstrip('¶').strip()
-            cur = {'h': h, 'p': page_title, 'u': f"{url}#{el['id']}", 't': []}
-            if el.name == 'h2': toc.append((el['id'], h))
-        elif el.name != 'p' or el.find_parent('li') is None: cur['t'].append(el.get_text(' ', strip=True))
+    entries, toc = [], []
+    cur = {'h': page_title, 'p': page_title, 'u': url, 't': []}
+
+    def walk(node):
+        nonlocal cur
+        for el in node.children:
+            if isinstance(el, Comment): continue
+            if isinstance(el, NavigableString): cur['t'].append(str(el)); continue
+            if el.name in ('script', 'style', 'h1') or 'anchor-link' in el.get('class', []): continue
+            if el.name == 'a' and 'float:right' in el.get('style', '') and el.get_text() == 'source': continue
+            if el.name in ('h2', 'h3', 'h4') and el.get('id'):
+                entries.append(cur)
+                h = el.get_text(' ', strip=True).rstrip('¶').strip()
+                cur = {'h': h, 'p': page_title, 'u': f"{url}#{el['id']}", 't': []}
+                if el.name == 'h2': toc.append((el['id'], h))
+                continue
+            gap = [] if el.name in _inline else [' ']  # `--skip-bad-images` in highlighted code stays one word
+            cur['t'] += gap; walk(el); cur['t'] += gap
+
+    walk(main)
     entries.append(cur)
-    for e in entries: e['t'] = re.sub(r'\s+', ' ', ' '.join(e['t']))[:400]
+    for e in entries: e['t'] = re.sub(r'\s+', ' ', ''.join(e['t'])).strip()
     return toc, entries
 
 
@@ -170,6 +192,14 @@ def lowercase_anchors(html):
         ids.add(lo)
         return f'{m.group(0)}<a class="id-alias" id="{lo}"></a>'
     return re.sub(r'<(h[1-6]) id="([^"]+)"[^>]*>', _alias, html)
+
+
+_inline_code = re.compile(r'(?<!<pre>)<code>([^<]*)</code>')  # markdown's `code`, not a code block's <pre><code>
+
+def unbroken_words(html):
+    "Inline code wraps only at its spaces: each word in a `nobr` span (a browser would break `--lr` after a hyphen)."
+    def _words(m): return '<code>' + re.sub(r'\S+', r'<span class="nobr">\g<0></span>', m.group(1)) + '</code>'
+    return _inline_code.sub(_words, html)
 
 
 def render_page(exp, src, page, site, doc_url):
@@ -186,7 +216,7 @@ def render_page(exp, src, page, site, doc_url):
            'site': {**site, 'root': root, 'current': page['href'], 'page': page,
                     'description_html': markdown2html_mistune(fix_links(desc, root, doc_url)) if desc else ''}}
     html, _ = exp.from_notebook_node(nb, resources=res)
-    html = lowercase_anchors(html)
+    html = unbroken_words(lowercase_anchors(html))
     toc, entries = index_page(html, page['href'], page['title'])
     toc_html = ''.join(f'<li><a href="#{escape(i)}">{escape(h)}</a></li>' for i, h in toc)
     html = html.replace('<!--SITE-TOC-->', f'<ul class="toc">{toc_html}</ul>' if toc else '', 1)

@@ -6,46 +6,67 @@ Docs: https://resnext-nb.github.io/resnext_nb/bench.html.md"""
 
 # %% ../nbs/05_bench.ipynb #86018a5f
 from __future__ import annotations
-import argparse, gc, json, math, os, platform, sys, tempfile, time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+import gc, json, math, os, platform, sys, tempfile, time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
-from .device import *
+from PIL import Image
+from .device import (DEVICE_TYPES, AmpConfig, non_negative, opt, positive, Precision, device_name, get_device, gpu_jpeg_unavailable_reason,
+                               resolve_precision, synchronize, to_memory_format)
 from .model import ARCHS, create_model
-from .data import DataConfig, build_loaders, normalize
+from .data import DataConfig, normalize, write_image_folder
+from .loaders import build_loaders
 from .train import Callback, RunConfig, TrainConfig, build_learner
+from .launch import build_parser, field_checks, field_default
 
 # %% auto #0
-__all__ = ['KIND_COLOURS', 'BenchConfig', 'bench_defaults', 'resolve_bench_config', 'time_steps', 'StepTimerCB', 'make_row',
-           'plain_model', 'plain_step', 'bench_plain', 'precision_label', 'project_config', 'bench_project',
-           'input_label', 'cpu_decoded_note', 'write_photo_like', 'write_jpeg_folder', 'bench_input', 'bench_eval',
-           'real_data_plan', 'data_rows', 'measure_rows', 'run_bench', 'synthetic_config', 'add_ratios', 'row_line',
-           'machine_info', 'cpu_model', 'check_targets', 'format_table', 'plot_result', 'make_parser', 'main']
+__all__ = ['KIND_COLOURS', 'parse_size', 'parse_counts', 'BenchConfig', 'bench_defaults', 'resolve_bench_config', 'time_steps',
+           'StepTimerCB', 'make_row', 'plain_model', 'plain_step', 'bench_plain', 'precision_label', 'project_config',
+           'bench_project', 'input_label', 'cpu_decoded_note', 'photo_like', 'write_photo_folder', 'bench_input',
+           'bench_eval', 'real_data_plan', 'data_rows', 'loader_rows', 'measure_rows', 'run_bench', 'synthetic_config',
+           'add_ratios', 'row_line', 'machine_info', 'cpu_model', 'check_targets', 'format_table', 'plot_result',
+           'make_parser', 'main']
 
 # %% ../nbs/05_bench.ipynb #4b4200df
+def parse_size(text:str) -> tuple[int, int]:
+    "'500x375' (or '500,375') as (width, height)."
+    try: w, h = (int(v) for v in str(text).lower().replace(',', 'x').split('x'))
+    except ValueError: raise ValueError(f"--jpeg-size {text!r}: expected WIDTHxHEIGHT such as 500x375") from None
+    return w, h
+
+def parse_counts(text:str) -> list[int]:
+    "'0,1,2' as [0, 1, 2]: loader worker counts."
+    try: counts = [int(v) for v in str(text).split(',')]
+    except ValueError: counts = [-1]
+    if min(counts) < 0: raise ValueError(f"--sweep-workers {text!r}: expected worker counts such as 0,1,2")
+    return counts
+
 @dataclass
 class BenchConfig:
     "What to measure; None means the device's default (see `bench_defaults`)."
-    device:str='auto' # `--device`: auto, npu, cuda or cpu
-    arch:str='resnext50_32x4d' # `--arch`: a name from `resnext_nb.model.ARCHS`, the same for every row
-    batch_size:int|None=None # `--batch-size`: images per step
-    image_size:int|None=None # `--image-size`: crop side in pixels
-    warmup:int|None=None # `--warmup`: untimed steps before each timed window
-    steps:int|None=None # `--steps`: timed steps per row
-    compile:bool=False # `--compile`: torch.compile the best plain step and the project's model
-    workers:int|None=None # `--workers`: loader processes (default: the data chapter's)
-    threads:int|None=None # `--threads`: torch's CPU threads in this process (default: torch's own choice)
-    repeat:int=1 # `--repeat`: run every row this many times and keep each row's fastest (for busy machines)
-    jpeg_size:tuple[int, int]=(500, 375) # `--jpeg-size`: width and height of the generated JPEGs (ImageNet's typical size)
-    out:str='bench' # `--out`: folder for the JSON and the PNG
+    device:str=opt('auto', choices=DEVICE_TYPES, help='where every row runs')
+    arch:str=opt('resnext50_32x4d', choices=tuple(ARCHS), help='the model, the same for every row')
+    batch_size:int|None=opt(None, check=positive, help="images per step (none: the device's, from bench_defaults)")
+    image_size:int|None=opt(None, check=positive, help="crop side in pixels (none: the device's)")
+    warmup:int|None=opt(None, check=non_negative, help="untimed steps before each timed window (none: the device's)")
+    steps:int|None=opt(None, check=positive, help="timed steps per row (none: the device's)")
+    compile:bool=opt(False, help="torch.compile the best plain step and the project's model")
+    workers:int|None=opt(None, check=non_negative, help="loader processes (none: the data chapter's default)")
+    sweep_workers:list[int]|None=opt(None, parse=parse_counts, metavar='N,N', help='also time the Pillow loader alone, train and val, with each of these worker counts')
+    threads:int|None=opt(None, check=positive, help="torch's CPU threads in this process (none: torch's own choice)")
+    repeat:int=opt(1, check=positive, help="run every row this many times and keep each row's fastest (for busy machines)")
+    jpeg_size:tuple[int, int]=opt((500, 375), parse=parse_size, metavar='WxH', help="size of the generated JPEGs (ImageNet's typical)")
+    data:str|None=opt(None, metavar='DIR', help='an existing ImageFolder root to read instead of generated JPEGs')
+    out:str=opt('bench', metavar='DIR', help='folder for bench-<device>.json and .png')
 
+# %% ../nbs/05_bench.ipynb #b91fe008
 def bench_defaults(
     device_type:str, # 'cpu', 'cuda' or 'npu'
 ) -> dict:
-    "Batch, image size and step counts for `device_type`: the seed's on accelerators, small on the CPU."
+    "Batch, image size and step counts for `device_type`: the Ascend recipe's on accelerators, small on the CPU."
     if device_type == 'cpu': return dict(batch_size=8, image_size=64, warmup=2, steps=10)
     return dict(batch_size=256, image_size=224, warmup=10, steps=30)
 
@@ -57,10 +78,7 @@ def resolve_bench_config(
     "`bc` with every None replaced by `device_type`'s default, and checked."
     filled = {k: v if getattr(bc, k) is None else getattr(bc, k) for k, v in bench_defaults(device_type).items()}
     bc = BenchConfig(**{**asdict(bc), **filled, 'workers': DataConfig().workers if bc.workers is None else bc.workers})
-    if bc.arch not in ARCHS: raise ValueError(f"--arch {bc.arch!r}: choose one of {', '.join(ARCHS)}")
-    for k in ('batch_size', 'image_size', 'steps', 'repeat'):
-        if getattr(bc, k) < 1: raise ValueError(f"--{k.replace('_', '-')} {getattr(bc, k)}: must be at least 1")
-    if bc.warmup < 0 or bc.workers < 0: raise ValueError("--warmup and --workers cannot be negative")
+    field_checks(asdict(bc), {'bench': BenchConfig})
     return bc
 
 # %% ../nbs/05_bench.ipynb #7a2d4997
@@ -164,7 +182,7 @@ def project_config(
     data:DataConfig, # the row's data
     output:str, # a scratch folder for the run
 ) -> RunConfig:
-    "The `RunConfig` the project's rows train with: the seed's `--amp` (O2) on `bc`'s model and sizes."
+    "The `RunConfig` the project's rows train with: the Ascend recipe's `--amp` (O2) on `bc`'s model and sizes."
     train = TrainConfig(arch=bc.arch, epochs=1, max_steps=0, compile=bc.compile, output=output, seed=0)
     return RunConfig(train=train, data=data, amp=AmpConfig(amp=True), device=bc.device)
 
@@ -200,46 +218,34 @@ def cpu_decoded_note(
     return f", {n} images decoded on the CPU" if n else ''
 
 # %% ../nbs/05_bench.ipynb #047a4c6a
-def write_photo_like(
-    path:str|os.PathLike, # where to write the JPEG
-    seed:int, # draws everything about the image
-    size:tuple[int, int]=(500, 375), # width and height (swapped for every fourth image: portraits)
-    quality:int=90, # JPEG quality
-    mode:str='RGB', # 'RGB', 'L' (greyscale) or 'CMYK'
-):
-    "Write one photo-like JPEG: a smooth random colour field, a gradient and noise."
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    w, h = size if seed % 4 else size[::-1]
-    field_ = Image.fromarray(rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+def photo_like(
+    rng, # this image's `random.Random`
+    label:int, # its class (unused: every class looks alike)
+    index:int, # its number within the class: every 4th is a portrait, every 20th greyscale, every 100th CMYK
+    size:tuple[int, int]=(500, 375), # width and height of a landscape image
+) -> Image.Image:
+    "A photo-like image for `write_image_folder`: a smooth random colour field, a gradient and noise."
+    g = np.random.default_rng(rng.getrandbits(32))
+    w, h = size if index % 4 else size[::-1]
+    field_ = Image.fromarray(g.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
     yy, xx = np.mgrid[0:h, 0:w]
-    gradient = (xx / w * rng.uniform(-60, 60) + yy / h * rng.uniform(-60, 60))[..., None]
-    pixels = np.asarray(field_, dtype=np.float32) + gradient + rng.normal(0, 18, (h, w, 3))
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert(mode).save(path, quality=quality)
+    gradient = (xx / w * g.uniform(-60, 60) + yy / h * g.uniform(-60, 60))[..., None]
+    pixels = np.asarray(field_, dtype=np.float32) + gradient + g.normal(0, 18, (h, w, 3))
+    mode = 'CMYK' if index % 100 == 99 else 'L' if index % 20 == 19 else 'RGB'
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert(mode)
 
 # %% ../nbs/05_bench.ipynb #49a56afb
-def _write_one(args): write_photo_like(*args)
-
-def write_jpeg_folder(
-    root:str|os.PathLike, # where to write train/<class>/*.jpg and val/<class>/*.jpg
-    n_train:int, # train images, spread over the classes
-    n_val:int, # val images, spread over the classes (at least one per class)
-    classes:int=10, # class folders
+def write_photo_folder(
+    root:str|os.PathLike, # where to write the tree
+    n_train:int, # train images in all, spread over the classes
+    n_val:int, # val images in all (at least one per class)
+    classes:int=10, # class folders c00, c01, ...
     size:tuple[int, int]=(500, 375), # width and height
-    processes:int|None=None, # writer processes (default: one per core, for large folders)
 ) -> Path:
-    "An ImageFolder tree of photo-like JPEGs, about one in 200 greyscale and one in 1,000 CMYK."
-    root, jobs = Path(root), []
-    for split, n in (('train', n_train), ('val', max(n_val, classes))):
-        for c in range(classes): (root/split/f'c{c:02d}').mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            mode = 'CMYK' if i % 1000 == 999 else 'L' if i % 200 == 199 else 'RGB'
-            jobs.append((root/split/f'c{i % classes:02d}'/f'{i:06d}.jpg', i + (0 if split == 'train' else 10**7), size, 90, mode))
-    if len(jobs) < 200: [_write_one(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(processes or os.cpu_count()) as pool: list(pool.map(_write_one, jobs, chunksize=32))
-    return root
+    "An ImageNet-like tree through `write_image_folder`: photo-like JPEGs at quality 90, on every core for large trees."
+    names = [f'c{c:02d}' for c in range(classes)]
+    return write_image_folder(root, names, math.ceil(n_train / classes), max(1, math.ceil(n_val / classes)), size, photo_like,
+                              seed=0, processes=os.cpu_count() or 1)
 
 # %% ../nbs/05_bench.ipynb #3440b3c6
 def bench_input(
@@ -247,16 +253,18 @@ def bench_input(
     data:DataConfig, # a JPEG folder and an input backend
     name:str, # the row's label
     warmup:int, # untimed batches first
+    split:str='train', # 'train' (random crops and flips) or 'val' (resize and centre crop)
 ) -> dict:
-    "Time the train loader alone, up to a normalised batch on the device."
+    "Time one split's loader alone, up to a normalised batch on the device."
     device = get_device(bc.device)
     loaders = build_loaders(data, device=device)
-    loaders.train.set_epoch(0)
-    batches = iter(loaders.train)
+    loader = getattr(loaders, split)
+    loader.set_epoch(0)
+    batches = iter(loader)
     fmt = resolve_precision(AmpConfig(amp=True), device.type).memory_format
     seconds = time_steps(lambda: normalize(next(batches)[0], device, fmt), warmup, bc.steps, device)
-    notes = input_label(loaders) + cpu_decoded_note(loaders.train)
-    del batches, loaders; gc.collect()
+    notes = input_label(loaders) + cpu_decoded_note(loader)
+    del batches, loader, loaders; gc.collect()
     return make_row(name, 'input', seconds, bc.batch_size, notes)
 
 # %% ../nbs/05_bench.ipynb #d46970a5
@@ -299,6 +307,17 @@ def data_rows(
         rows.append(bench_input(bc, data, f'input only, {backend}', warmup))
     return rows
 
+# %% ../nbs/05_bench.ipynb #6237458d
+def loader_rows(
+    bc:BenchConfig, # sizes, step counts and `sweep_workers` (resolved)
+    root:Path, # an ImageFolder root with train/ and val/
+) -> list[dict]:
+    "The Pillow loader alone, train and val, for each worker count in `bc.sweep_workers`."
+    warmup = bc.warmup + max(bc.sweep_workers or [0]) * DataConfig().prefetch_factor
+    return [bench_input(bc, DataConfig(data_path=str(root), image_size=bc.image_size, batch_size=bc.batch_size, workers=w, backend='pil'),
+                        f'loader pil, {w} workers, {split}', warmup, split)
+            for w in bc.sweep_workers or [] for split in ('train', 'val')]
+
 # %% ../nbs/05_bench.ipynb #36174c38
 def measure_rows(
     bc:BenchConfig, # sizes and step counts (resolved)
@@ -311,6 +330,7 @@ def measure_rows(
     yield bench_plain(bc, device, best, 'best plain step', bc.compile)
     yield bench_project(bc, synthetic_config(bc), 'project, synthetic', bc.warmup)
     yield from data_rows(bc, device, root)
+    yield from loader_rows(bc, root)
     yield bench_eval(bc, device, best)
 
 # %% ../nbs/05_bench.ipynb #ac28cfab
@@ -326,7 +346,7 @@ def run_bench(
     load_before = os.getloadavg()[0]  # other processes on the machine skew every row; the table says how busy it was
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(jpeg_root) if jpeg_root else write_jpeg_folder(tmp, real_data_plan(bc)[1], 10, size=bc.jpeg_size)
+        root = Path(jpeg_root) if jpeg_root else write_photo_folder(tmp, n := real_data_plan(bc)[1], n if bc.sweep_workers else 10, size=bc.jpeg_size)
         for _ in range(bc.repeat):
             for row in measure_rows(bc, device, root):
                 log(row_line(row))
@@ -439,36 +459,24 @@ def plot_result(
     return fig
 
 # %% ../nbs/05_bench.ipynb #73301879
-def make_parser() -> argparse.ArgumentParser:
-    "The benchmark's argument parser."
-    p = argparse.ArgumentParser(prog='python -m resnext_nb.bench', description='Side-by-side throughput: bare step, best plain step, '
-                                'the project on synthetic data and on a JPEG folder, the input pipeline alone, and eval.')
-    p.add_argument('--device', default='auto', choices=DEVICE_TYPES)
-    p.add_argument('--arch', default='resnext50_32x4d', choices=list(ARCHS))
-    for flag, what in (('--batch-size', 'images per step'), ('--image-size', 'crop side in pixels'), ('--warmup', 'untimed steps per row'),
-                       ('--steps', 'timed steps per row'), ('--workers', 'loader processes'), ('--threads', "torch's CPU threads")):
-        p.add_argument(flag, type=int, help=f"{what} (default: the device's)")
-    p.add_argument('--compile', action='store_true', help='torch.compile the best plain step and the project model')
-    p.add_argument('--repeat', type=int, default=1, help="run every row this many times and keep each row's fastest")
-    p.add_argument('--jpeg-size', default='500x375', help='width x height of the generated JPEGs')
-    p.add_argument('--data', metavar='DIR', help='an existing ImageFolder root to read instead of generated JPEGs')
-    p.add_argument('--out', default='bench', help='folder for bench-<device>.json and .png')
-    return p
+def make_parser():
+    "The benchmark's argument parser, built from `BenchConfig`'s fields."
+    return build_parser('python -m resnext_nb.bench', 'Side-by-side throughput: bare step, best plain step, the project on '
+                        'synthetic data and on a JPEG folder, the input pipeline alone, and eval.', {'bench': BenchConfig}, {})
 
 # %% ../nbs/05_bench.ipynb #de00846f
 def main(
     argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
 ) -> int:
     "Run the benchmark from the command line; print the table and save the JSON and the chart."
-    args = make_parser().parse_args(argv)
-    w, h = (int(v) for v in args.jpeg_size.lower().split('x'))
-    bc = BenchConfig(device=args.device, arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, warmup=args.warmup,
-                     steps=args.steps, compile=args.compile, workers=args.workers, threads=args.threads, repeat=args.repeat, jpeg_size=(w, h), out=args.out)
-    try: result = run_bench(bc, args.data)
+    parser = make_parser()
+    given = vars(parser.parse_args(argv))
+    bc = BenchConfig(**{f.name: given.get(f.name, field_default(f)) for f in fields(BenchConfig)})
+    try: result = run_bench(bc, bc.data)
     except (ValueError, RuntimeError) as e:  # bad values, a data folder that is wrong or too small (DataError is a ValueError)
         print(f"resnext_nb.bench: error: {e}", file=sys.stderr); return 2
     result['targets'] = check_targets(result)
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(bc.out); out.mkdir(parents=True, exist_ok=True)
     stem = out/f"bench-{result['meta']['device_type']}"
     stem.with_suffix('.json').write_text(json.dumps(result, indent=1))
     import matplotlib; matplotlib.use('Agg')

@@ -6,20 +6,80 @@ Docs: https://resnext-nb.github.io/resnext_nb/device.html.md"""
 
 # %% ../nbs/00_device.ipynb #a53c10e7
 from __future__ import annotations
-import contextlib, importlib.util, os, random, resource, sys
-from dataclasses import dataclass
-import torch
-import torch.distributed as dist
+import contextlib, importlib.metadata, importlib.util, os, random, re, resource, sys
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Callable
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DEVICE_TYPES', 'DIST_BACKENDS', 'OPT_LEVELS', 'AMP_DTYPES', 'npu_unavailable_reason', 'accelerator_type',
-           'resolve_device_type', 'parse_device_list', 'physical_device_id', 'check_device_index', 'available_devices',
-           'wants_pinned_memory', 'get_device', 'synchronize', 'peak_memory_bytes', 'reset_peak_memory',
-           'seeded_generator', 'seed_everything', 'rng_state', 'set_rng_state', 'device_name', 'dist_backend',
-           'device_environment', 'is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'parse_loss_scale',
-           'AmpConfig', 'Precision', 'supports_channels_last', 'autocast_dtype', 'resolve_precision',
-           'to_memory_format', 'LossScaler', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg', 'SideStream']
+__all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'DIST_BACKENDS', 'OPT_LEVELS', 'AMP_DTYPES', 'SEED_UNTIMED_STEPS',
+           'find_cann_set_env', 'cann_home', 'npu_import_hint', 'import_torch', 'npu_unavailable_reason',
+           'accelerator_type', 'DeviceUnavailable', 'resolve_device_type', 'parse_device_list', 'physical_device_id',
+           'check_device_index', 'available_devices', 'wants_pinned_memory', 'get_device', 'Placement',
+           'resolve_placement', 'synchronize', 'peak_memory_bytes', 'reset_peak_memory', 'seeded_generator',
+           'seed_everything', 'rng_state', 'set_rng_state', 'device_name', 'dist_backend', 'device_environment',
+           'is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'parse_loss_scale', 'Flag', 'opt',
+           'positive', 'non_negative', 'at_least', 'AmpConfig', 'Precision', 'supports_channels_last', 'autocast_dtype',
+           'resolve_precision', 'to_memory_format', 'LossScaler', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg',
+           'SideStream', 'release', 'npu_version_mismatch', 'NpuConfig', 'apply_npu_config', 'sgd_class',
+           'untimed_steps', 'warmup_message']
+
+# %% ../nbs/00_device.ipynb #d1c8951e
+CANN_SET_ENV = ('/usr/local/Ascend/ascend-toolkit/set_env.sh', '/usr/local/Ascend/cann/set_env.sh',
+                '/usr/local/Ascend/nnae/set_env.sh', '~/Ascend/ascend-toolkit/set_env.sh')  # CANN's usual install places; scripts/env_npu.sh lists the same
+
+def find_cann_set_env(env=os.environ) -> Path | None:
+    "CANN's `set_env.sh`: under `$ASCEND_HOME` first, then `CANN_SET_ENV`; None when there is none."
+    home = env.get('ASCEND_HOME')
+    for p in ((f'{home}/ascend-toolkit/set_env.sh', f'{home}/set_env.sh') if home else ()) + CANN_SET_ENV:
+        if Path(p).expanduser().is_file(): return Path(p).expanduser()
+    return None
+
+def cann_home(env=os.environ) -> str | None:
+    "The toolkit folder that a sourced `set_env.sh` exported, or None when CANN is not sourced."
+    return env.get('ASCEND_HOME_PATH') or env.get('ASCEND_TOOLKIT_HOME') or None
+
+# %% ../nbs/00_device.ipynb #bf87a0ac
+def npu_import_hint(
+    err:BaseException, # what `import torch_npu` raised
+    missing:list[str]|None=None, # the CANN libraries known to be missing (the doctor lists them all); None: from `err`
+    env=os.environ, # where to look for a sourced CANN
+) -> str:
+    "One line: why torch_npu cannot load, and what to do about it."
+    text = (str(err).splitlines() or [''])[0].strip() or type(err).__name__
+    libs = missing or re.findall(r'(lib[\w.+-]+?\.so)[\w.]*: cannot open shared object file', text)
+    if not libs:
+        return (f"torch_npu is installed but failed to import ({type(err).__name__}: {text}): "
+                f"check that CANN, torch and torch_npu are matching releases")
+    if cann_home(env):
+        return (f"torch_npu is installed and CANN is sourced ({cann_home(env)}), but {', '.join(libs)} not found: "
+                f"that toolkit is incomplete or not the release torch_npu needs; reinstall it or source the right set_env.sh")
+    script = find_cann_set_env(env)
+    todo = f"source {script} (or scripts/env_npu.sh)" if script else \
+           f"install CANN and source its set_env.sh (usually {CANN_SET_ENV[0]}; set ASCEND_HOME if it is elsewhere)"
+    return f"torch_npu is installed but CANN is not sourced ({', '.join(libs)} not found): {todo}"
+
+# %% ../nbs/00_device.ipynb #7a120dc6
+TORCH_AUTOLOAD = 'TORCH_DEVICE_BACKEND_AUTOLOAD'  # torch's switch for loading device plug-ins during `import torch`
+
+def import_torch():
+    "Import torch; when torch_npu is installed, load it ourselves so that a broken CANN is one warning line, not a failed import."
+    if 'torch' in sys.modules or TORCH_AUTOLOAD in os.environ or importlib.util.find_spec('torch_npu') is None:
+        import torch
+        return torch
+    os.environ[TORCH_AUTOLOAD] = '0'  # else torch imports torch_npu itself, and a failure there fails `import torch`
+    import torch
+    try: import torch_npu  # noqa: F401  NPU-only: what the autoload would have done
+    except Exception as e:
+        print(f"resnext_nb: warning: {npu_import_hint(e)}; continuing without NPUs", file=sys.stderr, flush=True)
+        return torch  # the switch stays off, so child processes skip the plug-in instead of failing again
+    os.environ.pop(TORCH_AUTOLOAD, None)  # loaded: child processes may autoload as usual
+    return torch
+
+# %% ../nbs/00_device.ipynb #c573a200
+torch = import_torch()
+import torch.distributed as dist
 
 # %% ../nbs/00_device.ipynb #ba6a2b16
 DEVICE_TYPES = ('auto', 'npu', 'cuda', 'cpu')
@@ -30,7 +90,7 @@ def npu_unavailable_reason() -> str | None:
     if importlib.util.find_spec('torch_npu') is None:
         return "torch_npu is not installed (pip install 'resnext_nb[npu]', with Ascend CANN set up)"
     try: import torch_npu  # noqa: F401  NPU-only: registers the `npu` device with torch's generic APIs
-    except Exception as e: return f"torch_npu is installed but failed to import ({type(e).__name__}: {e}); is CANN set up?"
+    except Exception as e: return npu_import_hint(e)
     if not (torch.accelerator.is_available() and torch.accelerator.current_accelerator().type == 'npu'):
         return "torch_npu imported but reports no NPU"
     return None
@@ -42,6 +102,9 @@ def accelerator_type() -> str | None:
     return torch.accelerator.current_accelerator().type
 
 # %% ../nbs/00_device.ipynb #8a5b26fe
+class DeviceUnavailable(RuntimeError):
+    "The device a run asked for is not there; the message says why and what to do."
+
 def resolve_device_type(
     name:str='auto', # `--device`: one of `DEVICE_TYPES`
 ) -> str:
@@ -51,11 +114,11 @@ def resolve_device_type(
     if name == 'cpu': return 'cpu'
     npu_reason = npu_unavailable_reason()
     if name == 'npu':
-        if npu_reason: raise RuntimeError(f"--device npu was asked for, but {npu_reason}")
+        if npu_reason: raise DeviceUnavailable(f"--device npu was asked for, but {npu_reason}")
         return 'npu'
     if npu_reason is None: return 'npu'  # auto prefers an NPU
     if accelerator_type() == 'cuda': return 'cuda'
-    if name == 'cuda': raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU (try --device cpu)")
+    if name == 'cuda': raise DeviceUnavailable("--device cuda was asked for, but torch sees no CUDA GPU (try --device cpu)")
     return 'cpu'
 
 # %% ../nbs/00_device.ipynb #5f9805b4
@@ -111,6 +174,31 @@ def get_device(
     check_device_index(device_type, index, torch.accelerator.device_count())
     torch.accelerator.set_device_index(index)
     return torch.device(device_type, index)
+
+# %% ../nbs/00_device.ipynb #a39a9af1
+@dataclass(frozen=True)
+class Placement:
+    "Where this process runs: its device, its ranks, the world size and the node's device ids."
+    device:torch.device=torch.device('cpu') # where the model and its batches live
+    rank:int=0 # global rank, 0..world_size-1
+    local_rank:int=0 # rank on this node
+    world_size:int=1 # processes in the whole job
+    device_ids:tuple[int, ...]|None=None # physical ids for local ranks 0, 1, ... (`--device-list`)
+
+    @property
+    def is_main(self) -> bool: return self.rank == 0
+
+# %% ../nbs/00_device.ipynb #7869e4fe
+def resolve_placement(
+    device:str='auto', # `--device`
+    device_ids:list[int]|tuple[int, ...]|str|None=None, # `--device-list`, parsed or as typed
+    env=os.environ, # where a launcher put RANK, LOCAL_RANK and WORLD_SIZE
+) -> Placement:
+    "This process's `Placement`, made current on its device."
+    ids = parse_device_list(device_ids) if isinstance(device_ids, str) else (list(device_ids) if device_ids else None)
+    local_rank = int(env.get('LOCAL_RANK', 0))
+    return Placement(get_device(device, local_rank, ids), int(env.get('RANK', 0)), local_rank,
+                     int(env.get('WORLD_SIZE', 1)), tuple(ids) if ids else None)
 
 # %% ../nbs/00_device.ipynb #68f0c00c
 def synchronize(device:torch.device):
@@ -202,15 +290,46 @@ def parse_loss_scale(value) -> float | str | None:
         raise ValueError(f"--loss-scale {value!r}: expected a positive number such as 1024, or 'dynamic'")
     return scale
 
+# %% ../nbs/00_device.ipynb #0c36c867
+@dataclass(frozen=True)
+class Flag:
+    "How a config field appears on the command line."
+    names:tuple[str, ...]=() # its spellings, e.g. `('--batch-size', '-b')`; empty: `--` and the field's name with hyphens
+    help:str='' # one line for `--help`
+    choices:tuple|None=None # the allowed values, from the constant that defines them
+    parse:Callable|None=None # turns the flag's text into the value; None: from the field's type
+    check:Callable|None=None # returns a complaint such as 'must be positive' for a bad value, else None
+    metavar:str|None=None # the placeholder `--help` shows
+    ascend:bool=False # one of the Ascend recipe's own flags (listed first in `--help`)
+
+# %% ../nbs/00_device.ipynb #3ffe6893
+def opt(
+    default=MISSING, # the field's default (the Ascend recipe's value, where it has one)
+    *names:str, # the flag's spellings; none: `--field-name`
+    factory:Callable|None=None, # instead of `default`: a function that makes it
+    **flag, # the other `Flag` attributes: help, choices, parse, check, metavar, ascend
+):
+    "A dataclass field that is also a command-line flag, declared once."
+    meta = {'flag': Flag(names, **flag)}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+# %% ../nbs/00_device.ipynb #64584988
+def positive(v) -> str|None: return None if v > 0 else 'must be positive'
+def non_negative(v) -> str|None: return None if v >= 0 else 'must be 0 or more'
+def at_least(n) -> Callable: return lambda v: None if v >= n else f'must be at least {n}'
+
+# %% ../nbs/00_device.ipynb #4ae120c7
+AMP_DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
+
 # %% ../nbs/00_device.ipynb #f6a7a84e
 @dataclass
 class AmpConfig:
-    "Mixed-precision choices, named after the seed's flags."
-    amp:bool=False # `--amp`: train in mixed precision
-    opt_level:str='O2' # `--opt-level`: apex level, mapped onto native torch.amp (O0, O1, O2)
-    loss_scale:float|str|None=None # `--loss-scale`: a number (static), 'dynamic', or None for the level's default
-    dtype:str='auto' # `--amp-dtype`: float16, bfloat16, or auto (fp16 on accelerators, bf16 on the CPU)
-    channels_last:bool|None=None # `--channels-last`: None means "where the device supports it"
+    "Mixed-precision choices, named after the Ascend recipe's flags."
+    amp:bool=opt(False, help='mixed precision (native torch.amp)', ascend=True)
+    opt_level:str=opt('O2', choices=OPT_LEVELS, help='apex opt level, mapped onto torch.amp', ascend=True)
+    loss_scale:float|str|None=opt(None, parse=str, help="static loss scale such as 1024, or 'dynamic' (fp16 only; none: the opt level's choice)", ascend=True)
+    dtype:str=opt('auto', '--amp-dtype', choices=('auto', *AMP_DTYPES), help='autocast dtype (auto: fp16 on NPU/GPU, bf16 on CPU)')
+    channels_last:bool|None=opt(None, help='NHWC memory format (none: where the device supports it)')
 
 # %% ../nbs/00_device.ipynb #dd33a554
 @dataclass(frozen=True)
@@ -224,13 +343,17 @@ class Precision:
     @property
     def memory_format(self): return torch.channels_last if self.channels_last else torch.contiguous_format
 
+    def __str__(self):
+        "How it reads in a log: 'fp16 autocast, static loss scale 1024.0, channels_last'."
+        parts = [f"{str(self.dtype).replace('torch.', '').replace('float', 'fp').replace('bfp', 'bf')} autocast" if self.dtype else 'fp32']
+        if self.loss_scale is not None: parts.append(f"loss scale {self.loss_scale}" if self.loss_scale == 'dynamic' else f"static loss scale {self.loss_scale:g}")
+        return ', '.join(parts + (['channels_last'] if self.channels_last else []))
+
     def autocast(self):
         "The autocast context for a forward pass (a no-op in fp32)."
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
 # %% ../nbs/00_device.ipynb #3defe661
-AMP_DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
-
 def supports_channels_last(device_type:str) -> bool:
     "Whether `device_type` has fast NHWC kernels (Ascend's NPU does not)."
     return device_type != 'npu'
@@ -356,3 +479,60 @@ def hand_over(self:SideStream, marker, *tensors:torch.Tensor):
     current = self.module.current_stream(self.device)
     current.wait_event(marker)
     for t in tensors: t.record_stream(current)
+
+# %% ../nbs/00_device.ipynb #83c79948
+def release(version:str) -> tuple[int, ...]:
+    "The numeric release of a version string: '2.14.1+cu130' is (2, 14, 1), '2.5.1.post10' is (2, 5, 1)."
+    m = re.match(r'\d+(?:\.\d+)*', version.strip())
+    return tuple(int(x) for x in m.group().split('.')) if m else ()
+
+def npu_version_mismatch(
+    torch_version:str, # torch's version, e.g. '2.14.1+cu130'
+    npu_version:str, # torch_npu's, e.g. '2.14.0' or '2.5.1.post10'
+    requires:list[str]|None=None, # torch_npu's `Requires-Dist` lines; with no torch pin there, its own release is the torch it needs
+) -> str | None:
+    "None when torch is the release that torch_npu was built for, else one line with the fix."
+    pins = [m.group(1) for r in requires or [] if (m := re.match(r'torch\s*==\s*(\d+(?:\.\d+)*)', r))]
+    want = pins[0] if pins else '.'.join(map(str, release(npu_version)[:3]))
+    if release(torch_version)[:len(release(want))] == release(want): return None
+    have = '.'.join(map(str, release(torch_version)))
+    return (f"torch_npu {npu_version} is built for torch {want}, but torch is {torch_version}: "
+            f"pip install 'torch=={want}.*' with its torchvision, or the torch_npu built for torch {have}")
+
+# %% ../nbs/00_device.ipynb #b4b34933
+@dataclass
+class NpuConfig:
+    "Ascend-only tuning: each a default that a flag turns off; ignored on other devices."
+    jit_compile:bool=opt(False, '--npu-jit-compile', help="compile NPU operators on the fly (torch_npu's default) instead of using CANN's prebuilt kernels")
+    fused_sgd:bool=opt(True, '--npu-fused-sgd', help="step with torch_npu.optim.NpuFusedSGD (the recipe's fused SGD) on NPUs; --no-npu-fused-sgd: torch.optim.SGD")
+    warmup_steps:int=opt(20, '--npu-warmup-steps', check=non_negative, help='steps at the start of each epoch on an NPU that are reported as warm-up and left out of FPS@all (0: skip the recipe\'s 2)')
+
+# %% ../nbs/00_device.ipynb #03a4292c
+SEED_UNTIMED_STEPS = 2  # the recipe's FPS@all leaves out the first 2 steps
+
+def apply_npu_config(cfg:NpuConfig, device_type:str):
+    "Set torch_npu's process-wide options for `cfg` (a no-op off NPUs); call once per process, before the model runs."
+    if device_type != 'npu': return
+    import torch_npu  # NPU-only
+    torch_npu.npu.set_compile_mode(jit_compile=cfg.jit_compile)
+
+def sgd_class(device_type:str, fused:bool=True) -> type[torch.optim.Optimizer]:
+    "torch_npu's `NpuFusedSGD` on an NPU when `fused` and torch_npu has it, else `torch.optim.SGD` (same arguments)."
+    if device_type != 'npu' or not fused: return torch.optim.SGD
+    try: from torch_npu.optim import NpuFusedSGD  # NPU-only
+    except ImportError: return torch.optim.SGD
+    return NpuFusedSGD
+
+def untimed_steps(cfg:NpuConfig, device_type:str) -> int:
+    "Steps at the start of each epoch that `FPS@all` leaves out: the NPU warm-up, else the recipe's 2."
+    return max(SEED_UNTIMED_STEPS, cfg.warmup_steps) if device_type == 'npu' and cfg.warmup_steps else SEED_UNTIMED_STEPS
+
+# %% ../nbs/00_device.ipynb #9aa0544b
+def warmup_message(
+    steps:int, # warm-up steps, from `untimed_steps`
+    seconds:float, # their wall time, from the epoch's start to the end of the last one
+    images:int, # images they processed, over all ranks
+) -> str:
+    "The log line for the untimed warm-up steps at the start of an epoch."
+    return (f"=> warm-up: the first {steps} steps took {seconds:.1f} s ({images / seconds if seconds else 0:.1f} img/s), "
+            f"not counted in FPS@all")

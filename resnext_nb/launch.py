@@ -1,4 +1,4 @@
-"""`python -m resnext_nb.launch --nproc 8 ...`: the seed's flags, one process per device on PyTorch's elastic engine, multi-node, and clear failures.
+"""`python -m resnext_nb.launch --nproc 8 ...`: the Ascend recipe's flags, one process per device on PyTorch's elastic engine, multi-node, and clear failures.
 
 Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
@@ -6,95 +6,130 @@ Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
 # %% ../nbs/04_launch.ipynb #34f49fa7
 from __future__ import annotations
-import argparse, logging, os, socket, sys, time
+import argparse, logging, math, os, re, socket, sys, time
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
+from .device import (AmpConfig, DeviceUnavailable, Flag, NpuConfig, available_devices, device_environment,
+                               dist_backend, is_distributed, non_negative, opt, parse_loss_scale, positive,
+                               resolve_device_type, resolve_placement)  # first: it imports torch with a guard for torch_npu
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from .device import *
-from .model import ARCHS
 from .data import DataConfig, DataError
-from .train import AmpConfig, CheckpointError, RunConfig, TrainConfig, TrainingDiverged, evaluate, train
+from .train import CheckpointError, RunConfig, TrainConfig, TrainingDiverged, default_output, evaluate, train
 
 # %% auto #0
-__all__ = ['SEED_PORT', 'QUICKSTART', 'RECIPE', 'OneLineParser', 'make_parser', 'external_launcher', 'slurm_environment',
-           'config_from_args', 'UserError', 'run_worker', 'elastic_worker', 'check_port_free', 'launch_config',
-           'check_device_count', 'worker_environment', 'describe_failure', 'launch_processes', 'summary_fields',
-           'write_summary', 'main']
+__all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'tcp_port', 'JobConfig', 'flag_fields', 'flag_names', 'field_default',
+           'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'make_parser', 'external_launcher',
+           'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'field_checks', 'check_values',
+           'make_config', 'config_from_args', 'format_config', 'UserError', 'run_worker', 'elastic_worker',
+           'check_port_free', 'launch_config', 'check_device_count', 'worker_environment', 'describe_failure',
+           'launch_processes', 'summary_fields', 'write_summary', 'main']
 
-# %% ../nbs/04_launch.ipynb #2c1b667b
-SEED_PORT = 29688  # the seed's fixed MASTER_PORT, kept as the default
+# %% ../nbs/04_launch.ipynb #dea0a756
+ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
 
-def _seed_flags(p:argparse.ArgumentParser):
-    "The seed's flags, with the seed's meanings."
-    g = p.add_argument_group("the seed's flags")
-    g.add_argument('--data_path', '--data', dest='data_path', metavar='DIR', help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py folder; default: the built-in dataset')
-    g.add_argument('--addr', default='127.0.0.1', help='master address (the rendezvous host)')
-    g.add_argument('--arch', '-a', help=f"model: {', '.join(ARCHS)} (default resnext50_32x4d)")
-    g.add_argument('--workers', '-j', type=int, help='data-loading processes per rank')
-    g.add_argument('--epochs', type=int, help='epochs to train (default 90)')
-    g.add_argument('--batch-size', '-b', type=int, help='GLOBAL batch size, split evenly across ranks (default 256)')
-    g.add_argument('--lr', '--learning-rate', type=float, help='peak learning rate (default 0.1)')
-    g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
-    g.add_argument('--amp', action='store_true', help='mixed precision (native torch.amp)')
-    g.add_argument('--loss-scale', help="static loss scale such as 1024, or 'dynamic' (fp16 only)")
-    g.add_argument('--opt-level', default='O2', choices=OPT_LEVELS, help="apex opt level, mapped onto torch.amp")
-    g.add_argument('--multiprocessing-distributed', action='store_true', help='one process per device in --device-list (implied by --nproc > 1)')
-    g.add_argument('--device-list', help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
+def tcp_port(v) -> str|None: return None if 0 < v < 65536 else 'not a TCP port'
 
-# %% ../nbs/04_launch.ipynb #deff2d64
-def _run_flags(p:argparse.ArgumentParser):
-    "Flags for where and how the run goes."
-    g = p.add_argument_group('run')
-    g.add_argument('--device', default='auto', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
-    g.add_argument('--nproc', type=int, help='processes (devices) per node (default: 1, or the --device-list length)')
-    g.add_argument('--nnodes', type=int, default=1, help='machines in the job')
-    g.add_argument('--node-rank', type=int, default=0, help="this machine's rank, 0..nnodes-1")
-    g.add_argument('--port', type=int, default=SEED_PORT, help='rendezvous port on --addr')
-    g.add_argument('--output', help='run folder for checkpoints, logs and plots (default output/<arch>-<time>)')
-    g.add_argument('--resume', metavar='PATH', help='checkpoint to resume from (mid-epoch included)')
-    g.add_argument('--evaluate', '-e', action='store_true', help='score the --resume checkpoint on the validation set, train nothing')
-    g.add_argument('--seed', type=int, help='seed every RNG (the 8p recipe uses 49)')
-    g.add_argument('--case-name', help='CaseName in the summary file (default derived from the run)')
+_ASCEND_1P = dict(amp=True, loss_scale='1024', seed=49)
+PRESETS = {
+    'quickstart': dict(arch='resnext_tiny', image_size=64, epochs=6, batch_size=64, lr=0.2, warmup_epochs=0.5, workers=2),
+    'ascend-1p': _ASCEND_1P,
+    'ascend-8p': {**_ASCEND_1P, 'nproc': 8, 'device_list': list(range(8)), 'batch_size': 2048, 'lr': 0.8},
+}
 
-# %% ../nbs/04_launch.ipynb #a7860ebc
-def _train_flags(p:argparse.ArgumentParser):
-    "The train and data chapters' options."
-    g = p.add_argument_group('training and data')
-    g.add_argument('--dataset', choices=('auto', 'imagefolder', 'cifar10', 'synthetic', 'builtin'), help='data source (auto: from --data_path)')
-    g.add_argument('--dummy', action='store_true', help='synthetic data, made once on the device (as pytorch/examples)')
-    g.add_argument('--image-size', type=int, help='train crop; validation resizes to size*256/224 and crops size (default 224)')
-    g.add_argument('--wd', '--weight-decay', dest='weight_decay', type=float, default=1e-4, help='weight decay')
-    g.add_argument('--no-bn-wd', action='store_true', help='no weight decay on norm and bias parameters')
-    g.add_argument('--lr-schedule', default='cosine', choices=('cosine', 'step'), help='per-epoch cosine (the seed) or ÷10 every 30 epochs')
-    g.add_argument('--warmup-epochs', type=float, help='linear warmup, per step (default 0; 0.5 in the quick start)')
-    g.add_argument('--label-smoothing', type=float, default=0.0, help='off by default, as in the seed')
-    g.add_argument('--amp-dtype', default='auto', choices=('auto', 'float16', 'bfloat16'), help='autocast dtype (auto: fp16 on NPU/GPU, bf16 on CPU)')
-    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='NHWC memory format (default: where the device supports it)')
-    g.add_argument('--compile', action='store_true', help='torch.compile the model')
-    g.add_argument('--zero-init-residual', action='store_true', help="zero-init each block's last BN")
-    g.add_argument('--freeze-bn', action='store_true', help='keep batch-norm statistics frozen (eval mode) while training')
-    g.add_argument('--print-freq', '-p', type=int, default=10, help='steps between log lines')
-    g.add_argument('--checkpoint-every', type=int, default=0, help='also checkpoint every N steps')
-    g.add_argument('--max-steps', type=int, default=0, help='stop after N training steps in all (performance runs)')
-    g.add_argument('--skip-bad-images', action='store_true', help='skip corrupt images (reported each epoch) instead of stopping')
-    g.add_argument('--data-backend', default='auto', choices=('auto', 'pil', 'gpu'), help='where JPEGs are decoded and cropped: gpu (nvjpeg on a CUDA GPU), pil (loader processes), auto (gpu where it works)')
-    g.add_argument('--deterministic', action='store_true', help='deterministic kernels only')
-    g.add_argument('--tensorboard', action='store_true', help='also log to TensorBoard in <output>/tb')
+# %% ../nbs/04_launch.ipynb #e4d38664
+@dataclass
+class JobConfig:
+    "How the job is started: processes, machines, the rendezvous, the global batch and the preset."
+    batch_size:int=opt(256, '--batch-size', '-b', check=positive, ascend=True, help='GLOBAL batch size, split evenly across ranks')
+    addr:str=opt('127.0.0.1', ascend=True, help='master address (the rendezvous host)')
+    port:int=opt(ASCEND_PORT, check=tcp_port, help='rendezvous port on --addr')
+    nproc:int|None=opt(None, check=positive, help='processes (devices) per node (none: 1, or one per --device-list entry with --multiprocessing-distributed)')
+    nnodes:int=opt(1, check=positive, help='machines in the job')
+    node_rank:int=opt(0, check=non_negative, help="this machine's rank, 0..nnodes-1")
+    multiprocessing_distributed:bool=opt(False, ascend=True, help='one process per device in --device-list (implied by --nproc > 1)')
+    dummy:bool=opt(False, ascend=True, help='synthetic data, made once on the device (as pytorch/examples)')
+    case_name:str|None=opt(None, help='CaseName in the summary file (none: derived from the run)')
+    preset:str|None=opt(None, choices=tuple(PRESETS), help='values for the flags not given (none: quickstart without data, else the field defaults)')
+    print_config:bool=opt(False, help='print the resolved configuration, with where each value came from, and exit')
+    world_size:int=1 # processes in the whole job, resolved from the flags or the launcher's environment
+    sources:dict=field(default_factory=dict) # where each flag's value came from: 'flag', 'preset NAME' or 'default'
+
+CONFIGS = {'launch': JobConfig, 'device': RunConfig, 'training': TrainConfig, 'data': DataConfig, 'precision': AmpConfig, 'npu': NpuConfig}
+
+# %% ../nbs/04_launch.ipynb #94f6d915
+def flag_fields(configs:dict|None=None) -> list[tuple[str, object, Flag]]:
+    "(group, field, flag) for every field of `configs` ({group: dataclass}, default `CONFIGS`) that has a flag."
+    return [(g, f, f.metadata['flag']) for g, cls in (CONFIGS if configs is None else configs).items()
+            for f in fields(cls) if 'flag' in f.metadata]
+
+def flag_names(f, flag:Flag) -> tuple[str, ...]:
+    "The flag's spellings: its own, or `--` and the field's name with hyphens."
+    return flag.names or ('--' + f.name.replace('_', '-'),)
+
+def field_default(f):
+    "A field's default value (calling its factory)."
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+# %% ../nbs/04_launch.ipynb #add30e7e
+def _shown(v) -> str:
+    "A value as `--help` shows it."
+    if isinstance(v, bool) or v is None: return {True: 'on', False: 'off', None: 'none'}[v]
+    return ','.join(map(str, v)) if isinstance(v, list) else 'x'.join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+def flag_help(f, flag:Flag, presets:dict|None=None) -> str:
+    "The flag's help line: its help, its default once, and the `presets` (default `PRESETS`) that set it."
+    default = f.default_factory.__doc__.split(': ', 1)[-1].rstrip('.') if f.default_factory is not MISSING else _shown(f.default)
+    presets = ''.join(f"; {name}: {_shown(p[f.name])}" for name, p in (PRESETS if presets is None else presets).items() if f.name in p)
+    return f"{flag.help} (default: {default}{presets})".replace('%', '%%')
 
 # %% ../nbs/04_launch.ipynb #6e4a9525
 class OneLineParser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line: `prog: error: message (see --help)`."
     def error(self, message):
+        m = re.match(r"argument (-[^/:\s]+)\S*: invalid choice: (.+?) \(choose from (.+)\)$", message)
+        if m: message = f"{m[1]} {m[2]}: choose one of {m[3].replace(chr(39), '')}"  # the same words as every other bad value
+        message = re.sub(r'^argument [^:]+: (?=-)', '', message)  # a field's parser already names its flag
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
-def make_parser() -> OneLineParser:
-    "The launcher's argument parser."
-    p = OneLineParser(prog='python -m resnext_nb.launch', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                      description='Train or evaluate ResNeXt on NPUs, GPUs or the CPU with the seed recipe. '
-                                  'With no --data_path it trains a small model on the built-in dataset.')
-    for add in (_seed_flags, _run_flags, _train_flags): add(p)
+def _parse(parse):
+    "Wrap a field's parser so that its `ValueError` becomes argparse's one-line error."
+    def convert(text):
+        try: return parse(text)
+        except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+def add_flag(group, f, flag:Flag, presets:dict|None=None):
+    "Add the flag of config field `f` to an argument group; its type follows the field's annotation."
+    kind, kw = str(f.type).replace(' ', ''), dict(dest=f.name, help=flag_help(f, flag, presets))
+    if flag.choices: kw['help'] = f"{kw['help']}; one of {', '.join(map(str, flag.choices))}"
+    if kind == 'bool' and f.default is not True: kw['action'] = 'store_true'
+    elif kind in ('bool', 'bool|None'): kw['action'] = argparse.BooleanOptionalAction  # --x and --no-x
+    else: kw.update(type=_parse(flag.parse) if flag.parse else {'int': int, 'float': float}.get(kind.replace('|None', ''), str),
+                    choices=flag.choices, metavar=flag.metavar or (f.name.upper() if flag.choices else None))
+    group.add_argument(*flag_names(f, flag), **kw)
+
+# %% ../nbs/04_launch.ipynb #0bad79af
+def build_parser(
+    prog:str, # the command, for usage and errors
+    description:str, # one paragraph for `--help`
+    configs:dict|None=None, # {group: dataclass} whose flag-bearing fields become flags (default `CONFIGS`)
+    presets:dict|None=None, # presets to show in each flag's help (default `PRESETS`)
+) -> OneLineParser:
+    "A parser with one flag per flag-bearing field, in groups: the Ascend recipe's flags first, then one per config."
+    p, groups = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS, description=description), {}
+    for g, f, flag in sorted(flag_fields(configs), key=lambda t: not t[2].ascend):
+        title = "the Ascend recipe's flags" if flag.ascend else g
+        if title not in groups: groups[title] = p.add_argument_group(title)
+        add_flag(groups[title], f, flag, presets)
     return p
+
+def make_parser() -> OneLineParser:
+    "The launcher's argument parser, built from the config fields."
+    return build_parser('python -m resnext_nb.launch', 'Train or evaluate ResNeXt on NPUs, GPUs or the CPU with the Ascend recipe. '
+                        'With no --data_path it trains a small model on the built-in dataset.')
 
 # %% ../nbs/04_launch.ipynb #8eb36b74
 def external_launcher(env=os.environ) -> str | None:
@@ -109,62 +144,81 @@ def slurm_environment(env, addr:str, port:int) -> dict[str, str]:
             'MASTER_ADDR': env.get('MASTER_ADDR', addr), 'MASTER_PORT': env.get('MASTER_PORT', str(port))}
 
 # %% ../nbs/04_launch.ipynb #4ad3c303
-QUICKSTART = dict(arch='resnext_tiny', image_size=64, epochs=6, batch_size=64, lr=0.2, warmup_epochs=0.5, workers=2)
-RECIPE = dict(arch='resnext50_32x4d', image_size=224, epochs=90, batch_size=256, lr=0.1, warmup_epochs=0.0, workers=None)
+def preset_for(given:dict) -> str|None:
+    "The run's preset: `--preset`, else the quick start when there is no data to train on."
+    if 'preset' in given: return given['preset']
+    builtin = given.get('data_path') is None and given.get('dataset', 'builtin') in ('auto', 'builtin') and not given.get('dummy')
+    return 'quickstart' if builtin else None
 
-def _defaults(args) -> dict:
-    "The preset for flags left unset: quick start on the built-in dataset, the seed's recipe otherwise."
-    builtin = args.data_path is None and args.dataset in (None, 'builtin') and not args.dummy
-    return QUICKSTART if builtin else RECIPE
+def resolve_values(given:dict) -> tuple[dict, dict]:
+    "Every flag-bearing field's value, and where it came from: 'flag', 'preset NAME' or 'default'."
+    name = preset_for(given)
+    preset, values, sources = PRESETS.get(name, {}), {'preset': name}, {}
+    for _, f, _ in flag_fields():
+        if f.name in given: values[f.name], sources[f.name] = given[f.name], 'flag'
+        elif f.name in preset: values[f.name], sources[f.name] = preset[f.name], f'preset {name}'
+        elif f.name != 'preset': values[f.name], sources[f.name] = field_default(f), 'default'
+    return values, sources
 
 # %% ../nbs/04_launch.ipynb #d8a176d3
-def _world_size(args, env=os.environ) -> tuple[int, int]:
-    "(processes per node, world size) from torchrun's or SLURM's environment, or from --nproc, --device-list and --nnodes."
+def world_size(values:dict, env=os.environ) -> tuple[int, int]:
+    "(processes per node, world size): from torchrun's or SLURM's environment, else from --nproc, --device-list and --nnodes."
     launcher = external_launcher(env)
     if launcher: return 1, int(env['WORLD_SIZE'] if launcher == 'torchrun' else env['SLURM_NTASKS'])
-    nproc = args.nproc
-    if nproc is None:
-        listed = parse_device_list(args.device_list)
-        nproc = len(listed) if (listed and args.multiprocessing_distributed) else 1
-    if nproc < 1: raise ValueError(f"--nproc {nproc}: must be at least 1")
-    if args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
-        raise ValueError(f"--node-rank {args.node_rank} with --nnodes {args.nnodes}: need 0 <= node-rank < nnodes")
-    return nproc, nproc * args.nnodes
+    nproc, listed = values['nproc'], values['device_list']
+    if nproc is None: nproc = len(listed) if (listed and values['multiprocessing_distributed']) else 1
+    if not 0 <= values['node_rank'] < values['nnodes']:
+        raise ValueError(f"--node-rank {values['node_rank']} with --nnodes {values['nnodes']}: need 0 <= node-rank < nnodes")
+    return nproc, nproc * values['nnodes']
 
 # %% ../nbs/04_launch.ipynb #3f4ec657
-def _check_values(args, batch_size:int, world:int):
-    "Reject values that cannot work, with the flag's name."
-    for flag in ('epochs', 'workers', 'lr', 'image_size', 'print_freq', 'max_steps', 'checkpoint_every', 'warmup_epochs', 'weight_decay'):
-        v = getattr(args, flag)
-        if v is not None and v < 0 or (flag in ('epochs', 'lr', 'image_size', 'print_freq') and v is not None and v == 0):
-            raise ValueError(f"--{flag.replace('_', '-')} {v}: must be positive")
-    if args.image_size is not None and args.image_size < 16: raise ValueError(f"--image-size {args.image_size}: must be at least 16")
-    if batch_size % world: raise ValueError(f"--batch-size {batch_size} is the global batch and must divide evenly over {world} processes")
-    if not 0 < args.port < 65536: raise ValueError(f"--port {args.port}: not a TCP port")
-    if args.arch is not None and args.arch not in ARCHS: raise ValueError(f"--arch {args.arch!r}: choose one of {', '.join(ARCHS)}")
-    if args.evaluate and not args.resume: raise ValueError("--evaluate needs --resume PATH: the checkpoint to score")
-    parse_loss_scale(args.loss_scale); parse_device_list(args.device_list)
+def field_checks(
+    values:dict, # field name -> value
+    configs:dict|None=None, # whose fields to check (default `CONFIGS`)
+):
+    "Raise a one-line `ValueError` naming the flag for a value its field refuses: a choice not offered, or its `check`."
+    for _, f, flag in flag_fields(configs):
+        v, name = values.get(f.name), flag_names(f, flag)[0]
+        if v is None: continue
+        if flag.choices and v not in flag.choices: raise ValueError(f"{name} {v!r}: choose one of {', '.join(map(str, flag.choices))}")
+        if isinstance(v, float) and not math.isfinite(v): raise ValueError(f"{name} {v}: must be a finite number")
+        if flag.check and (why := flag.check(v)): raise ValueError(f"{name} {v!r}: {why}" if isinstance(v, str) else f"{name} {v}: {why}")
+
+def check_values(values:dict, world:int):
+    "Reject values that cannot work, naming the flag: each field's own check, then the ones that join fields."
+    field_checks(values)
+    if values['batch_size'] % world:
+        raise ValueError(f"--batch-size {values['batch_size']} is the global batch and must divide evenly over {world} processes")
+    if values['evaluate'] and not values['resume']: raise ValueError("--evaluate needs --resume PATH: the checkpoint to score")
+    parse_loss_scale(values['loss_scale'])
 
 # %% ../nbs/04_launch.ipynb #262a7702
-def config_from_args(args) -> tuple[RunConfig, int]:
-    "Map the parsed flags onto a `RunConfig`; also returns the processes per node."
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else _defaults(args)[name]
-    nproc, world = _world_size(args)
-    batch_size = pick('batch_size')
-    _check_values(args, batch_size, world)
-    arch, workers = pick('arch'), pick('workers')
-    output = args.output or f"output/{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    dataset = 'synthetic' if args.dummy else (args.dataset or ('builtin' if args.data_path is None else 'auto'))
-    data = DataConfig(data_path=args.data_path, dataset=dataset, image_size=pick('image_size'), batch_size=batch_size // world,
-                      skip_bad_images=args.skip_bad_images, backend=args.data_backend, seed=args.seed or 0, **({'workers': workers} if workers is not None else {}))
-    tr = TrainConfig(arch=arch, epochs=pick('epochs'), lr=pick('lr'), momentum=args.momentum, weight_decay=args.weight_decay,
-                     no_bn_weight_decay=args.no_bn_wd, schedule=args.lr_schedule, warmup_epochs=pick('warmup_epochs'),
-                     label_smoothing=args.label_smoothing, zero_init_residual=args.zero_init_residual, compile=args.compile,
-                     freeze_bn=args.freeze_bn, print_freq=args.print_freq, checkpoint_every=args.checkpoint_every,
-                     max_steps=args.max_steps, output=output, seed=args.seed, resume=args.resume, evaluate=args.evaluate,
-                     deterministic=args.deterministic, tensorboard=args.tensorboard)
-    amp = AmpConfig(amp=args.amp, opt_level=args.opt_level, loss_scale=args.loss_scale, dtype=args.amp_dtype, channels_last=args.channels_last)
-    return RunConfig(train=tr, data=data, amp=amp, device=args.device, device_list=args.device_list), nproc
+def make_config(cls, values:dict):
+    "An instance of config class `cls` with its flag-bearing fields taken from `values`."
+    return cls(**{f.name: values[f.name] for f in fields(cls) if 'flag' in f.metadata})
+
+def config_from_args(args, env=os.environ) -> tuple[RunConfig, JobConfig]:
+    "Map the parsed flags onto a `RunConfig` for the workers and a `JobConfig` for the launcher."
+    values, sources = resolve_values(vars(args))
+    nproc, world = world_size(values, env)
+    check_values(values, world)
+    job = replace(make_config(JobConfig, {**values, 'nproc': nproc}), preset=values['preset'], world_size=world, sources=sources)
+    tr = make_config(TrainConfig, values)
+    tr = replace(tr, output=tr.output or default_output(tr.arch))  # named once, here, so that every rank agrees
+    dataset = 'synthetic' if job.dummy else ('builtin' if values['dataset'] == 'auto' and values['data_path'] is None else values['dataset'])
+    data = replace(make_config(DataConfig, values), dataset=dataset, batch_size=job.batch_size // world, seed=tr.seed or 0)
+    return RunConfig(train=tr, data=data, amp=make_config(AmpConfig, values), npu=make_config(NpuConfig, values),
+                     device=values['device'], device_list=values['device_list']), job
+
+# %% ../nbs/04_launch.ipynb #92cb7201
+def format_config(cfg:RunConfig, job:JobConfig) -> str:
+    "The resolved configuration, one `section.field = value  (source)` line each, for `--print-config`."
+    lines = [f"preset: {job.preset or 'none (the field defaults)'}; world size {job.world_size}, {job.nproc} per node"]
+    for section, conf in (('job', job), ('run', cfg), ('train', cfg.train), ('data', cfg.data), ('amp', cfg.amp)):
+        for f in fields(conf):
+            if f.name in ('train', 'data', 'amp', 'sources', 'world_size'): continue
+            lines.append(f"{section}.{f.name} = {getattr(conf, f.name)!r}  ({job.sources.get(f.name, 'derived')})")
+    return '\n'.join(lines)
 
 # %% ../nbs/04_launch.ipynb #a6f2d7fc
 class UserError(SystemExit):
@@ -172,14 +226,13 @@ class UserError(SystemExit):
 
 def run_worker(cfg:RunConfig) -> dict:
     "Train or evaluate in this process, inside the process group the environment describes (if any)."
-    local_rank, world = int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    place = None
     try:
-        if world > 1:
-            device = get_device(cfg.device, local_rank, parse_device_list(cfg.device_list))
-            dist.init_process_group(dist_backend(device.type))
-        return (evaluate if cfg.train.evaluate else train)(cfg, local_rank)
-    except (DataError, CheckpointError, TrainingDiverged, ValueError) as e:
-        rank = f"[rank {os.environ.get('RANK', 0)}] " if world > 1 else ''
+        place = resolve_placement(cfg.device, cfg.device_list)
+        if place.world_size > 1: dist.init_process_group(dist_backend(place.device.type))
+        return (evaluate if cfg.train.evaluate else train)(cfg, place)
+    except (DataError, CheckpointError, TrainingDiverged, DeviceUnavailable, ValueError) as e:
+        rank = f"[rank {place.rank}] " if place and place.world_size > 1 else ''
         print(f"resnext_nb: error: {rank}{e}", file=sys.stderr, flush=True)
         raise UserError(1) from None
     finally:
@@ -235,19 +288,22 @@ def describe_failure(e:ChildFailedError) -> str:
     return "resnext_nb: the job failed\n  " + "\n  ".join(lines)
 
 # %% ../nbs/04_launch.ipynb #bfb40bbb
-def launch_processes(cfg:RunConfig, nproc:int, nnodes:int, node_rank:int, addr:str, port:int) -> dict:
-    "Run `elastic_worker` in `nproc` processes on this node; returns rank 0's result (on node 0)."
+def launch_processes(
+    cfg:RunConfig, # what every worker runs
+    job:JobConfig, # processes per node, machines, this node's rank, the rendezvous
+) -> dict:
+    "Run `elastic_worker` in `job.nproc` processes on this node; returns rank 0's result (on node 0)."
     device_type = resolve_device_type(cfg.device)
-    check_device_count(device_type, nproc, parse_device_list(cfg.device_list), available_devices(device_type))
-    if node_rank == 0: check_port_free(addr, port)
-    for k, v in worker_environment(device_type, nproc).items(): os.environ.setdefault(k, v)
+    check_device_count(device_type, job.nproc, cfg.device_list, available_devices(device_type))
+    if job.node_rank == 0: check_port_free(job.addr, job.port)
+    for k, v in worker_environment(device_type, job.nproc).items(): os.environ.setdefault(k, v)
     logging.getLogger('torch.distributed.elastic').setLevel(logging.WARNING)
-    results = elastic_launch(launch_config(nproc, nnodes, node_rank, addr, port), elastic_worker)(cfg)
-    return results.get(0, {}) if node_rank == 0 else {}
+    results = elastic_launch(launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port), elastic_worker)(cfg)
+    return results.get(0, {}) if job.node_rank == 0 else {}
 
 # %% ../nbs/04_launch.ipynb #3cf31508
 def summary_fields(summary:dict, cfg:RunConfig, world:int, device_type:str, case_name:str|None, wall_s:float) -> dict:
-    "The seed's summary fields for a finished run."
+    "The Ascend recipe's summary fields for a finished run."
     global_batch = cfg.data.batch_size * world
     fps = summary.get('fps') or 0.0
     kind = 'eval' if cfg.train.evaluate else ('perf' if cfg.train.max_steps or cfg.train.epochs == 1 else 'acc')
@@ -265,33 +321,35 @@ def write_summary(fields:dict, output:str|Path) -> Path:
     return path
 
 # %% ../nbs/04_launch.ipynb #80b6df5c
-def _start(cfg:RunConfig, nproc:int, args) -> dict:
+def _start(cfg:RunConfig, job:JobConfig) -> dict:
     "Run the job the way the environment and the flags ask: torchrun/SLURM, in-process, or torch elastic."
     launcher = external_launcher()
-    if launcher == 'slurm': os.environ.update(slurm_environment(os.environ, args.addr, args.port))
-    if launcher: return run_worker(cfg)
-    if nproc == 1 and args.nnodes == 1: return run_worker(cfg)
-    return launch_processes(cfg, nproc, args.nnodes, args.node_rank, args.addr, args.port)
+    if launcher == 'slurm': os.environ.update(slurm_environment(os.environ, job.addr, job.port))
+    if launcher or (job.nproc == 1 and job.nnodes == 1): return run_worker(cfg)
+    return launch_processes(cfg, job)
 
-def main(argv:list[str]|None=None) -> int:
+def main(
+    argv:list[str]|None=None, # the flags (None: `sys.argv[1:]`)
+) -> int:
     "The `python -m resnext_nb.launch` command; returns the exit code."
     parser, start = make_parser(), time.time()
     args = parser.parse_args(argv)
-    try: cfg, nproc = config_from_args(args)
+    try: cfg, job = config_from_args(args)
     except ValueError as e: parser.error(str(e))
-    if cfg.data.dataset == 'builtin' and not args.data_path:
+    if job.print_config: print(format_config(cfg, job)); return 0
+    if job.preset == 'quickstart':
         print(f"=> no --data_path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the built-in dataset "
               f"(pass --data_path DIR for ImageNet; see --help)", flush=True)
-    try: summary = _start(cfg, nproc, args)
+    try: summary = _start(cfg, job)
     except ChildFailedError as e: print(describe_failure(e), file=sys.stderr); return 1
     except ValueError as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 2
+    except DeviceUnavailable as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 1
     except UserError as e: return int(e.code)
     except KeyboardInterrupt: print("resnext_nb: interrupted", file=sys.stderr); return 130
     if summary:  # rank 0 alone returns one
-        world = nproc * args.nnodes if not external_launcher() else int(os.environ['WORLD_SIZE'])
-        fields = summary_fields(summary, cfg, world, resolve_device_type(cfg.device), args.case_name, time.time() - start)
-        path = write_summary(fields, cfg.train.output)
-        print(f"=> summary {path}:\n" + ''.join(f"   {k} = {v}\n" for k, v in fields.items()), end='', flush=True)
+        fields_ = summary_fields(summary, cfg, job.world_size, resolve_device_type(cfg.device), job.case_name, time.time() - start)
+        path = write_summary(fields_, cfg.train.output)
+        print(f"=> summary {path}:\n" + ''.join(f"   {k} = {v}\n" for k, v in fields_.items()), end='', flush=True)
     return 0
 
 # %% ../nbs/04_launch.ipynb #995c54f0

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['ARCHS', 'WRAPPER_NAMES', 'STAGES', 'macs_by_module', 'count_parameters', 'bottleneck_width', 'shortcut', 'Bottleneck',
@@ -80,15 +79,13 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut(cin, cout, stride)
 
-# %% ../nbs/01_model.ipynb #ad3bee44
-@patch
-def forward(self:Bottleneck, x:torch.Tensor) -> torch.Tensor:
-    "relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))"
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    identity = x if self.downsample is None else self.downsample(x)
-    return self.relu(out + identity)
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        "relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))"
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
 
 # %% ../nbs/01_model.ipynb #5ec5feb1
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ class ArchSpec:
 
 # %% ../nbs/01_model.ipynb #585ad829
 ARCHS = {
-    'resnext50_32x4d': ArchSpec((3, 4, 6, 3), groups=32, width_per_group=4),  # the seed's model; the default --arch
+    'resnext50_32x4d': ArchSpec((3, 4, 6, 3), groups=32, width_per_group=4),  # the Ascend recipe's model; the default --arch
     'resnext101_32x8d': ArchSpec((3, 4, 23, 3), groups=32, width_per_group=8),
     'resnext101_64x4d': ArchSpec((3, 4, 23, 3), groups=64, width_per_group=4),
     'resnet50': ArchSpec((3, 4, 6, 3)),  # one group of 64: plain ResNet-50, for comparison
@@ -144,6 +141,12 @@ class ResNeXt(nn.Module):
         self.spec = spec
         init_weights(self, zero_init_residual)
 
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        "Class logits for a batch of images (N, 3, H, W)."
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
 # %% ../nbs/01_model.ipynb #3c27b209
 def init_weights(
     model:nn.Module, # a ResNeXt, or any module made of its parts
@@ -156,14 +159,6 @@ def init_weights(
     if zero_init_residual:
         for m in model.modules():
             if isinstance(m, Bottleneck): nn.init.zeros_(m.bn3.weight)
-
-# %% ../nbs/01_model.ipynb #a5e7ccf0
-@patch
-def forward(self:ResNeXt, x:torch.Tensor) -> torch.Tensor:
-    "Class logits for a batch of images (N, 3, H, W)."
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-    return self.fc(torch.flatten(self.avgpool(x), 1))
 
 # %% ../nbs/01_model.ipynb #02872a82
 def create_model(

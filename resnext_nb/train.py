@@ -15,44 +15,55 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
-from .device import *
-from .model import create_model, unwrap_model, clean_state_dict
-from .data import DataConfig, build_loaders, normalize
+from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, NpuConfig, Placement, Precision,
+                               apply_npu_config, device_name, get_world_size, sgd_class, untimed_steps, warmup_message,
+                               is_distributed, is_main_process, non_negative, opt, parse_device_list, peak_memory_bytes,
+                               positive, resolve_placement, resolve_precision, rng_state, seed_everything, set_rng_state,
+                               synchronize, to_memory_format)
+from .model import ARCHS, create_model, unwrap_model, clean_state_dict
+from .data import DataConfig, normalize
+from .loaders import build_loaders
 
 # %% auto #0
-__all__ = ['RESUME_KEYS', 'TrainConfig', 'RunConfig', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler',
-           'topk_hits', 'accuracy', 'MetricSums', 'atomic_write', 'save_checkpoint', 'CheckpointError',
-           'read_checkpoint', 'load_resumable', 'CancelFitException', 'Callback', 'Learner', 'freeze_batchnorm',
-           'TrainingDiverged', 'ThroughputCB', 'LogCB', 'CheckpointCB', 'ProgressCB', 'plot_history', 'LivePlotCB',
-           'PlotsCB', 'default_callbacks', 'build_model', 'build_learner', 'train', 'evaluate']
+__all__ = ['LR_SCHEDULES', 'RESUME_KEYS', 'default_output', 'TrainConfig', 'RunConfig', 'param_groups', 'make_optimizer',
+           'lr_factor', 'make_scheduler', 'topk_hits', 'accuracy', 'MetricSums', 'atomic_write', 'save_checkpoint',
+           'CheckpointError', 'read_checkpoint', 'load_resumable', 'CancelFitException', 'Callback', 'Throughput',
+           'Learner', 'freeze_batchnorm', 'TrainingDiverged', 'LogCB', 'CheckpointCB', 'ProgressCB', 'plot_history',
+           'LivePlotCB', 'PlotsCB', 'default_callbacks', 'build_model', 'build_learner', 'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
+LR_SCHEDULES = ('cosine', 'step')
+
+def default_output(arch:str) -> str:
+    "The run folder when `--output` is not given: `output/<arch>-<date>-<time>`."
+    return f"output/{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
 @dataclass
 class TrainConfig:
-    "What and how to train, named after the seed's flags where it has one."
-    arch:str='resnext50_32x4d' # `--arch`: a name from `resnext_nb.model.ARCHS`
-    epochs:int=90 # `--epochs`
-    lr:float=0.1 # `--lr`: peak learning rate (the seed: 0.1 at batch 256, 0.8 at batch 2048)
-    momentum:float=0.9 # `--momentum`
-    weight_decay:float=1e-4 # `--wd`
-    no_bn_weight_decay:bool=False # `--no-bn-wd`: no weight decay on norm and bias parameters
-    schedule:str='cosine' # `--lr-schedule`: per-epoch 'cosine' (the seed) or 'step' (pytorch/examples)
+    "What and how to train; the defaults are the Ascend recipe's single-device run."
+    arch:str=opt('resnext50_32x4d', '--arch', '-a', choices=tuple(ARCHS), ascend=True, help='model')
+    epochs:int=opt(90, check=positive, ascend=True, help='epochs to train')
+    lr:float=opt(0.1, '--lr', '--learning-rate', check=positive, ascend=True, help='peak learning rate (the Ascend recipe: 0.1 at batch 256, 0.8 at 2048)')
+    momentum:float=opt(0.9, check=non_negative, ascend=True, help='SGD momentum')
+    weight_decay:float=opt(1e-4, '--wd', '--weight-decay', check=non_negative, help='weight decay')
+    no_bn_weight_decay:bool=opt(False, '--no-bn-wd', help='no weight decay on norm and bias parameters')
+    schedule:str=opt('cosine', '--lr-schedule', choices=LR_SCHEDULES, help='per-epoch cosine (the Ascend recipe) or ÷10 every `step_size` epochs')
     step_size:int=30 # epochs between the ÷10 drops of the 'step' schedule
-    warmup_epochs:float=0.0 # `--warmup-epochs`: linear warmup, per step, from 0 to `lr`
-    label_smoothing:float=0.0 # `--label-smoothing`: off by default, as in the seed
-    zero_init_residual:bool=False # `--zero-init-residual`: start each block's last BN at zero
-    compile:bool=False # `--compile`: run the model under torch.compile
-    freeze_bn:bool=False # `--freeze-bn`: keep batch-norm statistics frozen (eval mode) while training
-    print_freq:int=10 # `--print-freq`: steps between log lines
-    checkpoint_every:int=0 # `--checkpoint-every`: also checkpoint every N steps (0: once per epoch)
-    max_steps:int=0 # `--max-steps`: stop after this many training steps in all (0: no budget)
+    warmup_epochs:float=opt(0.0, check=non_negative, help='linear warmup, per step, from 0 to --lr')
+    label_smoothing:float=opt(0.0, check=non_negative, help='label smoothing (off in the Ascend recipe)')
+    zero_init_residual:bool=opt(False, help="zero-init each block's last BN")
+    compile:bool=opt(False, help='torch.compile the model')
+    freeze_bn:bool=opt(False, help='keep batch-norm statistics frozen (eval mode) while training')
+    print_freq:int=opt(10, '--print-freq', '-p', check=positive, ascend=True, help='steps between log lines')
+    checkpoint_every:int=opt(0, check=non_negative, help='also checkpoint every N steps (0: once per epoch)')
+    max_steps:int=opt(0, check=non_negative, help='stop after N training steps in all (0: no budget)')
     max_overflow_steps:int=50 # stop when this many fp16 steps in a row overflow
-    output:str='output' # `--output`: the run's folder (checkpoints, logs, plots)
-    seed:int|None=None # `--seed`: seed every RNG (the seed's 8p recipe uses 49)
-    resume:str|None=None # `--resume`: a checkpoint to continue from (or to score, with `evaluate`)
-    evaluate:bool=False # `--evaluate`: score the `resume` checkpoint and train nothing
-    deterministic:bool=False # `--deterministic`: use only deterministic kernels
-    tensorboard:bool=False # `--tensorboard`: also log to TensorBoard in `output/tb`
+    output:str|None=opt(None, metavar='DIR', help='run folder for checkpoints, logs and plots (none: output/<arch>-<date>-<time>)')
+    seed:int|None=opt(None, ascend=True, help='seed every RNG (the 8-device recipe uses 49)')
+    resume:str|None=opt(None, metavar='PATH', help='checkpoint to resume from (mid-epoch included)')
+    evaluate:bool=opt(False, '--evaluate', '-e', ascend=True, help='score the --resume checkpoint on the validation set, train nothing')
+    deterministic:bool=opt(False, help='deterministic kernels only')
+    tensorboard:bool=opt(False, help='also log to TensorBoard in <output>/tb')
 
 @dataclass
 class RunConfig:
@@ -60,8 +71,9 @@ class RunConfig:
     train:TrainConfig=field(default_factory=TrainConfig)
     data:DataConfig=field(default_factory=DataConfig)
     amp:AmpConfig=field(default_factory=AmpConfig)
-    device:str='auto' # `--device`: auto, npu, cuda or cpu
-    device_list:str|None=None # `--device-list`: physical ids for local ranks 0, 1, ...
+    npu:NpuConfig=field(default_factory=NpuConfig)
+    device:str=opt('auto', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
+    device_list:list[int]|None=opt(None, parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
 
 # %% ../nbs/03_train.ipynb #1490a219
 def param_groups(model:nn.Module, weight_decay:float, no_bn_weight_decay:bool=False) -> list[dict]:
@@ -71,9 +83,13 @@ def param_groups(model:nn.Module, weight_decay:float, no_bn_weight_decay:bool=Fa
     return [{'params': [p for p in params if p.ndim > 1], 'weight_decay': weight_decay},
             {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.0}]
 
-def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.SGD:
-    "The seed's optimiser: SGD with momentum and weight decay."
-    return torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+def make_optimizer(
+    model:nn.Module, # its trainable parameters are optimised
+    cfg:TrainConfig, # lr, momentum, weight decay
+    opt_class:type=torch.optim.SGD, # SGD, or a drop-in such as torch_npu's fused SGD (`sgd_class` in the device chapter)
+) -> torch.optim.Optimizer:
+    "The Ascend recipe's optimiser: SGD with momentum and weight decay."
+    return opt_class(param_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
 # %% ../nbs/03_train.ipynb #d66f8806
 def lr_factor(cfg:TrainConfig, step:int, steps_per_epoch:int) -> float:
@@ -170,7 +186,7 @@ def read_checkpoint(path:str|Path) -> dict:
 
 # %% ../nbs/03_train.ipynb #887b9294
 def load_resumable(path:str|Path) -> dict:
-    "Read a checkpoint that training can resume from: the seed's keys must be there."
+    "Read a checkpoint that training can resume from: the Ascend recipe's keys must be there."
     state = read_checkpoint(path)
     missing = [k for k in RESUME_KEYS if k not in state]
     if missing: raise CheckpointError(f"checkpoint {path} is not a training checkpoint: it lacks {', '.join(missing)}")
@@ -184,21 +200,44 @@ class Callback:
     "Base class for callbacks: define any of `before_fit`, `before_epoch`, `after_batch`, `after_train`, `after_epoch`, `after_fit`."
     order, learn = 0, None
 
+# %% ../nbs/03_train.ipynb #71135d08
+class Throughput:
+    "Images per second over all ranks (`FPS@all`), skipping the first `skip` steps of each epoch."
+    def __init__(self, skip:int=2): self.skip, self.total_images, self.total_time, self.epoch_fps = skip, 0, 0.0, None
+    def start_epoch(self): self.steps, self.t0, self.epoch_fps, self.started = 0, None, None, time.perf_counter()
+
+    def after_step(self, device:torch.device):
+        "Count a step; the clock starts once `skip` steps are done."
+        self.steps += 1
+        if self.steps == self.skip: synchronize(device); self.t0 = time.perf_counter()
+
+    def end_epoch(self, device:torch.device, batch_size:int):
+        "Close the epoch's timing window (before validation); `batch_size` is the global batch."
+        if self.t0 is None or self.steps <= self.skip: return
+        synchronize(device)
+        images, elapsed = (self.steps - self.skip) * batch_size, time.perf_counter() - self.t0
+        self.total_images, self.total_time = self.total_images + images, self.total_time + elapsed
+        self.epoch_fps = images / elapsed
+
+    @property
+    def fps(self) -> float|None: return self.total_images / self.total_time if self.total_time else None
+
 # %% ../nbs/03_train.ipynb #df79c56a
 class Learner:
-    "The training loop: model, data, optimiser and callbacks, with the state needed to resume exactly."
+    "The training loop: model, data, optimiser and callbacks, with the state needed to resume exactly and the run's records."
     def __init__(self, model:nn.Module, loaders, cfg:TrainConfig, device:torch.device=torch.device('cpu'),
-                 precision:Precision|None=None, cbs=()):
+                 precision:Precision|None=None, cbs=(), opt_class:type=torch.optim.SGD,
+                 untimed:int=SEED_UNTIMED_STEPS):
         self.model, self.loaders, self.cfg, self.device = model, loaders, cfg, device
         self.precision = precision or resolve_precision(AmpConfig(), device.type)
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch = len(loaders.train)
-        self.opt = make_optimizer(model, cfg)
+        self.opt = make_optimizer(model, cfg, opt_class)
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
         self.scaler = LossScaler(self.precision)
-        self.epoch, self.step_in_epoch, self.step, self.best_acc1 = 0, 0, 0, 0.0
-        self.history, self.stop, self.config = [], False, None
-        self.train_sums = MetricSums(device)
+        self.epoch, self.batches_done, self.step, self.best_acc1 = 0, 0, 0, 0.0
+        self.history, self.summary, self.stop, self.config = [], {}, False, None
+        self.train_sums, self.throughput = MetricSums(device), Throughput(untimed)
         self.cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self.cbs: cb.learn = self
 
@@ -221,7 +260,7 @@ def train_step(self:Learner, images:torch.Tensor, labels:torch.Tensor):
     self.scaler.step(self.opt)
     self.lr = self.opt.param_groups[0]['lr']  # the rate this step used, before the schedule moves on
     self.sched.step()
-    self.step, self.step_in_epoch = self.step + 1, self.step_in_epoch + 1
+    self.step, self.batches_done = self.step + 1, self.batches_done + 1
     self.train_sums.add(self.loss, self.preds, self.yb)
 
 # %% ../nbs/03_train.ipynb #bfff5a30
@@ -230,22 +269,48 @@ def freeze_batchnorm(model:nn.Module):
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
 
+# %% ../nbs/03_train.ipynb #0c6d5eaa
+class TrainingDiverged(RuntimeError):
+    "Training produced non-finite losses, or fp16 steps kept overflowing."
+
+@patch
+def check_health(self:Learner):
+    "Refresh `train_metrics` over all ranks; raise `TrainingDiverged` on non-finite losses (fp32/bf16) or persistent overflow."
+    self.train_metrics = self.train_sums.all_reduce().summary()
+    if self.scaler.consecutive_skipped >= self.cfg.max_overflow_steps:
+        raise TrainingDiverged(f"{self.scaler.consecutive_skipped} fp16 steps in a row overflowed at step {self.step} "
+                               f"(loss scale {self.scaler.current_scale}): lower --lr, or try --amp-dtype bfloat16 or --loss-scale dynamic")
+    if self.scaler.current_scale is None and self.train_metrics['nonfinite']:
+        raise TrainingDiverged(f"the loss became non-finite at epoch {self.epoch}, step {self.step}: lower --lr or "
+                               f"add --warmup-epochs; the last good checkpoint is kept in {self.cfg.output}")
+
+# %% ../nbs/03_train.ipynb #37ab3a9a
+@patch
+def record_step(self:Learner):
+    "Append this step's record (from the all-reduced `train_metrics`) to `history`."
+    m = self.train_metrics
+    self.history.append({'kind': 'step', 'epoch': self.epoch, 'step': self.step, 'lr': self.lr, 'loss': m['loss'],
+                         'acc1': m['acc1'], 'acc5': m['acc5'], 'loss_scale': self.scaler.current_scale})
+
 # %% ../nbs/03_train.ipynb #f60daf96
 @patch
 def train_epoch(self:Learner):
     "Train from the current position to the end of the epoch (or the step budget)."
     self.model.train()
     if self.cfg.freeze_bn: freeze_batchnorm(self.model)
-    if self.step_in_epoch == 0: self.train_sums = MetricSums(self.device)
-    self.loaders.train.set_epoch(self.epoch, self.step_in_epoch)
+    if self.batches_done == 0: self.train_sums = MetricSums(self.device)
+    self.loaders.train.set_epoch(self.epoch, self.batches_done)
     self.dl = self.loaders.train
+    self.throughput.start_epoch()
     self.callback('before_epoch')
     for images, labels in self.dl:
         self.train_step(images, labels)
-        if self.step % self.cfg.print_freq == 0: self.check_health()
+        self.throughput.after_step(self.device)
+        if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
         self.callback('after_batch')
         if self.cfg.max_steps and self.step >= self.cfg.max_steps: self.stop = True
         if self.stop: break
+    self.throughput.end_epoch(self.device, self.xb.shape[0] * get_world_size())
     self.check_health()
     self.callback('after_train')
 
@@ -263,99 +328,85 @@ def validate(self:Learner, loader=None) -> dict:
     self.val_metrics = sums.all_reduce().summary()
     return self.val_metrics
 
+# %% ../nbs/03_train.ipynb #11c44b47
+@patch
+def record_epoch(self:Learner):
+    "Append the epoch's record, and update `best_acc1` (`is_best` says whether this epoch set it)."
+    t, v = self.train_metrics, self.val_metrics
+    self.is_best = v['acc1'] > self.best_acc1
+    self.best_acc1 = max(v['acc1'], self.best_acc1)
+    self.history.append({'kind': 'epoch', 'epoch': self.epoch, 'step': self.step, 'train_loss': t['loss'], 'train_acc1': t['acc1'],
+                         'val_loss': v['loss'], 'val_acc1': v['acc1'], 'val_acc5': v['acc5'], 'val_count': v['count'],
+                         'fps': self.throughput.epoch_fps, 'skipped_steps': self.scaler.skipped_steps,
+                         'peak_memory_mb': peak_memory_bytes(self.device) / 2**20})
+
+# %% ../nbs/03_train.ipynb #0bc81024
+@patch
+def record_summary(self:Learner):
+    "The run's `summary`: the last epoch's record, the best Acc@1, `FPS@all`, the steps and the time."
+    last = next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
+    self.summary = {**{k: v for k, v in last.items() if k not in ('kind', 'fps')}, 'best_acc1': self.best_acc1,
+                    'fps': self.throughput.fps, 'steps': self.step, 'train_time_s': time.perf_counter() - self.fit_start}
+
 # %% ../nbs/03_train.ipynb #d7801217
 @patch
 def resume_position(self:Learner) -> tuple[int, int]:
     "(epoch, batches done in it) that a run resumed from a checkpoint written now would start at."
-    if self.step_in_epoch >= self.steps_per_epoch: return self.epoch + 1, 0
-    return self.epoch, self.step_in_epoch
+    if self.batches_done >= self.steps_per_epoch: return self.epoch + 1, 0
+    return self.epoch, self.batches_done
 
 @patch
 def fit(self:Learner, epochs:int|None=None) -> dict:
-    "Train to `epochs` (default `cfg.epochs`), validating after each epoch; returns the last metrics."
-    self.n_epochs, self.stop = epochs or self.cfg.epochs, False
+    "Train to `epochs` (default `cfg.epochs`), validating after each epoch; returns the last epoch's record."
+    self.n_epochs, self.stop, self.fit_start = epochs or self.cfg.epochs, False, time.perf_counter()
     try:
         self.callback('before_fit')
         while self.epoch < self.n_epochs and not self.stop:
             self.train_epoch()
             self.validate()
+            self.record_epoch()
             self.callback('after_epoch')
-            self.epoch, self.step_in_epoch = self.resume_position()
+            self.epoch, self.batches_done = self.resume_position()
     except CancelFitException: pass
+    self.record_summary()
     self.callback('after_fit')
-    return self.history[-1] if self.history else {}
+    return next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
 
 # %% ../nbs/03_train.ipynb #70fc2a93
 @patch
 def state_dict(self:Learner) -> dict:
     "The run's full state, as a checkpoint dict."
-    epoch, start_batch = self.resume_position()
+    epoch, batches_done = self.resume_position()
     return {'epoch': epoch, 'arch': self.cfg.arch, 'state_dict': unwrap_model(self.model).state_dict(),
             'best_acc1': self.best_acc1, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
             'scheduler': self.sched.state_dict(), 'rng': rng_state(self.device),
-            'sampler': {'epoch': epoch, 'start_batch': start_batch}, 'step': self.step,
+            'sampler': {'epoch': epoch, 'start_batch': batches_done}, 'step': self.step,
             'train_sums': self.train_sums.sums.cpu(), 'history': self.history, 'config': self.config}
 
 # %% ../nbs/03_train.ipynb #f6317524
 @patch
 def load_state_dict(self:Learner, state:dict):
-    "Restore a run saved by `state_dict` (or the model, optimiser and epoch of a seed checkpoint)."
+    "Restore a run saved by `state_dict` (or the model, optimiser and epoch of an Ascend-recipe checkpoint)."
     unwrap_model(self.model).load_state_dict(clean_state_dict(state['state_dict']))
     self.opt.load_state_dict(state['optimizer'])
     self.best_acc1 = float(state['best_acc1'])
     sampler = state.get('sampler', {'epoch': state['epoch'], 'start_batch': 0})
-    self.epoch, self.step_in_epoch = sampler['epoch'], sampler['start_batch']
-    self.step = state.get('step', self.epoch * self.steps_per_epoch + self.step_in_epoch)
+    self.epoch, self.batches_done = sampler['epoch'], sampler['start_batch']
+    self.step = state.get('step', self.epoch * self.steps_per_epoch + self.batches_done)
     if 'scaler' in state: self.scaler.load_state_dict(state['scaler'])
     if 'scheduler' in state: self.sched.load_state_dict(state['scheduler'])
-    else:  # a seed checkpoint has no schedule state: derive the LR from the step, as the schedule would
+    else:  # an Ascend-recipe checkpoint has no schedule state: derive the LR from the step, as the schedule would
         self.sched.last_epoch = self.step
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs): group['lr'] = base * lr_factor(self.cfg, self.step, self.steps_per_epoch)
     if 'rng' in state: set_rng_state(state['rng'], self.device)
     if 'train_sums' in state: self.train_sums.sums.copy_(state['train_sums'])
     self.history = list(state.get('history', []))
 
-# %% ../nbs/03_train.ipynb #0c6d5eaa
-class TrainingDiverged(RuntimeError):
-    "Training produced non-finite losses, or fp16 steps kept overflowing."
-
-@patch
-def check_health(self:Learner):
-    "Refresh `train_metrics` over all ranks; raise `TrainingDiverged` on non-finite losses (fp32/bf16) or persistent overflow."
-    self.train_metrics = self.train_sums.all_reduce().summary()
-    if self.scaler.consecutive_skipped >= self.cfg.max_overflow_steps:
-        raise TrainingDiverged(f"{self.scaler.consecutive_skipped} fp16 steps in a row overflowed at step {self.step} "
-                               f"(loss scale {self.scaler.current_scale}): lower --lr, or try --amp-dtype bfloat16 or --loss-scale dynamic")
-    if self.scaler.current_scale is None and self.train_metrics['nonfinite']:
-        raise TrainingDiverged(f"the loss became non-finite at epoch {self.epoch}, step {self.step}: lower --lr or "
-                               f"add --warmup-epochs; the last good checkpoint is kept in {self.cfg.output}")
-
-# %% ../nbs/03_train.ipynb #55ccf36b
-class ThroughputCB(Callback):
-    "Images per second over all ranks (`FPS@all`), skipping the first `skip` steps of each epoch."
-    order = 1
-    def __init__(self, skip:int=2): self.skip, self.total_images, self.total_time = skip, 0, 0.0
-    def before_epoch(self): self.steps, self.t0, self.epoch_fps = 0, None, None
-    def after_batch(self):
-        self.steps += 1
-        if self.steps == self.skip: synchronize(self.learn.device); self.t0 = time.perf_counter()
-    def after_train(self):
-        "Close the epoch's timing window before validation starts."
-        if self.t0 is None or self.steps <= self.skip: return
-        synchronize(self.learn.device)
-        images = (self.steps - self.skip) * self.learn.xb.shape[0] * get_world_size()
-        elapsed = time.perf_counter() - self.t0
-        self.total_images, self.total_time = self.total_images + images, self.total_time + elapsed
-        self.epoch_fps = images / elapsed
-    def fps(self) -> float | None:
-        "FPS over every timed step of the run."
-        return self.total_images / self.total_time if self.total_time else None
-
 # %% ../nbs/03_train.ipynb #a4959371
 class LogCB(Callback):
     "Log every `print_freq` steps and every epoch to `train.log`, `metrics.jsonl`, the console and TensorBoard."
     order = 20
-    def __init__(self, echo:bool=True): self.echo = echo
+    def __init__(self, echo:bool=True): self.echo = echo # also print to the console
     def before_fit(self):
         self.out = Path(self.learn.cfg.output); self.out.mkdir(parents=True, exist_ok=True)
         self.log_file, self.jsonl = open(self.out / 'train.log', 'a'), open(self.out / 'metrics.jsonl', 'a')
@@ -363,7 +414,6 @@ class LogCB(Callback):
         if self.learn.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
             self.tb = SummaryWriter(self.out / 'tb')
-        self.fit_start = time.perf_counter()
         self.write(f"=> training {self.learn.cfg.arch} on {device_name(self.learn.device)} x {get_world_size()}, "
                    f"precision {self.learn.precision}, {self.learn.steps_per_epoch} steps per epoch")
 
@@ -376,41 +426,31 @@ class LogCB(Callback):
 # %% ../nbs/03_train.ipynb #e46bb8bc
 @patch
 def after_batch(self:LogCB):
-    learn = self.learn
+    learn, tp = self.learn, self.learn.throughput
+    if tp.skip > SEED_UNTIMED_STEPS and tp.steps == tp.skip:  # a longer warm-up (NPU): say what it cost
+        self.write(warmup_message(tp.skip, tp.t0 - tp.started, tp.skip * learn.xb.shape[0] * get_world_size()))
     if learn.step % learn.cfg.print_freq: return
-    m = learn.train_metrics
-    rec = {'kind': 'step', 'epoch': learn.epoch, 'step': learn.step, 'lr': learn.lr,
-           'loss': m['loss'], 'acc1': m['acc1'], 'acc5': m['acc5'], 'loss_scale': learn.scaler.current_scale}
-    learn.history.append(rec)
-    self.write(f"Epoch: [{learn.epoch}][{learn.step_in_epoch}/{learn.steps_per_epoch}] step {learn.step} "
-               f"Loss {m['loss']:.4f} Acc@1 {m['acc1']:.3f} Acc@5 {m['acc5']:.3f} LR {rec['lr']:.5f}", rec)
+    rec = learn.history[-1]
+    self.write(f"Epoch: [{learn.epoch}][{learn.batches_done}/{learn.steps_per_epoch}] step {learn.step} "
+               f"Loss {rec['loss']:.4f} Acc@1 {rec['acc1']:.3f} Acc@5 {rec['acc5']:.3f} LR {rec['lr']:.5f}", rec)
     if self.tb:
         for k in ('loss', 'acc1', 'acc5', 'lr'): self.tb.add_scalar(f'train/{k}', rec[k], learn.step)
 
 # %% ../nbs/03_train.ipynb #bb4e0cad
 @patch
 def after_epoch(self:LogCB):
-    learn, v = self.learn, self.learn.val_metrics
-    t = learn.train_metrics
-    fps = next((cb.epoch_fps for cb in learn.cbs if isinstance(cb, ThroughputCB)), None)
-    rec = {'kind': 'epoch', 'epoch': learn.epoch, 'step': learn.step, 'train_loss': t['loss'], 'train_acc1': t['acc1'],
-           'val_loss': v['loss'], 'val_acc1': v['acc1'], 'val_acc5': v['acc5'], 'val_count': v['count'], 'fps': fps,
-           'skipped_steps': learn.scaler.skipped_steps, 'peak_memory_mb': peak_memory_bytes(learn.device) / 2**20}
-    learn.history.append(rec)
-    if fps is not None: self.write(f"[gpu id: {learn.device}] FPS@all {fps:.3f}")
-    self.write(f" * Epoch {learn.epoch} Acc@1 {v['acc1']:.3f} Acc@5 {v['acc5']:.3f} val loss {v['loss']:.4f} "
-               f"({v['count']} images) train loss {t['loss']:.4f}", rec)
+    learn, rec = self.learn, self.learn.history[-1]
+    if rec['fps'] is not None: self.write(f"[gpu id: {learn.device}] FPS@all {rec['fps']:.3f}")
+    self.write(f" * Epoch {learn.epoch} Acc@1 {rec['val_acc1']:.3f} Acc@5 {rec['val_acc5']:.3f} val loss {rec['val_loss']:.4f} "
+               f"({rec['val_count']} images) train loss {rec['train_loss']:.4f}", rec)
     if self.tb:
         for k in ('val_loss', 'val_acc1', 'val_acc5'): self.tb.add_scalar(k.replace('_', '/', 1), rec[k], learn.epoch)
 
 @patch
 def after_fit(self:LogCB):
-    fps = next((cb.fps() for cb in self.learn.cbs if isinstance(cb, ThroughputCB)), None)
-    last = {k: v for k, v in (self.learn.history[-1] if self.learn.history else {}).items() if k not in ('kind', 'fps')}
-    self.learn.summary = {**last, 'best_acc1': self.learn.best_acc1, 'fps': fps, 'steps': self.learn.step,
-                          'train_time_s': time.perf_counter() - self.fit_start}
-    self.write(f"=> done: best Acc@1 {self.learn.best_acc1:.3f}, FPS@all {fps or 0:.3f}, "
-               f"{self.learn.scaler.skipped_steps} skipped overflow steps", {'kind': 'summary', **self.learn.summary})
+    s = self.learn.summary
+    self.write(f"=> done: best Acc@1 {s['best_acc1']:.3f}, FPS@all {s['fps'] or 0:.3f}, "
+               f"{self.learn.scaler.skipped_steps} skipped overflow steps", {'kind': 'summary', **s})
     self.log_file.close(); self.jsonl.close()
     if self.tb: self.tb.close()
 
@@ -419,6 +459,7 @@ class CheckpointCB(Callback):
     "Write `checkpoint.pth.tar` every epoch (and every `checkpoint_every` steps) and `model_best.pth.tar`."
     order = 30
     def save(self, is_best:bool=False):
+        "Check health, then (rank 0) write the checkpoint, and copy it to `model_best` when `is_best`."
         self.learn.check_health()
         if not is_main_process(): return
         out = Path(self.learn.cfg.output)
@@ -427,13 +468,9 @@ class CheckpointCB(Callback):
 
     def after_batch(self):
         every = self.learn.cfg.checkpoint_every
-        if every and self.learn.step % every == 0 and self.learn.step_in_epoch < self.learn.steps_per_epoch: self.save()
+        if every and self.learn.step % every == 0 and self.learn.batches_done < self.learn.steps_per_epoch: self.save()
 
-    def after_epoch(self):
-        acc1 = self.learn.val_metrics['acc1']
-        is_best = acc1 > self.learn.best_acc1
-        self.learn.best_acc1 = max(acc1, self.learn.best_acc1)
-        self.save(is_best)
+    def after_epoch(self): self.save(self.learn.is_best)
 
 # %% ../nbs/03_train.ipynb #4b4c3a2e
 class ProgressCB(Callback):
@@ -444,7 +481,7 @@ class ProgressCB(Callback):
         self.learn.dl = self.bar
     def after_batch(self):
         if self.learn.step % self.learn.cfg.print_freq == 0:
-            self.bar.comment = f"epoch {self.learn.epoch} loss {self.learn.history[-1]['loss']:.4f}"
+            self.bar.comment = f"epoch {self.learn.epoch} loss {self.learn.train_metrics['loss']:.4f}"
 
 # %% ../nbs/03_train.ipynb #6ded59f3
 def plot_history(history:list[dict], fig=None):
@@ -491,14 +528,22 @@ class PlotsCB(Callback):
         plt.close(fig)
 
 # %% ../nbs/03_train.ipynb #6d219250
-def default_callbacks(notebook:bool=IN_NOTEBOOK, echo:bool=True) -> list[Callback]:
-    "Throughput and checkpoints on every rank; logs, plots and progress on rank 0 only."
-    cbs = [ThroughputCB(), CheckpointCB()]
+def default_callbacks(
+    notebook:bool=IN_NOTEBOOK, # add the live chart
+    echo:bool=True, # print log lines to the console too
+) -> list[Callback]:
+    "Checkpoints on every rank (they check health together); logs, plots and progress on rank 0 only."
+    cbs = [CheckpointCB()]
     if is_main_process(): cbs += [LogCB(echo=echo), PlotsCB(), ProgressCB()] + ([LivePlotCB()] if notebook else [])
     return cbs
 
 # %% ../nbs/03_train.ipynb #c9c9bb63
-def build_model(cfg:RunConfig, num_classes:int, device:torch.device, precision:Precision) -> nn.Module:
+def build_model(
+    cfg:RunConfig, # the run: arch, zero-init and compile come from `cfg.train`
+    num_classes:int, # outputs of the head
+    device:torch.device, # where the model lives
+    precision:Precision, # its memory format
+) -> nn.Module:
     "The model for `cfg`, on `device`, in the precision's memory format, under DDP and torch.compile as needed."
     model = create_model(cfg.train.arch, num_classes=num_classes, zero_init_residual=cfg.train.zero_init_residual)
     model = to_memory_format(model.to(device), precision)
@@ -506,31 +551,44 @@ def build_model(cfg:RunConfig, num_classes:int, device:torch.device, precision:P
     return torch.compile(model) if cfg.train.compile else model
 
 # %% ../nbs/03_train.ipynb #09de0994
-def build_learner(cfg:RunConfig, local_rank:int=0, cbs:list[Callback]|None=None) -> Learner:
+def build_learner(
+    cfg:RunConfig, # the run
+    place:Placement|None=None, # where this process runs; None resolves `cfg.device` and `cfg.device_list` here
+    cbs:list[Callback]|None=None, # None: `default_callbacks()`
+) -> Learner:
     "A `Learner` for this process from `cfg`, resumed from `cfg.train.resume` when set."
-    device = get_device(cfg.device, local_rank, parse_device_list(cfg.device_list))
+    place = place or resolve_placement(cfg.device, cfg.device_list)
+    if cfg.train.output is None: cfg = replace(cfg, train=replace(cfg.train, output=default_output(cfg.train.arch)))
+    apply_npu_config(cfg.npu, place.device.type)
     if cfg.train.seed is not None: seed_everything(cfg.train.seed)
     if cfg.train.deterministic: torch.use_deterministic_algorithms(True)
-    precision = resolve_precision(cfg.amp, device.type)
-    loaders = build_loaders(cfg.data, rank=get_rank(), world_size=get_world_size(), device=device)
-    model = build_model(cfg, len(loaders.classes), device, precision)
-    learn = Learner(model, loaders, cfg.train, device, precision, default_callbacks() if cbs is None else cbs)
+    precision = resolve_precision(cfg.amp, place.device.type)
+    loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device)
+    model = build_model(cfg, len(loaders.classes), place.device, precision)
+    learn = Learner(model, loaders, cfg.train, place.device, precision, default_callbacks() if cbs is None else cbs,
+                    sgd_class(place.device.type, cfg.npu.fused_sgd), untimed_steps(cfg.npu, place.device.type))
     learn.config, learn.classes = asdict(cfg), loaders.classes
     if cfg.train.resume: learn.load_state_dict(load_resumable(cfg.train.resume))
     return learn
 
 # %% ../nbs/03_train.ipynb #17dfec6e
-def train(cfg:RunConfig, local_rank:int=0) -> dict:
+def train(
+    cfg:RunConfig, # the run
+    place:Placement|None=None, # where this process runs (None: from `cfg`)
+) -> dict:
     "Train as `cfg` says; returns the run's summary (best Acc@1, FPS, ...)."
-    learn = build_learner(cfg, local_rank)
+    learn = build_learner(cfg, place)
     learn.fit()
-    return getattr(learn, 'summary', {})
+    return learn.summary
 
-def evaluate(cfg:RunConfig, local_rank:int=0) -> dict:
+def evaluate(
+    cfg:RunConfig, # the run; `cfg.train.resume` is the checkpoint to score
+    place:Placement|None=None, # where this process runs (None: from `cfg`)
+) -> dict:
     "Score the checkpoint `cfg.train.resume` on the validation set."
     if not cfg.train.resume: raise CheckpointError("--evaluate needs --resume PATH: the checkpoint to score")
     state = read_checkpoint(cfg.train.resume)
-    learn = build_learner(replace(cfg, train=replace(cfg.train, resume=None)), local_rank, cbs=[])
+    learn = build_learner(replace(cfg, train=replace(cfg.train, resume=None)), place, cbs=[])
     unwrap_model(learn.model).load_state_dict(clean_state_dict(state))
     metrics = learn.validate()
     if is_main_process(): print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} ({metrics['count']} images)")

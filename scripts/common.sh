@@ -17,6 +17,9 @@ run="${RUN_NAME:-$(basename "$0" .sh)-$(date +%Y%m%d-%H%M%S)}"
 output="output/${run}"
 mkdir -p "$output"
 echo "=> $(basename "$0"): ${MODE} run, output in ${output}"
+# On an Ascend machine: CANN's environment and the recommended runtime settings, before the launcher starts.
+# shellcheck source=/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/env_npu.sh" --if-found
 set +e
 ${PYTHON:-python3} -m resnext_nb.launch --data_path "$data_path" "${RECIPE[@]}" --output "$output" "${passthrough[@]}"
 status=$?

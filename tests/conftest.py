@@ -7,19 +7,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_image_folder(root: Path, counts: dict, size: int = 20, seed: int = 0) -> Path:
-    """An ImageNet-layout tree of small random JPEGs: `counts` maps split -> {class: n_images}.
-    Each class gets its own mean colour, so the data is learnable but not trivial."""
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for split, classes in counts.items():
-        for ci, (cls, n) in enumerate(sorted(classes.items())):
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                base = np.full((size, size, 3), 40 + 150 * (ci % 2), dtype=np.float32)
-                img = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype('uint8')
-                Image.fromarray(img).save(root / split / cls / f'{cls}_{i}.jpg', quality=90)
-    return root
+    """An ImageNet-layout tree of small JPEGs from the package's one writer: `counts` maps split -> {class: n_images}.
+    Each class has its own colour under strong noise, so the data is learnable but not trivial."""
+    from resnext_nb.data import write_image_folder
+    return write_image_folder(root, sorted(counts['train']), counts['train'], counts['val'], size, seed=seed)
 
 
 @pytest.fixture

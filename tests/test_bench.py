@@ -71,7 +71,7 @@ def test_table_and_chart(cpu_result):
 
 def test_bad_flags_fail_clearly(tmp_path):
     r = run_bench('--device', 'cpu', '--steps', '0', '--out', tmp_path)
-    assert r.returncode != 0 and '--steps 0: must be at least 1' in r.stderr
+    assert r.returncode != 0 and '--steps 0: must be positive' in r.stderr
 
 
 def test_an_existing_folder_too_small_for_the_timed_window_says_so(tmp_path):
@@ -94,9 +94,10 @@ def test_gpu_backend_rows_are_measured_on_cuda(tmp_path):
 @needs_cuda
 def test_gpu_loader_yields_device_batches_and_counts_cpu_fallbacks(tmp_path):
     from PIL import Image
-    from resnext_nb.data import DataConfig, build_loaders
+    from resnext_nb.data import DataConfig
+    from resnext_nb.loaders import build_loaders
     root = make_image_folder(tmp_path / 'data', {'train': {'a': 8, 'b': 8}, 'val': {'a': 2, 'b': 2}}, size=40)
-    grey, cmyk = root / 'train' / 'a' / 'a_0.jpg', root / 'train' / 'b' / 'b_0.jpg'
+    grey, cmyk = root / 'train' / 'a' / 'a_0000.jpg', root / 'train' / 'b' / 'b_0000.jpg'
     Image.open(grey).convert('L').save(grey)
     Image.open(cmyk).convert('CMYK').save(cmyk)
     loaders = build_loaders(DataConfig(data_path=str(root), image_size=24, batch_size=4, workers=2), device=torch.device('cuda'))
@@ -110,7 +111,8 @@ def test_gpu_loader_yields_device_batches_and_counts_cpu_fallbacks(tmp_path):
 @needs_cuda
 def test_gpu_crops_match_the_cpu_run_of_the_same_code(tmp_path):
     "Same boxes and flips from the same seeds; nvjpeg and libjpeg-turbo decode a little differently."
-    from resnext_nb.data import DataConfig, EpochBatches, GpuLoader, ImageFolderSource
+    from resnext_nb.data import DataConfig, EpochBatches, ImageFolderSource
+    from resnext_nb.loaders import GpuLoader
     root = make_image_folder(tmp_path / 'data', {'train': {'a': 4, 'b': 4}, 'val': {'a': 1, 'b': 1}}, size=48)
     source = ImageFolderSource(root / 'train')
     cfg = DataConfig(image_size=32, batch_size=4, workers=0)

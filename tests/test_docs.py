@@ -1,8 +1,11 @@
 """The docs site: `python docs/build.py` renders every notebook, and every page works in headless Chromium.
 
 The browser part drives Debian's `chromium` through the DevTools protocol (a websocket, `websocket-client`).
-For each page it checks the title, the navigation, the API entries of the chapter's module, the notebook's saved
-outputs and plots, the console (no errors) and the network (nothing but local files), and saves a screenshot.
+For each page it checks the title, the navigation, the API entries of the chapter's module and their signatures
+(no `*args, **kwargs` a class does not take; every field of a NamedTuple or dataclass, with its comment), the
+notebook's saved outputs and plots, the console (no errors) and the network (nothing but local files), and saves a
+screenshot. It also checks that search indexes every word of every page, and that at a phone's width long output
+lines scroll sideways and inline code breaks only at its spaces.
 """
 import base64, importlib, inspect, json, re, shutil, subprocess, sys, time, urllib.request
 from pathlib import Path
@@ -183,6 +186,12 @@ _PAGE_FACTS = '''(() => {
     outputs: document.querySelectorAll('main .jp-OutputArea-child').length,
     images: imgs.length,
     brokenImages: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80)),
+    // show_doc entries: the code block right after each heading, as the reader sees it
+    signatures: Object.fromEntries([...document.querySelectorAll('main h3[id]')].flatMap(h => {
+      const next = h.nextElementSibling;
+      const pre = next && (next.tagName === 'PRE' ? next : next.querySelector(':scope > pre'));
+      return pre ? [[h.id, pre.innerText]] : [];
+    })),
   };
 })()'''
 
@@ -222,20 +231,128 @@ def test_page_in_chromium(site, browser, page, tmp_path_factory):
     assert facts['outputs'] >= page['outputs'], f"{page['href']}: {facts['outputs']} outputs, notebook has {page['outputs']}"
     assert facts['images'] >= page['images'], f"{page['href']}: {facts['images']} plots, notebook has {page['images']}"
     assert not facts['brokenImages'], facts['brokenImages']
+    bad = _signature_problems(page['module'], facts['signatures'])
+    assert not bad, f"{page['href']}: show_doc signatures:\n" + '\n'.join(bad)
+
+
+def _signature_problems(module, signatures):
+    "Classes whose show_doc entry shows `*args, **kwargs` they do not take, or leaves out a field or its comment."
+    import dataclasses
+    if module is None: return []
+    mod, out = importlib.import_module(f'resnext_nb.{module}'), []
+    for name in _api_names(module):
+        cls = getattr(mod, name)
+        if not inspect.isclass(cls): continue
+        sig = signatures.get(name)
+        if sig is None: out.append(f'{name}: no signature under its heading'); continue
+        try: params = inspect.signature(cls).parameters.values()
+        except (TypeError, ValueError): params = []  # a builtin's constructor: an exception, say
+        takes_any = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+        if re.search(r'\*args|\*\*kwargs', sig) and not takes_any:
+            out.append(f'{name}: shows {sig.strip()!r}, a signature it does not have')
+        is_nt = issubclass(cls, tuple) and hasattr(cls, '_fields')
+        if not (is_nt or dataclasses.is_dataclass(cls)): continue
+        fields = cls._fields if is_nt else [f.name for f in dataclasses.fields(cls) if f.init]
+        out += [f'{name}: field {f!r} is missing from {sig!r}' for f in fields if not re.search(rf'\b{f}\b', sig)]
+        # each field's docs: the comment beside it in the class body, or the help of the flag it declares
+        docs = {m[1]: m[2] for m in re.finditer(r'^\s*(\w+)\s*:[^#\n]*#\s*(.+?)\s*$', inspect.getsource(cls), re.M)}
+        for f in dataclasses.fields(cls) if not is_nt else []:
+            docs.setdefault(f.name, next((v.help for v in f.metadata.values() if getattr(v, 'help', None)), None))
+        flat = ' '.join(sig.split())
+        out += [f'{name}: the docs of field {f!r} ({d!r}) are missing' for f, d in docs.items()
+                if d and f in fields and ' '.join(d.split()) not in flat]
+    return out
+
+
+def _search(browser, site, query):
+    "Type `query` into the sidebar's search box on the home page; the result links."
+    browser.events.clear()
+    browser.send('Page.navigate', url=(site/'index.html').as_uri())
+    browser.wait_for('Page.loadEventFired')
+    return browser.js(f'''(() => {{
+      const box = document.getElementById('site-search');
+      box.value = {json.dumps(query)};
+      box.dispatchEvent(new Event('input'));
+      return [...document.querySelectorAll('#site-search-results a')].map(a => a.href);
+    }})()''')
 
 
 def test_search_finds_api_entries(site, browser):
     "Typing an exported name in the sidebar's search box lists its entry, linking to the chapter page."
     chapter = next((p for p in PAGES if _api_names(p['module'])), None)
     if chapter is None: pytest.skip('no chapter exports anything yet')
-    name = _api_names(chapter['module'])[0]
-    browser.events.clear()
-    browser.send('Page.navigate', url=(site/'index.html').as_uri())
-    browser.wait_for('Page.loadEventFired')
-    links = browser.js(f'''(() => {{
-      const box = document.getElementById('site-search');
-      box.value = {json.dumps(name)};
-      box.dispatchEvent(new Event('input'));
-      return [...document.querySelectorAll('#site-search-results a')].map(a => a.href);
-    }})()''')
+    links = _search(browser, site, _api_names(chapter['module'])[0])
     assert any(l.split('#')[0] == (site/chapter['href']).as_uri() for l in links), links
+
+
+def _search_index(site):
+    js = (site/'search_index.js').read_text(encoding='utf-8')
+    return json.loads(js[js.index('=') + 1:].strip().rstrip(';'))
+
+
+def _main_text(site, page):
+    from bs4 import BeautifulSoup
+    return BeautifulSoup((site/page['href']).read_text(encoding='utf-8'), 'html.parser').find('main').get_text(' ')
+
+
+def test_search_index_holds_every_word(site):
+    "A page's search entries hold all of its text, prose, code, outputs and signatures, not the start of each section."
+    index = _search_index(site)
+    for page in PAGES:
+        blob = ' '.join(f"{e['p']} {e['h']} {e['t']}" for e in index if e['u'].split('#')[0] == page['href'])
+        words = set(_main_text(site, page).split()) - {'¶', 'source'}  # heading anchors and show_doc's source links
+        missing = sorted(w for w in words if w not in blob)
+        assert not missing, f"{page['href']}: {len(missing)} words are not in the search index, e.g. {missing[:10]}"
+
+
+def test_search_finds_a_flag_late_in_a_section(site, browser):
+    "`skip-bad-images` (a flag in prose, code and a signature, far into long sections) finds every page that has it."
+    term = 'skip-bad-images'
+    pages = {(site/p['href']).as_uri() for p in PAGES if term in _main_text(site, p)}
+    if not pages: pytest.skip(f'no page mentions {term} now')
+    found = {l.split('#')[0] for l in _search(browser, site, term)}
+    assert pages <= found, f'searching {term!r} misses {sorted(pages - found)}'
+
+
+# Rendered at a phone's width, where long lines must wrap somewhere: output and code blocks keep their lines and
+# scroll sideways; inline code wraps only at its spaces (never `--` / `lr`, never `persistent_work` / `ers`).
+_WRAPPING = '''(() => {
+  const bad = [], range = document.createRange();
+  const scrolls = el => ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
+  for (const pre of document.querySelectorAll('main pre')) {
+    const ws = getComputedStyle(pre).whiteSpace;
+    let box = pre;  // the <pre> itself, or the block around it (a code cell's editor area), scrolls sideways
+    while (box.tagName !== 'MAIN' && !scrolls(box)) box = box.parentElement;
+    if (!['pre', 'nowrap'].includes(ws) || box.tagName === 'MAIN')
+      bad.push(`<pre> with white-space ${ws}, ${box.tagName === 'MAIN' ? 'in nothing that scrolls' : 'scrolling'}: `
+               + pre.textContent.slice(0, 50));
+  }
+  for (const code of document.querySelectorAll('main :not(pre) > code')) {
+    const walk = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode())
+      for (const m of n.data.matchAll(/\\S+/g)) {
+        range.setStart(n, m.index);
+        range.setEnd(n, m.index + m[0].length);
+        if (new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1)
+          bad.push(`inline code broken inside ${JSON.stringify(m[0])}`);
+      }
+  }
+  const scrolling = [...document.querySelectorAll('main .jp-OutputArea-output pre')]
+    .filter(p => p.scrollWidth > p.clientWidth).length;
+  return {bad: bad.slice(0, 20), scrolling};
+})()'''
+
+
+def test_long_lines_scroll_instead_of_breaking(site, browser):
+    dt, scrolling = browser, 0
+    dt.send('Emulation.setDeviceMetricsOverride', width=480, height=900, deviceScaleFactor=1, mobile=False)
+    try:
+        for page in PAGES:
+            dt.events.clear()
+            dt.send('Page.navigate', url=(site/page['href']).as_uri())
+            dt.wait_for('Page.loadEventFired')
+            r = dt.js(_WRAPPING)
+            assert not r['bad'], f"{page['href']} at 480 px:\n" + '\n'.join(r['bad'])
+            scrolling += r['scrolling']
+    finally: dt.send('Emulation.clearDeviceMetricsOverride')
+    assert scrolling, 'no printed output is wider than a 480 px page: the check above proved nothing'

@@ -94,7 +94,7 @@ def test_bad_flags_exit_2_with_one_line(data):
     for args, msg in ((['--epochs', '-1'], '--epochs -1: must be positive'),
                       (['--batch-size', '7', '--nproc', '2'], 'must divide evenly over 2 processes'),
                       (['--arch', 'vgg'], "--arch 'vgg': choose one of"),
-                      (['--device', 'tpu'], "invalid choice: 'tpu'")):
+                      (['--device', 'tpu'], "--device 'tpu': choose one of auto, npu, cuda, cpu")):
         r = run_cli(*args, timeout=60)
         assert r.returncode == 2, (args, r.stderr)
         assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
