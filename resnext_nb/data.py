@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #2b1022f8
 from __future__ import annotations
-import hashlib, logging, math, os, pickle, random
+import hashlib, logging, math, os, pickle, random, signal, threading
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from collections import Counter
@@ -24,12 +24,13 @@ from fastcore.basics import patch
 from .device import at_least, non_negative, opt, seeded_generator
 
 # %% auto #0
-__all__ = ['DATASETS', 'DATA_BACKENDS', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP', 'log', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'DataError', 'default_workers', 'DataConfig', 'read_image', 'ImageFolderSource', 'open_image_folder',
-           'plain_image', 'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder',
-           'val_resize_size', 'train_transform', 'val_transform', 'sample_seed', 'BadSample', 'one_thread',
-           'SampleDataset', 'collate_samples', 'shard_indices', 'EpochBatches', 'Loader', 'bad_images_summary',
-           'SyntheticLoader', 'normalize']
+__all__ = ['DATASETS', 'DATA_BACKENDS', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP', 'STOP_SIGNALS', 'log', 'IMAGENET_MEAN',
+           'IMAGENET_STD', 'DataError', 'default_workers', 'DataConfig', 'read_image', 'ImageFolderSource',
+           'open_image_folder', 'open_val_folder', 'plain_image', 'write_image_folder', 'find_cifar10',
+           'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'val_resize_size', 'train_transform',
+           'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset', 'collate_samples',
+           'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'Loader', 'bad_images_summary', 'SyntheticLoader',
+           'normalize']
 
 # %% ../nbs/02_data.ipynb #366f78b6
 class DataError(ValueError):
@@ -52,20 +53,20 @@ def default_workers() -> int:
 @dataclass
 class DataConfig:
     "Where the images come from and how they are batched."
-    data_path:str|None=opt(None, '--data_path', '--data', metavar='DIR', ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py folder; none: the built-in dataset')
+    data_path:str|None=opt(None, '--data_path', '--data', on_resume='apply', metavar='DIR', ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py folder; none: the built-in dataset')
     dataset:str=opt('auto', choices=DATASETS, help='data source (auto: imagefolder or cifar10 from what --data_path holds; builtin without it)')
     image_size:int=opt(224, check=at_least(16), help='train crop; validation resizes to size*256/224 and crops size')
     batch_size:int=256 # images per batch on *each* rank (the launcher's `--batch-size` is the global batch)
-    workers:int=opt(None, '--workers', '-j', factory=default_workers, check=non_negative, ascend=True, help='data-loading processes per rank (0: in the training process)')
+    workers:int=opt(None, '--workers', '-j', on_resume='apply', factory=default_workers, check=non_negative, ascend=True, help='data-loading processes per rank (0: in the training process)')
     pin_memory:bool=True # page-locked batches, for asynchronous copies to an accelerator (ignored on the CPU)
     persistent_workers:bool=True # keep the loader processes alive from one epoch to the next
     prefetch_factor:int=2 # batches each loader process prepares ahead
-    skip_bad_images:bool=opt(False, help='skip corrupt images (reported each epoch) instead of stopping')
+    skip_bad_images:bool=opt(False, on_resume='apply', help='skip corrupt images (reported each epoch) instead of stopping')
     seed:int=0 # seeds the shuffle and every sample's augmentation (the launcher passes `--seed`)
     synthetic_size:int=1_281_167 # synthetic train images per epoch, over all ranks (ImageNet's train set)
     synthetic_val_size:int=50_000 # synthetic val images, over all ranks (ImageNet's val set)
     num_classes:int=1000 # classes of the synthetic data
-    backend:str=opt('auto', '--data-backend', choices=DATA_BACKENDS, help='where JPEGs are decoded and cropped: gpu (nvjpeg on a CUDA GPU), pil (loader processes), auto (gpu where it works)')
+    backend:str=opt('auto', '--data-backend', on_resume='apply', choices=DATA_BACKENDS, help='where JPEGs are decoded and cropped: gpu (nvjpeg on a CUDA GPU), pil (loader processes), auto (gpu where it works)')
 
 # %% ../nbs/02_data.ipynb #41c4d16a
 IMG_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
@@ -118,6 +119,15 @@ def open_image_folder(
         raise DataError(f"{root}/train and {root}/val have different classes (only in train: {', '.join(only_t) or '-'}; "
                         f"only in val: {', '.join(only_v) or '-'}): give both splits the same class folders", root)
     return train, val
+
+def open_val_folder(
+    root:str|os.PathLike, # a folder holding val/<class>/<images> (train/ may be missing)
+) -> ImageFolderSource:
+    "Open only the val split of an ImageFolder root: scoring a checkpoint needs no training images."
+    root = Path(root)
+    if not root.is_dir(): raise DataError(f"data folder {root} does not exist: check --data_path", root)
+    if not (root/'val').is_dir(): raise DataError(f"{root} has no val/ folder: expected {root}/val/<class>/<images>", root/'val')
+    return ImageFolderSource(root/'val')
 
 # %% ../nbs/02_data.ipynb #53bc5c66
 def plain_image(
@@ -350,6 +360,22 @@ def __iter__(self:EpochBatches):
     for b in range(self.batches_done, self.batches_per_epoch):
         yield [(i, sample_seed(self.seed, self.epoch, i)) for i in idx[b*bs:(b+1)*bs]]
 
+# %% ../nbs/02_data.ipynb #0f6eb157
+STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1')  # what asks a run to stop: Ctrl-C, preemption, SLURM's --signal
+
+def _end_on_parents_sigterm():
+    "Wait for SIGTERM; end the process only when it comes from the parent (the training process, at its exit)."
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid(): os._exit(128 + signal.SIGTERM)
+
+def ignore_stop_signals(worker_id:int=0):
+    "A `DataLoader` `worker_init_fn`: loader processes leave `STOP_SIGNALS` to the training process."
+    for name in ('SIGINT', 'SIGUSR1'):
+        if hasattr(signal, name): signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if hasattr(signal, 'sigwaitinfo'):  # Linux: SIGTERM is taken by a thread that can ask who sent it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_end_on_parents_sigterm, daemon=True, name='sigterm-from-parent').start()
+
 # %% ../nbs/02_data.ipynb #f4d1aae1
 log = logging.getLogger(__name__)
 
@@ -367,7 +393,7 @@ class Loader:
         self.dataloader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_samples, num_workers=cfg.workers,
                                      pin_memory=pin_memory, persistent_workers=cfg.persistent_workers and cfg.workers > 0,
                                      prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
-                                     generator=seeded_generator(cfg.seed))
+                                     generator=seeded_generator(cfg.seed), worker_init_fn=ignore_stop_signals)
 
 # %% ../nbs/02_data.ipynb #08c77453
 @patch

@@ -123,7 +123,7 @@ def resolve_device_type(
 
 # %% ../nbs/00_device.ipynb #5f9805b4
 def parse_device_list(
-    spec:str|None, # the seed's `--device-list`, e.g. `'0,1,2,3'`; None or `''` for "one device per local rank"
+    spec:str|None, # the Ascend recipe's `--device-list`, e.g. `'0,1,2,3'`; None or `''` for "one device per local rank"
 ) -> list[int] | None:
     "Parse `--device-list` into a list of distinct physical device ids."
     if spec is None or str(spec).strip() == '': return None
@@ -223,7 +223,7 @@ def seeded_generator(seed:int, device:torch.device|str='cpu') -> torch.Generator
 
 # %% ../nbs/00_device.ipynb #16aa36da
 def seed_everything(seed:int):
-    "Seed Python's, NumPy's (if present) and torch's RNGs on every device, as the seed's `--seed` does."
+    "Seed Python's, NumPy's (if present) and torch's RNGs on every device, as the Ascend recipe's `--seed` does."
     random.seed(seed)
     if 'numpy' in sys.modules: sys.modules['numpy'].random.seed(seed)
     torch.manual_seed(seed)  # also seeds every accelerator's default generator
@@ -301,6 +301,7 @@ class Flag:
     check:Callable|None=None # returns a complaint such as 'must be positive' for a bad value, else None
     metavar:str|None=None # the placeholder `--help` shows
     ascend:bool=False # one of the Ascend recipe's own flags (listed first in `--help`)
+    on_resume:str='keep' # with `--resume`: 'keep' the checkpoint's value (a different one is refused) or 'apply' a new one
 
 # %% ../nbs/00_device.ipynb #3ffe6893
 def opt(
@@ -503,9 +504,9 @@ def npu_version_mismatch(
 @dataclass
 class NpuConfig:
     "Ascend-only tuning: each a default that a flag turns off; ignored on other devices."
-    jit_compile:bool=opt(False, '--npu-jit-compile', help="compile NPU operators on the fly (torch_npu's default) instead of using CANN's prebuilt kernels")
-    fused_sgd:bool=opt(True, '--npu-fused-sgd', help="step with torch_npu.optim.NpuFusedSGD (the recipe's fused SGD) on NPUs; --no-npu-fused-sgd: torch.optim.SGD")
-    warmup_steps:int=opt(20, '--npu-warmup-steps', check=non_negative, help='steps at the start of each epoch on an NPU that are reported as warm-up and left out of FPS@all (0: skip the recipe\'s 2)')
+    jit_compile:bool=opt(False, '--npu-jit-compile', on_resume='apply', help="compile NPU operators on the fly (torch_npu's default) instead of using CANN's prebuilt kernels")
+    fused_sgd:bool=opt(True, '--npu-fused-sgd', on_resume='apply', help="step with torch_npu.optim.NpuFusedSGD (the recipe's fused SGD) on NPUs; --no-npu-fused-sgd: torch.optim.SGD")
+    warmup_steps:int=opt(20, '--npu-warmup-steps', on_resume='apply', check=non_negative, help='steps at the start of each epoch on an NPU that are reported as warm-up and left out of FPS@all (0: skip the recipe\'s 2)')
 
 # %% ../nbs/00_device.ipynb #03a4292c
 SEED_UNTIMED_STEPS = 2  # the recipe's FPS@all leaves out the first 2 steps

@@ -6,25 +6,28 @@ Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
 # %% ../nbs/04_launch.ipynb #34f49fa7
 from __future__ import annotations
-import argparse, logging, math, os, re, socket, sys, time
+import argparse, fcntl, logging, math, os, re, signal, socket, sys, time
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from .device import (AmpConfig, DeviceUnavailable, Flag, NpuConfig, available_devices, device_environment,
                                dist_backend, is_distributed, non_negative, opt, parse_loss_scale, positive,
                                resolve_device_type, resolve_placement)  # first: it imports torch with a guard for torch_npu
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from .data import DataConfig, DataError
-from .train import CheckpointError, RunConfig, TrainConfig, TrainingDiverged, default_output, evaluate, train
+from .train import (RUN_FILES, CheckpointError, RunConfig, TrainConfig, TrainingDiverged, default_output, evaluate,
+                              read_checkpoint, train)
 
 # %% auto #0
-__all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'tcp_port', 'JobConfig', 'flag_fields', 'flag_names', 'field_default',
-           'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'make_parser', 'external_launcher',
-           'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'field_checks', 'check_values',
-           'make_config', 'config_from_args', 'format_config', 'UserError', 'run_worker', 'elastic_worker',
-           'check_port_free', 'launch_config', 'check_device_count', 'worker_environment', 'describe_failure',
-           'launch_processes', 'summary_fields', 'write_summary', 'main']
+__all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'LOCK_FILE', 'tcp_port', 'JobConfig', 'flag_fields', 'flag_names',
+           'field_default', 'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'make_parser',
+           'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'field_checks',
+           'check_values', 'check_data_path', 'resume_path', 'saved_values', 'from_checkpoint', 'make_config',
+           'config_from_args', 'format_config', 'UserError', 'run_worker', 'elastic_worker', 'check_port_free',
+           'launch_config', 'check_device_count', 'worker_environment', 'describe_failure', 'launch_processes',
+           'lock_output', 'prepare_output', 'summary_fields', 'write_summary', 'stopped_line', 'run_job', 'main']
 
 # %% ../nbs/04_launch.ipynb #dea0a756
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
@@ -43,16 +46,17 @@ PRESETS = {
 class JobConfig:
     "How the job is started: processes, machines, the rendezvous, the global batch and the preset."
     batch_size:int=opt(256, '--batch-size', '-b', check=positive, ascend=True, help='GLOBAL batch size, split evenly across ranks')
-    addr:str=opt('127.0.0.1', ascend=True, help='master address (the rendezvous host)')
-    port:int=opt(ASCEND_PORT, check=tcp_port, help='rendezvous port on --addr')
-    nproc:int|None=opt(None, check=positive, help='processes (devices) per node (none: 1, or one per --device-list entry with --multiprocessing-distributed)')
-    nnodes:int=opt(1, check=positive, help='machines in the job')
-    node_rank:int=opt(0, check=non_negative, help="this machine's rank, 0..nnodes-1")
-    multiprocessing_distributed:bool=opt(False, ascend=True, help='one process per device in --device-list (implied by --nproc > 1)')
+    addr:str=opt('127.0.0.1', on_resume='apply', ascend=True, help='master address (the rendezvous host)')
+    port:int=opt(ASCEND_PORT, on_resume='apply', check=tcp_port, help='rendezvous port on --addr')
+    nproc:int|None=opt(None, on_resume='apply', check=positive, help='processes (devices) per node (none: 1, or one per --device-list entry with --multiprocessing-distributed)')
+    nnodes:int=opt(1, on_resume='apply', check=positive, help='machines in the job')
+    node_rank:int=opt(0, on_resume='apply', check=non_negative, help="this machine's rank, 0..nnodes-1")
+    multiprocessing_distributed:bool=opt(False, on_resume='apply', ascend=True, help='one process per device in --device-list (implied by --nproc > 1)')
     dummy:bool=opt(False, ascend=True, help='synthetic data, made once on the device (as pytorch/examples)')
-    case_name:str|None=opt(None, help='CaseName in the summary file (none: derived from the run)')
-    preset:str|None=opt(None, choices=tuple(PRESETS), help='values for the flags not given (none: quickstart without data, else the field defaults)')
-    print_config:bool=opt(False, help='print the resolved configuration, with where each value came from, and exit')
+    case_name:str|None=opt(None, on_resume='apply', help='CaseName in the summary file (none: derived from the run)')
+    preset:str|None=opt(None, on_resume='apply', choices=tuple(PRESETS), help='values for the flags not given (none: quickstart without data, else the field defaults)')
+    overwrite:bool=opt(False, on_resume='apply', help="replace the run already in --output (its checkpoints and logs) instead of refusing")
+    print_config:bool=opt(False, on_resume='apply', help='print the resolved configuration, with where each value came from, and exit')
     world_size:int=1 # processes in the whole job, resolved from the flags or the launcher's environment
     sources:dict=field(default_factory=dict) # where each flag's value came from: 'flag', 'preset NAME' or 'default'
 
@@ -192,6 +196,53 @@ def check_values(values:dict, world:int):
     if values['evaluate'] and not values['resume']: raise ValueError("--evaluate needs --resume PATH: the checkpoint to score")
     parse_loss_scale(values['loss_scale'])
 
+def check_data_path(path:str|None):
+    "Before anything loads: `--data_path` must be an existing folder."
+    if path is None: return
+    p = Path(path).expanduser()
+    if not p.exists(): raise ValueError(f"--data_path {p} does not exist: check the path")
+    if not p.is_dir(): raise ValueError(f"--data_path {p} is a file: pass the folder that holds train/ and val/ (or cifar-10-batches-py)")
+
+# %% ../nbs/04_launch.ipynb #b3b50a14
+def resume_path(
+    resume:str|None, # `--resume`: a path, 'auto' or None
+    output:str|None, # `--output`
+) -> str|None:
+    "The checkpoint to resume from: `resume`, or for 'auto' `<output>/checkpoint.pth.tar` when it exists (else None)."
+    if resume != 'auto': return resume
+    if output is None: raise ValueError("--resume auto needs --output DIR: the run folder to continue from")
+    return str(ckpt) if (ckpt := Path(output) / 'checkpoint.pth.tar').is_file() else None
+
+def saved_values(state:dict) -> dict:
+    "The flag-bearing values a checkpoint's run used, by field name (the global batch from its per-rank batch)."
+    config, saved = state.get('config') or {}, {}
+    for _, f, _ in flag_fields():
+        for section in (config.get('train', {}), config.get('data', {}), config.get('amp', {}), config.get('npu', {}), config):
+            if isinstance(section, dict) and f.name in section and f.name != 'batch_size': saved[f.name] = section[f.name]; break
+    if 'batch_size' in config.get('data', {}): saved['batch_size'] = config['data']['batch_size'] * state.get('world_size', 1)
+    return saved
+
+# %% ../nbs/04_launch.ipynb #b764575e
+def from_checkpoint(
+    values:dict, # the resolved values; updated in place
+    sources:dict, # where each came from; updated in place
+    path:str, # the checkpoint being resumed
+    world:int, # this job's world size
+):
+    "Take the recipe from the checkpoint at `path`; refuse a flag given now that would change it."
+    state = read_checkpoint(path)
+    saved = saved_values(state)
+    for _, f, flag in flag_fields():
+        if f.name not in saved or flag.on_resume == 'apply' or values[f.name] == saved[f.name]: continue
+        if sources[f.name] == 'flag':
+            raise ValueError(f"{flag_names(f, flag)[0]} {_shown(values[f.name])} differs from the checkpoint's {_shown(saved[f.name])}: "
+                             f"a resumed run keeps its recipe; drop the flag, or start a new run in another --output")
+        values[f.name], sources[f.name] = saved[f.name], 'checkpoint'
+    mid = (state.get('sampler') or {}).get('start_batch', 0)
+    if mid and state.get('world_size', world) != world:
+        raise ValueError(f"checkpoint {path} stopped mid-epoch with {state['world_size']} processes and this job has {world}: "
+                         f"resume it with the same --nproc and --nnodes")
+
 # %% ../nbs/04_launch.ipynb #262a7702
 def make_config(cls, values:dict):
     "An instance of config class `cls` with its flag-bearing fields taken from `values`."
@@ -202,11 +253,13 @@ def config_from_args(args, env=os.environ) -> tuple[RunConfig, JobConfig]:
     values, sources = resolve_values(vars(args))
     nproc, world = world_size(values, env)
     check_values(values, world)
+    values['resume'] = resume_path(values['resume'], values['output'])
+    if values['resume'] and not values['evaluate']: from_checkpoint(values, sources, values['resume'], world)
     job = replace(make_config(JobConfig, {**values, 'nproc': nproc}), preset=values['preset'], world_size=world, sources=sources)
     tr = make_config(TrainConfig, values)
-    tr = replace(tr, output=tr.output or default_output(tr.arch))  # named once, here, so that every rank agrees
-    dataset = 'synthetic' if job.dummy else ('builtin' if values['dataset'] == 'auto' and values['data_path'] is None else values['dataset'])
-    data = replace(make_config(DataConfig, values), dataset=dataset, batch_size=job.batch_size // world, seed=tr.seed or 0)
+    output = tr.output or (str(Path(values['resume']).parent) if values['resume'] else default_output(tr.arch))
+    tr = replace(tr, output=output)  # named once, here, so that every rank agrees; a resumed run stays in its folder
+    data = replace(make_config(DataConfig, values), dataset='synthetic' if job.dummy else values['dataset'], batch_size=job.batch_size // world, seed=tr.seed or 0)
     return RunConfig(train=tr, data=data, amp=make_config(AmpConfig, values), npu=make_config(NpuConfig, values),
                      device=values['device'], device_list=values['device_list']), job
 
@@ -297,9 +350,48 @@ def launch_processes(
     check_device_count(device_type, job.nproc, cfg.device_list, available_devices(device_type))
     if job.node_rank == 0: check_port_free(job.addr, job.port)
     for k, v in worker_environment(device_type, job.nproc).items(): os.environ.setdefault(k, v)
-    logging.getLogger('torch.distributed.elastic').setLevel(logging.WARNING)
+    os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1')  # forwarded to the workers
+    os.environ.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', '120')  # seconds the workers get to save before SIGKILL
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith('torch.distributed.elastic')]:
+        logging.getLogger(name).setLevel(logging.ERROR)  # each sets its own level; failures are reported by `describe_failure`
     results = elastic_launch(launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port), elastic_worker)(cfg)
     return results.get(0, {}) if job.node_rank == 0 else {}
+
+# %% ../nbs/04_launch.ipynb #76085399
+LOCK_FILE = '.resnext_nb.lock'  # in the output folder, held for the whole job
+
+def lock_output(
+    folder:Path, # the run's output folder (created here)
+):
+    "Create `folder` and lock it for this process; the open lock file is returned and must stay open."
+    if folder.exists() and not folder.is_dir(): raise ValueError(f"--output {folder} is a file: choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / LOCK_FILE, 'a+')
+    except OSError as e: raise ValueError(f"--output {folder} is not writable ({e.strerror}): choose a folder you can write to") from None
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0); holder = f.read().strip() or 'another process'
+        raise ValueError(f"--output {folder} is in use by another run ({holder}): wait for it to end, or choose another --output") from None
+    f.seek(0); f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
+    return f
+
+# %% ../nbs/04_launch.ipynb #6dc1e6be
+def prepare_output(
+    cfg:RunConfig, # the run: its output folder, and whether it resumes or only evaluates
+    job:JobConfig, # `--overwrite`
+):
+    "Lock the output folder, refuse one that holds another run, and remove temporary files of a killed save."
+    folder = Path(cfg.train.output)
+    lock = lock_output(folder)
+    if (folder / 'checkpoint.pth.tar').exists() and not (cfg.train.resume or cfg.train.evaluate):
+        if not job.overwrite:
+            raise ValueError(f"--output {folder} already holds a run (checkpoint.pth.tar): continue it with --resume auto, "
+                             f"replace it with --overwrite, or choose another --output")
+        for name in RUN_FILES: (folder / name).unlink(missing_ok=True)
+    for tmp in folder.glob('.*.tmp'): tmp.unlink(missing_ok=True)  # a save killed midway; the lock says no save runs now
+    return lock
 
 # %% ../nbs/04_launch.ipynb #3cf31508
 def summary_fields(summary:dict, cfg:RunConfig, world:int, device_type:str, case_name:str|None, wall_s:float) -> dict:
@@ -328,29 +420,53 @@ def _start(cfg:RunConfig, job:JobConfig) -> dict:
     if launcher or (job.nproc == 1 and job.nnodes == 1): return run_worker(cfg)
     return launch_processes(cfg, job)
 
-def main(
-    argv:list[str]|None=None, # the flags (None: `sys.argv[1:]`)
-) -> int:
-    "The `python -m resnext_nb.launch` command; returns the exit code."
-    parser, start = make_parser(), time.time()
-    args = parser.parse_args(argv)
-    try: cfg, job = config_from_args(args)
-    except ValueError as e: parser.error(str(e))
-    if job.print_config: print(format_config(cfg, job)); return 0
-    if job.preset == 'quickstart':
-        print(f"=> no --data_path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the built-in dataset "
-              f"(pass --data_path DIR for ImageNet; see --help)", flush=True)
+def stopped_line(name:str, output:str) -> str:
+    "The one line a job stopped by signal `name` ends with: what was saved, and how to continue."
+    ckpt = Path(output) / 'checkpoint.pth.tar'
+    try: step = read_checkpoint(ckpt).get('step')
+    except CheckpointError: return f"resnext_nb: stopped by {name} before any checkpoint was written; start the run again"
+    return f"resnext_nb: stopped by {name}; {ckpt} (step {step}) resumes it exactly: run the same command with --resume auto"
+
+def _leads() -> bool:
+    "Whether this process owns the output folder: the launcher on node 0, or global rank 0 under torchrun or SLURM."
+    return int(os.environ.get('RANK', os.environ.get('SLURM_PROCID', 0))) == 0 if external_launcher() else True
+
+def run_job(cfg:RunConfig, job:JobConfig, start:float) -> int:
+    "Run the resolved job; returns the exit code, with every failure as a short message."
     try: summary = _start(cfg, job)
     except ChildFailedError as e: print(describe_failure(e), file=sys.stderr); return 1
+    except SignalException as e: print(stopped_line(e.sigval.name, cfg.train.output), file=sys.stderr); return 128 + e.sigval
     except ValueError as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 2
     except DeviceUnavailable as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 1
     except UserError as e: return int(e.code)
     except KeyboardInterrupt: print("resnext_nb: interrupted", file=sys.stderr); return 130
+    if summary.get('stopped_by'):
+        print(stopped_line(summary['stopped_by'], cfg.train.output), file=sys.stderr)
+        return 128 + signal.Signals[summary['stopped_by']]
     if summary:  # rank 0 alone returns one
         fields_ = summary_fields(summary, cfg, job.world_size, resolve_device_type(cfg.device), job.case_name, time.time() - start)
         path = write_summary(fields_, cfg.train.output)
         print(f"=> summary {path}:\n" + ''.join(f"   {k} = {v}\n" for k, v in fields_.items()), end='', flush=True)
     return 0
+
+def main(
+    argv:list[str]|None=None, # the flags (None: `sys.argv[1:]`)
+) -> int:
+    "The `python -m resnext_nb.launch` command: resolve, check and take the output folder before any work; returns the exit code."
+    parser, start = make_parser(), time.time()
+    args = parser.parse_args(argv)
+    try:
+        cfg, job = config_from_args(args)
+        if job.print_config: print(format_config(cfg, job)); return 0
+        check_data_path(cfg.data.data_path)
+        lock = prepare_output(cfg, job) if _leads() and job.node_rank == 0 else None
+    except (ValueError, CheckpointError) as e: parser.error(str(e))
+    if job.preset == 'quickstart':
+        print(f"=> no --data_path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the built-in dataset "
+              f"(pass --data_path DIR for ImageNet; see --help)", flush=True)
+    try: return run_job(cfg, job, start)
+    finally:
+        if lock: lock.close()  # the lock is held for the whole job
 
 # %% ../nbs/04_launch.ipynb #995c54f0
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from fastcore.basics import patch
 from .device import SideStream, gpu_jpeg_unavailable_reason, seeded_generator, wants_pinned_memory
 from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, BadSample, CifarSource, DataConfig, DataError, EpochBatches,
-                             ImageFolderSource, Loader, SampleDataset, SyntheticLoader, bad_images_summary, find_cifar10, log,
+                             ImageFolderSource, Loader, ignore_stop_signals, open_val_folder, SampleDataset, SyntheticLoader, bad_images_summary, find_cifar10, log,
                              open_image_folder, read_image, train_transform, val_resize_size, val_transform)
 from .shapes import builtin_dataset_path
 
@@ -222,7 +222,7 @@ class GpuLoader(Loader):
         self.dataloader = DataLoader(EncodedImages(source), batch_sampler=batches, collate_fn=collate_encoded, num_workers=cfg.workers,
                                      persistent_workers=cfg.persistent_workers and cfg.workers > 0,
                                      prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
-                                     generator=seeded_generator(cfg.seed))
+                                     generator=seeded_generator(cfg.seed), worker_init_fn=ignore_stop_signals)
 
 # %% ../nbs/02b_loaders.ipynb #bb767940
 @patch
@@ -313,7 +313,7 @@ def resolve_backend(
 @dataclass
 class Loaders:
     "One rank's loaders and the class names."
-    train:Loader|SyntheticLoader # shuffled, augmented, sharded; call `set_epoch` before each epoch
+    train:Loader|SyntheticLoader|None # shuffled, augmented, sharded; call `set_epoch` before each epoch (None: val only)
     val:Loader|SyntheticLoader # every val image exactly once over all ranks
     classes:list[str] # class names, indexed by label
     kind:str='' # 'imagefolder', 'cifar10', 'builtin' or 'synthetic'
@@ -349,22 +349,24 @@ def build_loaders(
     rank:int=0, # this process's global rank
     world_size:int=1, # number of processes
     device:torch.device=torch.device('cpu'), # where batches go (pins memory for accelerators; holds synthetic data)
+    train:bool=True, # False: the val split only (scoring a checkpoint needs no train/ and no minimum train size)
 ) -> Loaders:
     "This rank's train and val loaders for the data `cfg` describes, with clear errors for bad input."
     check_data_config(cfg, rank, world_size)
     kind, root = resolve_dataset(cfg)
     backend = resolve_backend(cfg.backend, kind, device)
     if kind == 'synthetic': return synthetic_loaders(cfg, rank, world_size, device)
-    if kind == 'cifar10': train, val = CifarSource(root, True), CifarSource(root, False)
-    else: train, val = open_image_folder(root)
-    check_train_size(len(train), cfg, world_size, root)
+    if kind == 'cifar10': train_src, val_src = (CifarSource(root, True) if train else None), CifarSource(root, False)
+    elif train: train_src, val_src = open_image_folder(root)
+    else: train_src, val_src = None, open_val_folder(root)
+    if train: check_train_size(len(train_src), cfg, world_size, root)
     pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
         batches = EpochBatches(len(source), cfg.batch_size, rank, world_size, is_train, cfg.seed)
         if backend == 'gpu': return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')
         tfm = (train_transform if is_train else val_transform)(cfg.image_size)
         return Loader(SampleDataset(source, tfm), batches, cfg, pin, 'train' if is_train else 'val')
-    return Loaders(loader(train, True), loader(val, False), list(train.classes), kind, root, backend)
+    return Loaders(loader(train_src, True) if train else None, loader(val_src, False), list(val_src.classes), kind, root, backend)
 
 # %% ../nbs/02b_loaders.ipynb #78c80322
 def show_batch(

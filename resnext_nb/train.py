@@ -6,7 +6,8 @@ Docs: https://resnext-nb.github.io/resnext_nb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #36ddb126
 from __future__ import annotations
-import json, math, os, pickle, time, zipfile
+import json, math, os, pickle, shutil, signal, sys, threading, time, warnings, zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 import torch
@@ -20,19 +21,22 @@ from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, Np
                                is_distributed, is_main_process, non_negative, opt, parse_device_list, peak_memory_bytes,
                                positive, resolve_placement, resolve_precision, rng_state, seed_everything, set_rng_state,
                                synchronize, to_memory_format)
-from .model import ARCHS, create_model, unwrap_model, clean_state_dict
-from .data import DataConfig, normalize
+from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
+from .data import STOP_SIGNALS, DataConfig, normalize
 from .loaders import build_loaders
 
 # %% auto #0
-__all__ = ['LR_SCHEDULES', 'RESUME_KEYS', 'default_output', 'TrainConfig', 'RunConfig', 'param_groups', 'make_optimizer',
-           'lr_factor', 'make_scheduler', 'topk_hits', 'accuracy', 'MetricSums', 'atomic_write', 'save_checkpoint',
-           'CheckpointError', 'read_checkpoint', 'load_resumable', 'CancelFitException', 'Callback', 'Throughput',
-           'Learner', 'freeze_batchnorm', 'TrainingDiverged', 'LogCB', 'CheckpointCB', 'ProgressCB', 'plot_history',
-           'LivePlotCB', 'PlotsCB', 'default_callbacks', 'build_model', 'build_learner', 'train', 'evaluate']
+__all__ = ['LR_SCHEDULES', 'RUN_FILES', 'RESUME_KEYS', 'default_output', 'TrainConfig', 'RunConfig', 'param_groups',
+           'make_optimizer', 'lr_factor', 'make_scheduler', 'topk_hits', 'accuracy', 'MetricSums', 'CheckpointError',
+           'atomic_write', 'first_line', 'state_bytes', 'save_checkpoint', 'read_checkpoint', 'load_resumable',
+           'checkpoint_classes', 'check_fits', 'CancelFitException', 'Callback', 'StopRequest', 'stop_on_signals',
+           'Throughput', 'Learner', 'freeze_batchnorm', 'TrainingDiverged', 'score', 'LogCB', 'CheckpointCB',
+           'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'default_callbacks', 'build_model', 'build_learner',
+           'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
 LR_SCHEDULES = ('cosine', 'step')
+RUN_FILES = ('checkpoint.pth.tar', 'model_best.pth.tar', 'train.log', 'metrics.jsonl', 'loss.png', 'accuracy.png', 'lr.png')  # what a run writes
 
 def default_output(arch:str) -> str:
     "The run folder when `--output` is not given: `output/<arch>-<date>-<time>`."
@@ -42,7 +46,7 @@ def default_output(arch:str) -> str:
 class TrainConfig:
     "What and how to train; the defaults are the Ascend recipe's single-device run."
     arch:str=opt('resnext50_32x4d', '--arch', '-a', choices=tuple(ARCHS), ascend=True, help='model')
-    epochs:int=opt(90, check=positive, ascend=True, help='epochs to train')
+    epochs:int=opt(90, on_resume='apply', check=positive, ascend=True, help='epochs to train')
     lr:float=opt(0.1, '--lr', '--learning-rate', check=positive, ascend=True, help='peak learning rate (the Ascend recipe: 0.1 at batch 256, 0.8 at 2048)')
     momentum:float=opt(0.9, check=non_negative, ascend=True, help='SGD momentum')
     weight_decay:float=opt(1e-4, '--wd', '--weight-decay', check=non_negative, help='weight decay')
@@ -52,18 +56,18 @@ class TrainConfig:
     warmup_epochs:float=opt(0.0, check=non_negative, help='linear warmup, per step, from 0 to --lr')
     label_smoothing:float=opt(0.0, check=non_negative, help='label smoothing (off in the Ascend recipe)')
     zero_init_residual:bool=opt(False, help="zero-init each block's last BN")
-    compile:bool=opt(False, help='torch.compile the model')
+    compile:bool=opt(False, on_resume='apply', help='torch.compile the model')
     freeze_bn:bool=opt(False, help='keep batch-norm statistics frozen (eval mode) while training')
-    print_freq:int=opt(10, '--print-freq', '-p', check=positive, ascend=True, help='steps between log lines')
-    checkpoint_every:int=opt(0, check=non_negative, help='also checkpoint every N steps (0: once per epoch)')
-    max_steps:int=opt(0, check=non_negative, help='stop after N training steps in all (0: no budget)')
+    print_freq:int=opt(10, '--print-freq', '-p', on_resume='apply', check=positive, ascend=True, help='steps between log lines')
+    checkpoint_every:int=opt(0, on_resume='apply', check=non_negative, help='also checkpoint every N steps (0: once per epoch)')
+    max_steps:int=opt(0, on_resume='apply', check=non_negative, help='stop after N training steps in all (0: no budget)')
     max_overflow_steps:int=50 # stop when this many fp16 steps in a row overflow
-    output:str|None=opt(None, metavar='DIR', help='run folder for checkpoints, logs and plots (none: output/<arch>-<date>-<time>)')
+    output:str|None=opt(None, on_resume='apply', metavar='DIR', help='run folder for checkpoints, logs and plots (none: output/<arch>-<date>-<time>)')
     seed:int|None=opt(None, ascend=True, help='seed every RNG (the 8-device recipe uses 49)')
-    resume:str|None=opt(None, metavar='PATH', help='checkpoint to resume from (mid-epoch included)')
-    evaluate:bool=opt(False, '--evaluate', '-e', ascend=True, help='score the --resume checkpoint on the validation set, train nothing')
-    deterministic:bool=opt(False, help='deterministic kernels only')
-    tensorboard:bool=opt(False, help='also log to TensorBoard in <output>/tb')
+    resume:str|None=opt(None, on_resume='apply', metavar='PATH', help="checkpoint to resume from, mid-epoch included; 'auto': <output>/checkpoint.pth.tar if it exists, else start fresh")
+    evaluate:bool=opt(False, '--evaluate', '-e', on_resume='apply', ascend=True, help='score the --resume checkpoint on the validation set, train nothing')
+    deterministic:bool=opt(False, on_resume='apply', help='deterministic kernels only')
+    tensorboard:bool=opt(False, on_resume='apply', help='also log to TensorBoard in <output>/tb')
 
 @dataclass
 class RunConfig:
@@ -72,8 +76,8 @@ class RunConfig:
     data:DataConfig=field(default_factory=DataConfig)
     amp:AmpConfig=field(default_factory=AmpConfig)
     npu:NpuConfig=field(default_factory=NpuConfig)
-    device:str=opt('auto', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
-    device_list:list[int]|None=opt(None, parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
+    device:str=opt('auto', on_resume='apply', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
+    device_list:list[int]|None=opt(None, on_resume='apply', parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
 
 # %% ../nbs/03_train.ipynb #1490a219
 def param_groups(model:nn.Module, weight_decay:float, no_bn_weight_decay:bool=False) -> list[dict]:
@@ -148,6 +152,9 @@ def summary(self:MetricSums) -> dict:
             'count': int(count), 'nonfinite': int(nonfinite)}
 
 # %% ../nbs/03_train.ipynb #cf8a2ee1
+class CheckpointError(RuntimeError):
+    "A checkpoint file is missing, unsafe, truncated, not a training checkpoint, or cannot be saved."
+
 def atomic_write(path:str|Path, write):
     "Call `write(file)` on a temporary file next to `path`, fsync it, then rename it over `path`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,26 +168,42 @@ def atomic_write(path:str|Path, write):
     try: os.fsync(fd)  # make the rename itself durable
     finally: os.close(fd)
 
+# %% ../nbs/03_train.ipynb #e6b67246
+def first_line(e:BaseException) -> str:
+    "An exception's first line, or its type when it has no message."
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+def state_bytes(obj) -> int:
+    "Bytes held by the tensors of a (nested) checkpoint dict."
+    if isinstance(obj, torch.Tensor): return obj.numel() * obj.element_size()
+    if isinstance(obj, dict): return sum(state_bytes(v) for v in obj.values())
+    return sum(state_bytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
+
 def save_checkpoint(state:dict, path:str|Path):
-    "Save a checkpoint dict to `path` atomically."
-    atomic_write(path, lambda f: torch.save(state, f))
+    "Save a checkpoint dict to `path` atomically; a failure is one `CheckpointError` line with the space it needs."
+    try: atomic_write(path, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as e:
+        folder = next(p for p in Path(path).absolute().parents if p.exists())
+        need, free = state_bytes(state) / 2**20, shutil.disk_usage(folder).free / 2**20
+        raise CheckpointError(f"cannot save checkpoint {path} ({first_line(e)}): it needs about {need:.1f} MiB and {folder} "
+                              f"has {free:.1f} MiB free; free some space or choose another --output") from None
 
 # %% ../nbs/03_train.ipynb #88520df9
-class CheckpointError(RuntimeError):
-    "A checkpoint file is missing, unsafe, truncated or not a training checkpoint."
-
 RESUME_KEYS = ('epoch', 'arch', 'state_dict', 'best_acc1', 'optimizer')
 
 def read_checkpoint(path:str|Path) -> dict:
     "Load a checkpoint safely (`weights_only=True`), with a clear error for a missing, unsafe or broken file."
     path = Path(path)
+    if path.is_dir(): raise CheckpointError(f"checkpoint {path} is a folder, not a file: pass the checkpoint inside it, e.g. {path/'checkpoint.pth.tar'}")
     if not path.is_file(): raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes), as a save cut short leaves a file: use another checkpoint, such as model_best.pth.tar")
     try: state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"checkpoint {path} was refused: it contains Python objects that could run code "
-                              f"when loaded, and only tensors and plain data are accepted ({str(e).splitlines()[0]})") from None
+                              f"when loaded, and only tensors and plain data are accepted ({first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file ({first_line(e)})") from None
     if not isinstance(state, dict): raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return state
 
@@ -192,6 +215,29 @@ def load_resumable(path:str|Path) -> dict:
     if missing: raise CheckpointError(f"checkpoint {path} is not a training checkpoint: it lacks {', '.join(missing)}")
     return state
 
+# %% ../nbs/03_train.ipynb #7acd1ad9
+def checkpoint_classes(state:dict) -> int|None:
+    "The class count a checkpoint (or a plain state_dict) was trained for: its record, else the size of its head."
+    if isinstance(state.get('num_classes'), int): return state['num_classes']
+    try: weights = clean_state_dict(state)
+    except (TypeError, ValueError): return None
+    return next((int(v.shape[0]) for k, v in weights.items() if k.endswith('fc.weight')), None)
+
+def check_fits(
+    state:dict, # a checkpoint or a plain state_dict
+    path:str|Path, # where it came from, for the message
+    arch:str, # this run's `--arch`
+    classes:list[str], # this run's class names, from its data
+):
+    "Raise one `CheckpointError` line, naming the flag to change, when `state` was trained for another arch or other classes."
+    saved_arch, saved_n = state.get('arch') if isinstance(state.get('arch'), str) else None, checkpoint_classes(state)
+    if (saved_arch and saved_arch != arch) or (saved_n and saved_n != len(classes)):
+        fix = f"pass --arch {saved_arch}" if saved_arch and saved_arch != arch else f"point --data_path at data with {saved_n} classes"
+        raise CheckpointError(f"checkpoint {path} is {saved_arch or 'a model'} with {saved_n} classes; this run is {arch} with {len(classes)}: {fix}")
+    if isinstance(state.get('classes'), list) and state['classes'] != list(classes):
+        diff = [f"{a}≠{b}" for a, b in zip(state['classes'], classes) if a != b][:3]
+        raise CheckpointError(f"checkpoint {path} was trained on other classes than this data's ({', '.join(diff)}): check --data_path")
+
 # %% ../nbs/03_train.ipynb #e1584da2
 class CancelFitException(Exception):
     "Raise from a callback to end `fit` early; `after_fit` still runs."
@@ -199,6 +245,24 @@ class CancelFitException(Exception):
 class Callback:
     "Base class for callbacks: define any of `before_fit`, `before_epoch`, `after_batch`, `after_train`, `after_epoch`, `after_fit`."
     order, learn = 0, None
+
+# %% ../nbs/03_train.ipynb #585af92e
+class StopRequest:
+    "A signal handler that records the first stop signal; the Learner reads `signal` between steps."
+    def __init__(self): self.signal = None # the name of the first signal received, e.g. 'SIGTERM'
+    def __call__(self, signum, frame=None): self.signal = self.signal or signal.Signals(signum).name
+
+@contextmanager
+def stop_on_signals(
+    request:StopRequest, # what the handlers set
+    names:tuple[str, ...]=STOP_SIGNALS, # the signals to catch
+):
+    "Route `names` to `request` inside the block (main thread only), restoring the previous handlers afterwards."
+    if threading.current_thread() is not threading.main_thread(): yield request; return
+    old = {n: signal.signal(getattr(signal, n), request) for n in names if hasattr(signal, n)}
+    try: yield request
+    finally:
+        for n, h in old.items(): signal.signal(getattr(signal, n), h)
 
 # %% ../nbs/03_train.ipynb #71135d08
 class Throughput:
@@ -231,12 +295,13 @@ class Learner:
         self.model, self.loaders, self.cfg, self.device = model, loaders, cfg, device
         self.precision = precision or resolve_precision(AmpConfig(), device.type)
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.steps_per_epoch = len(loaders.train)
+        self.steps_per_epoch, self.classes = len(loaders.train), list(getattr(loaders, 'classes', []))
         self.opt = make_optimizer(model, cfg, opt_class)
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
         self.scaler = LossScaler(self.precision)
         self.epoch, self.batches_done, self.step, self.best_acc1 = 0, 0, 0, 0.0
         self.history, self.summary, self.stop, self.config = [], {}, False, None
+        self.stop_request, self.stopped_by = StopRequest(), None
         self.train_sums, self.throughput = MetricSums(device), Throughput(untimed)
         self.cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self.cbs: cb.learn = self
@@ -281,8 +346,24 @@ def check_health(self:Learner):
         raise TrainingDiverged(f"{self.scaler.consecutive_skipped} fp16 steps in a row overflowed at step {self.step} "
                                f"(loss scale {self.scaler.current_scale}): lower --lr, or try --amp-dtype bfloat16 or --loss-scale dynamic")
     if self.scaler.current_scale is None and self.train_metrics['nonfinite']:
+        ckpt = Path(self.cfg.output or '.') / 'checkpoint.pth.tar'
+        kept = f"the last good checkpoint is kept in {ckpt}" if ckpt.is_file() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"the loss became non-finite at epoch {self.epoch}, step {self.step}: lower --lr or "
-                               f"add --warmup-epochs; the last good checkpoint is kept in {self.cfg.output}")
+                               f"add --warmup-epochs; {kept}")
+
+# %% ../nbs/03_train.ipynb #c1cd3c5a
+@patch
+def agree_to_stop(self:Learner, now:bool=False) -> bool:
+    "Whether every rank stops here: at once alone; with others at `print_freq` boundaries (or `now`), by an all-reduce."
+    asked = self.stop_request.signal
+    if not is_distributed(): got = asked
+    elif now or self.step % self.cfg.print_freq == 0:
+        code = torch.tensor([int(signal.Signals[asked]) if asked else 0], device=self.device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        got = signal.Signals(int(code.item())).name if code.item() else None
+    else: got = None
+    if got: self.stopped_by, self.stop = got, True
+    return bool(got)
 
 # %% ../nbs/03_train.ipynb #37ab3a9a
 @patch
@@ -307,6 +388,7 @@ def train_epoch(self:Learner):
         self.train_step(images, labels)
         self.throughput.after_step(self.device)
         if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
+        self.agree_to_stop()
         self.callback('after_batch')
         if self.cfg.max_steps and self.step >= self.cfg.max_steps: self.stop = True
         if self.stop: break
@@ -315,17 +397,26 @@ def train_epoch(self:Learner):
     self.callback('after_train')
 
 # %% ../nbs/03_train.ipynb #f4d567a2
-@patch
 @torch.no_grad()
-def validate(self:Learner, loader=None) -> dict:
-    "Loss, Acc@1 and Acc@5 over every image of `loader` (default: the validation set), across all ranks."
-    self.model.eval()
-    sums = MetricSums(self.device)
-    for images, labels in (loader or self.loaders.val):
-        xb, yb = normalize(images, self.device, self.precision.memory_format), labels.to(self.device, non_blocking=True)
-        with self.precision.autocast(): logits = self.model(xb)
+def score(
+    model:nn.Module, # put in eval mode here
+    loader, # batches of `uint8` images and labels
+    device:torch.device, # where the model is
+    precision:Precision, # autocast and memory format
+) -> dict:
+    "Loss, Acc@1 and Acc@5 of `model` over every image of `loader`, summed over all ranks."
+    model.eval()
+    sums = MetricSums(device)
+    for images, labels in loader:
+        xb, yb = normalize(images, device, precision.memory_format), labels.to(device, non_blocking=True)
+        with precision.autocast(): logits = model(xb)
         sums.add(F.cross_entropy(logits.float(), yb), logits, yb)
-    self.val_metrics = sums.all_reduce().summary()
+    return sums.all_reduce().summary()
+
+@patch
+def validate(self:Learner, loader=None) -> dict:
+    "`score` over `loader` (default: the validation set); the result is kept as `val_metrics`."
+    self.val_metrics = score(self.model, loader or self.loaders.val, self.device, self.precision)
     return self.val_metrics
 
 # %% ../nbs/03_train.ipynb #11c44b47
@@ -346,7 +437,8 @@ def record_summary(self:Learner):
     "The run's `summary`: the last epoch's record, the best Acc@1, `FPS@all`, the steps and the time."
     last = next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
     self.summary = {**{k: v for k, v in last.items() if k not in ('kind', 'fps')}, 'best_acc1': self.best_acc1,
-                    'fps': self.throughput.fps, 'steps': self.step, 'train_time_s': time.perf_counter() - self.fit_start}
+                    'fps': self.throughput.fps, 'steps': self.step, 'train_time_s': time.perf_counter() - self.fit_start,
+                    'stopped_by': self.stopped_by}
 
 # %% ../nbs/03_train.ipynb #d7801217
 @patch
@@ -363,10 +455,12 @@ def fit(self:Learner, epochs:int|None=None) -> dict:
         self.callback('before_fit')
         while self.epoch < self.n_epochs and not self.stop:
             self.train_epoch()
+            if self.stopped_by and self.batches_done < self.steps_per_epoch: break  # mid-epoch: saved in `after_batch`
             self.validate()
             self.record_epoch()
             self.callback('after_epoch')
             self.epoch, self.batches_done = self.resume_position()
+            if not self.stop: self.agree_to_stop(now=True)  # a signal during validation
     except CancelFitException: pass
     self.record_summary()
     self.callback('after_fit')
@@ -381,7 +475,8 @@ def state_dict(self:Learner) -> dict:
             'best_acc1': self.best_acc1, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
             'scheduler': self.sched.state_dict(), 'rng': rng_state(self.device),
             'sampler': {'epoch': epoch, 'start_batch': batches_done}, 'step': self.step,
-            'train_sums': self.train_sums.sums.cpu(), 'history': self.history, 'config': self.config}
+            'train_sums': self.train_sums.sums.cpu(), 'history': self.history, 'config': self.config,
+            'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size()}
 
 # %% ../nbs/03_train.ipynb #f6317524
 @patch
@@ -449,7 +544,8 @@ def after_epoch(self:LogCB):
 @patch
 def after_fit(self:LogCB):
     s = self.learn.summary
-    self.write(f"=> done: best Acc@1 {s['best_acc1']:.3f}, FPS@all {s['fps'] or 0:.3f}, "
+    end = f"stopped by {s['stopped_by']} at step {s['steps']}" if s.get('stopped_by') else 'done'
+    self.write(f"=> {end}: best Acc@1 {s['best_acc1']:.3f}, FPS@all {s['fps'] or 0:.3f}, "
                f"{self.learn.scaler.skipped_steps} skipped overflow steps", {'kind': 'summary', **s})
     self.log_file.close(); self.jsonl.close()
     if self.tb: self.tb.close()
@@ -467,8 +563,9 @@ class CheckpointCB(Callback):
         if is_best: atomic_write(out / 'model_best.pth.tar', lambda f: f.write((out / 'checkpoint.pth.tar').read_bytes()))
 
     def after_batch(self):
-        every = self.learn.cfg.checkpoint_every
-        if every and self.learn.step % every == 0 and self.learn.batches_done < self.learn.steps_per_epoch: self.save()
+        learn, every = self.learn, self.learn.cfg.checkpoint_every
+        if learn.batches_done >= learn.steps_per_epoch: return  # the epoch's own checkpoint follows validation
+        if learn.stopped_by or (every and learn.step % every == 0): self.save()
 
     def after_epoch(self): self.save(self.learn.is_best)
 
@@ -531,10 +628,12 @@ class PlotsCB(Callback):
 def default_callbacks(
     notebook:bool=IN_NOTEBOOK, # add the live chart
     echo:bool=True, # print log lines to the console too
+    terminal:bool|None=None, # draw a progress bar; None: when stdout is a terminal or a notebook
 ) -> list[Callback]:
     "Checkpoints on every rank (they check health together); logs, plots and progress on rank 0 only."
+    terminal = (notebook or sys.stdout.isatty()) if terminal is None else terminal
     cbs = [CheckpointCB()]
-    if is_main_process(): cbs += [LogCB(echo=echo), PlotsCB(), ProgressCB()] + ([LivePlotCB()] if notebook else [])
+    if is_main_process(): cbs += [LogCB(echo=echo), PlotsCB()] + ([ProgressCB()] if terminal else []) + ([LivePlotCB()] if notebook else [])
     return cbs
 
 # %% ../nbs/03_train.ipynb #c9c9bb63
@@ -547,7 +646,10 @@ def build_model(
     "The model for `cfg`, on `device`, in the precision's memory format, under DDP and torch.compile as needed."
     model = create_model(cfg.train.arch, num_classes=num_classes, zero_init_residual=cfg.train.zero_init_residual)
     model = to_memory_format(model.to(device), precision)
-    if is_distributed(): model = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    if is_distributed():
+        with warnings.catch_warnings():  # torch 2.14 deprecates the flag, but its replacement also syncs at init
+            warnings.filterwarnings('ignore', message='`broadcast_buffers` is deprecated', category=FutureWarning)
+            model = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     return torch.compile(model) if cfg.train.compile else model
 
 # %% ../nbs/03_train.ipynb #09de0994
@@ -564,11 +666,13 @@ def build_learner(
     if cfg.train.deterministic: torch.use_deterministic_algorithms(True)
     precision = resolve_precision(cfg.amp, place.device.type)
     loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device)
+    state = load_resumable(cfg.train.resume) if cfg.train.resume else None
+    if state: check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)  # before the model exists
     model = build_model(cfg, len(loaders.classes), place.device, precision)
     learn = Learner(model, loaders, cfg.train, place.device, precision, default_callbacks() if cbs is None else cbs,
                     sgd_class(place.device.type, cfg.npu.fused_sgd), untimed_steps(cfg.npu, place.device.type))
     learn.config, learn.classes = asdict(cfg), loaders.classes
-    if cfg.train.resume: learn.load_state_dict(load_resumable(cfg.train.resume))
+    if state: learn.load_state_dict(state)
     return learn
 
 # %% ../nbs/03_train.ipynb #17dfec6e
@@ -576,20 +680,26 @@ def train(
     cfg:RunConfig, # the run
     place:Placement|None=None, # where this process runs (None: from `cfg`)
 ) -> dict:
-    "Train as `cfg` says; returns the run's summary (best Acc@1, FPS, ...)."
+    "Train as `cfg` says, stopping cleanly (with a checkpoint) on SIGTERM, SIGUSR1 or Ctrl-C; returns the run's summary."
     learn = build_learner(cfg, place)
-    learn.fit()
+    with stop_on_signals(learn.stop_request): learn.fit()
     return learn.summary
 
 def evaluate(
     cfg:RunConfig, # the run; `cfg.train.resume` is the checkpoint to score
     place:Placement|None=None, # where this process runs (None: from `cfg`)
 ) -> dict:
-    "Score the checkpoint `cfg.train.resume` on the validation set."
+    "Score the checkpoint `cfg.train.resume` on the validation set; it needs only the val split."
     if not cfg.train.resume: raise CheckpointError("--evaluate needs --resume PATH: the checkpoint to score")
+    place = place or resolve_placement(cfg.device, cfg.device_list)
     state = read_checkpoint(cfg.train.resume)
-    learn = build_learner(replace(cfg, train=replace(cfg.train, resume=None)), place, cbs=[])
-    unwrap_model(learn.model).load_state_dict(clean_state_dict(state))
-    metrics = learn.validate()
+    apply_npu_config(cfg.npu, place.device.type)
+    precision = resolve_precision(cfg.amp, place.device.type)
+    loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device, train=False)
+    check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)
+    model = build_model(replace(cfg, train=replace(cfg.train, compile=False)), len(loaders.classes), place.device, precision)
+    try: load_weights(model, state)
+    except (RuntimeError, ValueError) as e: raise CheckpointError(f"checkpoint {cfg.train.resume}: {first_line(e)}") from None
+    metrics = score(model, loaders.val, place.device, precision)
     if is_main_process(): print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} ({metrics['count']} images)")
     return metrics
