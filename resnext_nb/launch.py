@@ -17,8 +17,8 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from .data import DataConfig, DataError
-from .train import (RUN_FILES, CheckpointError, RunConfig, TrainConfig, TrainingDiverged, default_output, evaluate,
-                              read_checkpoint, train)
+from .checkpoints import CheckpointError, read_checkpoint
+from .train import RUN_FILES, RunConfig, TrainConfig, TrainingDiverged, default_output, evaluate, train
 
 # %% auto #0
 __all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'LOCK_FILE', 'tcp_port', 'JobConfig', 'flag_fields', 'flag_names',

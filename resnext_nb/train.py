@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #36ddb126
 from __future__ import annotations
-import json, math, os, pickle, shutil, signal, sys, threading, time, warnings, zipfile
+import json, math, signal, sys, threading, time, warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,19 +24,20 @@ from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, Np
 from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
 from .data import STOP_SIGNALS, DataConfig, normalize
 from .loaders import build_loaders
+from .checkpoints import (CheckpointError, MetricSums, atomic_write, check_fits, first_line, load_pretrained, load_resumable,
+                                    read_checkpoint, save_checkpoint)
+from .interpret import REPORT_FILES, Interpretation, write_report
 
 # %% auto #0
-__all__ = ['LR_SCHEDULES', 'RUN_FILES', 'RESUME_KEYS', 'default_output', 'TrainConfig', 'RunConfig', 'param_groups',
-           'make_optimizer', 'lr_factor', 'make_scheduler', 'topk_hits', 'accuracy', 'MetricSums', 'CheckpointError',
-           'atomic_write', 'first_line', 'state_bytes', 'save_checkpoint', 'read_checkpoint', 'load_resumable',
-           'checkpoint_classes', 'check_fits', 'CancelFitException', 'Callback', 'StopRequest', 'stop_on_signals',
-           'Throughput', 'Learner', 'freeze_batchnorm', 'TrainingDiverged', 'score', 'LogCB', 'CheckpointCB',
-           'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'default_callbacks', 'build_model', 'build_learner',
-           'train', 'evaluate']
+__all__ = ['LR_SCHEDULES', 'RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'param_groups', 'make_optimizer',
+           'lr_factor', 'make_scheduler', 'CancelFitException', 'Callback', 'StopRequest', 'stop_on_signals',
+           'Throughput', 'Learner', 'clear_body_grads', 'freeze_batchnorm', 'TrainingDiverged', 'score', 'LogCB',
+           'CheckpointCB', 'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB', 'default_callbacks',
+           'build_model', 'build_learner', 'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
 LR_SCHEDULES = ('cosine', 'step')
-RUN_FILES = ('checkpoint.pth.tar', 'model_best.pth.tar', 'train.log', 'metrics.jsonl', 'loss.png', 'accuracy.png', 'lr.png')  # what a run writes
+RUN_FILES = ('checkpoint.pth.tar', 'model_best.pth.tar', 'train.log', 'metrics.jsonl', 'loss.png', 'accuracy.png', 'lr.png', *REPORT_FILES)  # what a run writes
 
 def default_output(arch:str) -> str:
     "The run folder when `--output` is not given: `output/<arch>-<date>-<time>`."
@@ -56,6 +57,8 @@ class TrainConfig:
     warmup_epochs:float=opt(0.0, check=non_negative, help='linear warmup, per step, from 0 to --lr')
     label_smoothing:float=opt(0.0, check=non_negative, help='label smoothing (off in the Ascend recipe)')
     zero_init_residual:bool=opt(False, help="zero-init each block's last BN")
+    pretrained:str|None=opt(None, metavar='SOURCE', help='start from these weights: a state_dict or checkpoint file, or a torchvision weights name such as IMAGENET1K_V2; a head for another class count is re-initialised')
+    freeze_epochs:int=opt(0, check=non_negative, help='train only the head (fc) for the first N epochs, then the whole model (fastai fine_tune)')
     compile:bool=opt(False, on_resume='apply', help='torch.compile the model')
     freeze_bn:bool=opt(False, help='keep batch-norm statistics frozen (eval mode) while training')
     print_freq:int=opt(10, '--print-freq', '-p', on_resume='apply', check=positive, ascend=True, help='steps between log lines')
@@ -108,135 +111,6 @@ def lr_factor(cfg:TrainConfig, step:int, steps_per_epoch:int) -> float:
 def make_scheduler(optimizer:torch.optim.Optimizer, cfg:TrainConfig, steps_per_epoch:int):
     "A per-step `LambdaLR` following `lr_factor`."
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
-
-# %% ../nbs/03_train.ipynb #56b8451e
-def topk_hits(logits:torch.Tensor, target:torch.Tensor, topk=(1, 5)) -> torch.Tensor:
-    "How many samples have their label among the top-k logits, for each k (capped at the class count)."
-    maxk = min(max(topk), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hit = pred.eq(target[:, None])
-    return torch.stack([hit[:, :min(k, maxk)].any(dim=1).sum() for k in topk])
-
-def accuracy(logits:torch.Tensor, target:torch.Tensor, topk=(1, 5)) -> list[float]:
-    "Top-k accuracy in percent, as in pytorch/examples."
-    return (topk_hits(logits, target, topk).float() * 100 / target.numel()).tolist()
-
-# %% ../nbs/03_train.ipynb #484c157a
-class MetricSums:
-    "Loss, top-1 and top-5 hits, samples, samples with a finite loss, and non-finite batches, summed on the device."
-    names = ('loss', 'top1', 'top5', 'count', 'loss_count', 'nonfinite')
-    def __init__(self, device:torch.device): self.sums = torch.zeros(len(self.names), device=device)
-
-    def add(self, loss:torch.Tensor, logits:torch.Tensor, target:torch.Tensor):
-        "Add one batch: `loss` is the batch's mean loss."
-        n = torch.tensor(target.numel(), device=loss.device, dtype=torch.float32)
-        finite = torch.isfinite(loss)
-        hits = topk_hits(logits.detach(), target).float()
-        self.sums += torch.stack([torch.where(finite, loss.detach().float() * n, 0.), hits[0], hits[1], n,
-                                  torch.where(finite, n, 0.), (~finite).float()])
-
-# %% ../nbs/03_train.ipynb #b1b8a88e
-@patch
-def all_reduce(self:MetricSums) -> MetricSums:
-    "A copy summed over every rank of the process group (a plain copy when not distributed)."
-    total = MetricSums(self.sums.device)
-    total.sums = self.sums.clone()
-    if is_distributed(): dist.all_reduce(total.sums)
-    return total
-
-@patch
-def summary(self:MetricSums) -> dict:
-    "Mean finite loss, Acc@1 and Acc@5 in percent, the sample count and the non-finite batch count (one host read)."
-    loss, top1, top5, count, loss_count, nonfinite = self.sums.tolist()
-    return {'loss': loss / max(loss_count, 1), 'acc1': 100 * top1 / max(count, 1), 'acc5': 100 * top5 / max(count, 1),
-            'count': int(count), 'nonfinite': int(nonfinite)}
-
-# %% ../nbs/03_train.ipynb #cf8a2ee1
-class CheckpointError(RuntimeError):
-    "A checkpoint file is missing, unsafe, truncated, not a training checkpoint, or cannot be saved."
-
-def atomic_write(path:str|Path, write):
-    "Call `write(file)` on a temporary file next to `path`, fsync it, then rename it over `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            write(f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try: os.fsync(fd)  # make the rename itself durable
-    finally: os.close(fd)
-
-# %% ../nbs/03_train.ipynb #e6b67246
-def first_line(e:BaseException) -> str:
-    "An exception's first line, or its type when it has no message."
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-def state_bytes(obj) -> int:
-    "Bytes held by the tensors of a (nested) checkpoint dict."
-    if isinstance(obj, torch.Tensor): return obj.numel() * obj.element_size()
-    if isinstance(obj, dict): return sum(state_bytes(v) for v in obj.values())
-    return sum(state_bytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
-
-def save_checkpoint(state:dict, path:str|Path):
-    "Save a checkpoint dict to `path` atomically; a failure is one `CheckpointError` line with the space it needs."
-    try: atomic_write(path, lambda f: torch.save(state, f))
-    except (OSError, RuntimeError) as e:
-        folder = next(p for p in Path(path).absolute().parents if p.exists())
-        need, free = state_bytes(state) / 2**20, shutil.disk_usage(folder).free / 2**20
-        raise CheckpointError(f"cannot save checkpoint {path} ({first_line(e)}): it needs about {need:.1f} MiB and {folder} "
-                              f"has {free:.1f} MiB free; free some space or choose another --output") from None
-
-# %% ../nbs/03_train.ipynb #88520df9
-RESUME_KEYS = ('epoch', 'arch', 'state_dict', 'best_acc1', 'optimizer')
-
-def read_checkpoint(path:str|Path) -> dict:
-    "Load a checkpoint safely (`weights_only=True`), with a clear error for a missing, unsafe or broken file."
-    path = Path(path)
-    if path.is_dir(): raise CheckpointError(f"checkpoint {path} is a folder, not a file: pass the checkpoint inside it, e.g. {path/'checkpoint.pth.tar'}")
-    if not path.is_file(): raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes), as a save cut short leaves a file: use another checkpoint, such as model_best.pth.tar")
-    try: state = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint {path} was refused: it contains Python objects that could run code "
-                              f"when loaded, and only tensors and plain data are accepted ({first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file ({first_line(e)})") from None
-    if not isinstance(state, dict): raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
-    return state
-
-# %% ../nbs/03_train.ipynb #887b9294
-def load_resumable(path:str|Path) -> dict:
-    "Read a checkpoint that training can resume from: the Ascend recipe's keys must be there."
-    state = read_checkpoint(path)
-    missing = [k for k in RESUME_KEYS if k not in state]
-    if missing: raise CheckpointError(f"checkpoint {path} is not a training checkpoint: it lacks {', '.join(missing)}")
-    return state
-
-# %% ../nbs/03_train.ipynb #7acd1ad9
-def checkpoint_classes(state:dict) -> int|None:
-    "The class count a checkpoint (or a plain state_dict) was trained for: its record, else the size of its head."
-    if isinstance(state.get('num_classes'), int): return state['num_classes']
-    try: weights = clean_state_dict(state)
-    except (TypeError, ValueError): return None
-    return next((int(v.shape[0]) for k, v in weights.items() if k.endswith('fc.weight')), None)
-
-def check_fits(
-    state:dict, # a checkpoint or a plain state_dict
-    path:str|Path, # where it came from, for the message
-    arch:str, # this run's `--arch`
-    classes:list[str], # this run's class names, from its data
-):
-    "Raise one `CheckpointError` line, naming the flag to change, when `state` was trained for another arch or other classes."
-    saved_arch, saved_n = state.get('arch') if isinstance(state.get('arch'), str) else None, checkpoint_classes(state)
-    if (saved_arch and saved_arch != arch) or (saved_n and saved_n != len(classes)):
-        fix = f"pass --arch {saved_arch}" if saved_arch and saved_arch != arch else f"point --data_path at data with {saved_n} classes"
-        raise CheckpointError(f"checkpoint {path} is {saved_arch or 'a model'} with {saved_n} classes; this run is {arch} with {len(classes)}: {fix}")
-    if isinstance(state.get('classes'), list) and state['classes'] != list(classes):
-        diff = [f"{a}≠{b}" for a, b in zip(state['classes'], classes) if a != b][:3]
-        raise CheckpointError(f"checkpoint {path} was trained on other classes than this data's ({', '.join(diff)}): check --data_path")
 
 # %% ../nbs/03_train.ipynb #e1584da2
 class CancelFitException(Exception):
@@ -300,8 +174,8 @@ class Learner:
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
         self.scaler = LossScaler(self.precision)
         self.epoch, self.batches_done, self.step, self.best_acc1 = 0, 0, 0, 0.0
-        self.history, self.summary, self.stop, self.config = [], {}, False, None
-        self.stop_request, self.stopped_by = StopRequest(), None
+        self.history, self.summary, self.stop, self.config, self.notes = [], {}, False, None, []
+        self.stop_request, self.stopped_by, self.interp = StopRequest(), None, None
         self.train_sums, self.throughput = MetricSums(device), Throughput(untimed)
         self.cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self.cbs: cb.learn = self
@@ -310,6 +184,18 @@ class Learner:
         "Run `event` on every callback that defines it, in `order`."
         for cb in self.cbs:
             if hasattr(cb, event): getattr(cb, event)()
+
+# %% ../nbs/03_train.ipynb #9c84fac4
+def clear_body_grads(model:nn.Module):
+    "Drop the gradient of every parameter outside the head (`fc`), so that the optimiser leaves them as they are."
+    head = {id(p) for p in unwrap_model(model).fc.parameters()}
+    for p in model.parameters():
+        if id(p) not in head: p.grad = None
+
+@patch(as_prop=True)
+def frozen(self:Learner) -> bool:
+    "Whether only the head trains now: the epoch is below `freeze_epochs`."
+    return self.epoch < self.cfg.freeze_epochs
 
 # %% ../nbs/03_train.ipynb #bb99acc9
 @patch
@@ -322,6 +208,7 @@ def train_step(self:Learner, images:torch.Tensor, labels:torch.Tensor):
         self.loss = self.loss_func(self.preds, self.yb)
     self.opt.zero_grad(set_to_none=True)
     self.scaler.scale(self.loss).backward()
+    if self.frozen: clear_body_grads(self.model)
     self.scaler.step(self.opt)
     self.lr = self.opt.param_groups[0]['lr']  # the rate this step used, before the schedule moves on
     self.sched.step()
@@ -378,7 +265,7 @@ def record_step(self:Learner):
 def train_epoch(self:Learner):
     "Train from the current position to the end of the epoch (or the step budget)."
     self.model.train()
-    if self.cfg.freeze_bn: freeze_batchnorm(self.model)
+    if self.cfg.freeze_bn or self.frozen: freeze_batchnorm(self.model)
     if self.batches_done == 0: self.train_sums = MetricSums(self.device)
     self.loaders.train.set_epoch(self.epoch, self.batches_done)
     self.dl = self.loaders.train
@@ -403,6 +290,7 @@ def score(
     loader, # batches of `uint8` images and labels
     device:torch.device, # where the model is
     precision:Precision, # autocast and memory format
+    interp:Interpretation|None=None, # also count the confusion matrix and the confident mistakes here
 ) -> dict:
     "Loss, Acc@1 and Acc@5 of `model` over every image of `loader`, summed over all ranks."
     model.eval()
@@ -411,12 +299,14 @@ def score(
         xb, yb = normalize(images, device, precision.memory_format), labels.to(device, non_blocking=True)
         with precision.autocast(): logits = model(xb)
         sums.add(F.cross_entropy(logits.float(), yb), logits, yb)
+        if interp is not None: interp.add(logits, yb, images)
     return sums.all_reduce().summary()
 
 @patch
 def validate(self:Learner, loader=None) -> dict:
-    "`score` over `loader` (default: the validation set); the result is kept as `val_metrics`."
-    self.val_metrics = score(self.model, loader or self.loaders.val, self.device, self.precision)
+    "`score` over `loader` (default: the validation set); kept as `val_metrics`, with its `interp` (this rank's)."
+    self.interp = Interpretation(unwrap_model(self.model).fc.out_features, self.device)
+    self.val_metrics = score(self.model, loader or self.loaders.val, self.device, self.precision, self.interp)
     return self.val_metrics
 
 # %% ../nbs/03_train.ipynb #11c44b47
@@ -511,6 +401,10 @@ class LogCB(Callback):
             self.tb = SummaryWriter(self.out / 'tb')
         self.write(f"=> training {self.learn.cfg.arch} on {device_name(self.learn.device)} x {get_world_size()}, "
                    f"precision {self.learn.precision}, {self.learn.steps_per_epoch} steps per epoch")
+        for line in self.learn.notes: self.write(line)
+        if n := self.learn.cfg.freeze_epochs:
+            self.write(f"=> fine-tuning: {'epoch 0' if n == 1 else f'epochs 0-{n - 1}'} train{'s' if n == 1 else ''} only the head (fc), the body and its batch-norm statistics frozen; "
+                       f"from epoch {n} the whole model trains")
 
     def write(self, line:str, record:dict|None=None):
         "One line to the log (and the console), and optionally one JSON record."
@@ -530,6 +424,13 @@ def after_batch(self:LogCB):
                f"Loss {rec['loss']:.4f} Acc@1 {rec['acc1']:.3f} Acc@5 {rec['acc5']:.3f} LR {rec['lr']:.5f}", rec)
     if self.tb:
         for k in ('loss', 'acc1', 'acc5', 'lr'): self.tb.add_scalar(f'train/{k}', rec[k], learn.step)
+
+# %% ../nbs/03_train.ipynb #a5bc7c5f
+@patch
+def before_epoch(self:LogCB):
+    learn = self.learn
+    if learn.cfg.freeze_epochs and learn.epoch == learn.cfg.freeze_epochs and learn.batches_done == 0:
+        self.write(f"=> epoch {learn.epoch}: the body is unfrozen, the whole model trains from here")
 
 # %% ../nbs/03_train.ipynb #bb4e0cad
 @patch
@@ -624,6 +525,16 @@ class PlotsCB(Callback):
             fig.savefig(Path(self.learn.cfg.output) / f'{name}.png', bbox_inches=extent.expanded(1.05, 1.1), dpi=100)
         plt.close(fig)
 
+# %% ../nbs/03_train.ipynb #42a27781
+class InterpretCB(Callback):
+    "Write the last validation's per-class accuracy, confusion matrix and confident mistakes to the output folder."
+    order = 55
+    def after_fit(self):
+        learn = self.learn
+        if learn.stopped_by or learn.interp is None: return
+        whole = learn.interp.reduce()
+        if is_main_process(): write_report(whole, learn.classes, learn.cfg.output)
+
 # %% ../nbs/03_train.ipynb #6d219250
 def default_callbacks(
     notebook:bool=IN_NOTEBOOK, # add the live chart
@@ -632,7 +543,7 @@ def default_callbacks(
 ) -> list[Callback]:
     "Checkpoints on every rank (they check health together); logs, plots and progress on rank 0 only."
     terminal = (notebook or sys.stdout.isatty()) if terminal is None else terminal
-    cbs = [CheckpointCB()]
+    cbs = [CheckpointCB(), InterpretCB()]
     if is_main_process(): cbs += [LogCB(echo=echo), PlotsCB()] + ([ProgressCB()] if terminal else []) + ([LivePlotCB()] if notebook else [])
     return cbs
 
@@ -669,9 +580,10 @@ def build_learner(
     state = load_resumable(cfg.train.resume) if cfg.train.resume else None
     if state: check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)  # before the model exists
     model = build_model(cfg, len(loaders.classes), place.device, precision)
+    notes = [load_pretrained(model, cfg.train.pretrained, cfg.train.arch)] if cfg.train.pretrained and not state else []
     learn = Learner(model, loaders, cfg.train, place.device, precision, default_callbacks() if cbs is None else cbs,
                     sgd_class(place.device.type, cfg.npu.fused_sgd), untimed_steps(cfg.npu, place.device.type))
-    learn.config, learn.classes = asdict(cfg), loaders.classes
+    learn.config, learn.classes, learn.notes = asdict(cfg), loaders.classes, notes
     if state: learn.load_state_dict(state)
     return learn
 
@@ -700,6 +612,11 @@ def evaluate(
     model = build_model(replace(cfg, train=replace(cfg.train, compile=False)), len(loaders.classes), place.device, precision)
     try: load_weights(model, state)
     except (RuntimeError, ValueError) as e: raise CheckpointError(f"checkpoint {cfg.train.resume}: {first_line(e)}") from None
-    metrics = score(model, loaders.val, place.device, precision)
-    if is_main_process(): print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} ({metrics['count']} images)")
+    interp = Interpretation(len(loaders.classes), place.device)
+    metrics = score(model, loaders.val, place.device, precision, interp)
+    whole, out = interp.reduce(), Path(cfg.train.output or Path(cfg.train.resume).parent)
+    if is_main_process():
+        print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} ({metrics['count']} images)")
+        write_report(whole, loaders.classes, out)
+        print(f"=> {', '.join(REPORT_FILES)} in {out}", flush=True)
     return metrics
