@@ -7,7 +7,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/bench.html.md"""
 # %% ../nbs/05_bench.ipynb #86018a5f
 from __future__ import annotations
 import gc, json, math, os, platform, sys, tempfile, time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from .model import ARCHS, create_model
 from .data import DataConfig, normalize, write_image_folder
 from .loaders import build_loaders
 from .train import Callback, RunConfig, TrainConfig, build_learner
-from .launch import build_parser, field_checks, field_default
+from .launch import build_parser, field_checks, parse_config
 
 # %% auto #0
 __all__ = ['KIND_COLOURS', 'parse_size', 'parse_counts', 'BenchConfig', 'bench_defaults', 'resolve_bench_config', 'time_steps',
@@ -469,9 +469,7 @@ def main(
     argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
 ) -> int:
     "Run the benchmark from the command line; print the table and save the JSON and the chart."
-    parser = make_parser()
-    given = vars(parser.parse_args(argv))
-    bc = BenchConfig(**{f.name: given.get(f.name, field_default(f)) for f in fields(BenchConfig)})
+    bc, given = parse_config(make_parser(), BenchConfig, argv)
     try: result = run_bench(bc, bc.data)
     except (ValueError, RuntimeError) as e:  # bad values, a data folder that is wrong or too small (DataError is a ValueError)
         print(f"resnext_nb.bench: error: {e}", file=sys.stderr); return 2

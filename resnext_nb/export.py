@@ -7,7 +7,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/export.html.md"""
 # %% ../nbs/08_export.ipynb #a13ba665
 from __future__ import annotations
 import hashlib, json, sys, warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -15,12 +15,12 @@ from .device import opt
 from .model import ARCHS
 from .data import IMAGENET_MEAN, IMAGENET_STD, val_resize_size
 from .checkpoints import CheckpointError, read_checkpoint
-from .launch import build_parser, field_default
+from .launch import build_parser, parse_config
 from .predict import Predictor, load_predictor
 
 # %% auto #0
 __all__ = ['EXPORTERS', 'sha256', 'model_card', 'example_batch', 'export_torchvision', 'export_pt2', 'onnx_difference',
-           'export_onnx', 'ExportConfig', 'export', 'make_parser', 'main']
+           'export_onnx', 'ExportConfig', 'export', 'main', 'make_parser']
 
 # %% ../nbs/08_export.ipynb #518b3787
 def sha256(path:str|Path) -> str:
@@ -134,25 +134,23 @@ def export(
     return {**card, 'check': line}
 
 # %% ../nbs/08_export.ipynb #18282e65
+def main(
+    argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
+) -> int:
+    "Run the export command; prints the file, the check and the card's path; returns the exit code."
+    cfg, given = parse_config(make_parser(), ExportConfig, argv)
+    try: card = export(given['checkpoint'], cfg.format, cfg.out)
+    except (ValueError, CheckpointError, RuntimeError) as e:
+        print(f"resnext_nb.export: error: {e}", file=sys.stderr); return 2
+    print(f"=> {card['check']}\n=> model card: {Path(cfg.out or Path(given['checkpoint']).parent / 'export') / 'model_card.json'}")
+    return 0
+
 def make_parser():
     "The export command's parser: CHECKPOINT and `ExportConfig`'s flags."
     p = build_parser('python -m resnext_nb.export', 'Export a checkpoint as ONNX, a torch.export program or a torchvision '
                      'state_dict, checked against PyTorch, with a model_card.json.', {'export': ExportConfig}, {})
     p.add_argument('checkpoint', metavar='CHECKPOINT', help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
     return p
-
-def main(
-    argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
-) -> int:
-    "Run the export command; prints the file, the check and the card's path; returns the exit code."
-    parser = make_parser()
-    given = vars(parser.parse_args(argv))
-    cfg = ExportConfig(**{f.name: given.get(f.name, field_default(f)) for f in fields(ExportConfig)})
-    try: card = export(given['checkpoint'], cfg.format, cfg.out)
-    except (ValueError, CheckpointError, RuntimeError) as e:
-        print(f"resnext_nb.export: error: {e}", file=sys.stderr); return 2
-    print(f"=> {card['check']}\n=> model card: {Path(cfg.out or Path(given['checkpoint']).parent / 'export') / 'model_card.json'}")
-    return 0
 
 # %% ../nbs/08_export.ipynb #0b94aba6
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

@@ -22,7 +22,7 @@ from .train import RUN_FILES, RunConfig, TrainConfig, TrainingDiverged, default_
 
 # %% auto #0
 __all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'LOCK_FILE', 'tcp_port', 'JobConfig', 'flag_fields', 'flag_names',
-           'field_default', 'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'make_parser',
+           'field_default', 'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'make_parser', 'parse_config',
            'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'field_checks',
            'check_values', 'check_data_path', 'resume_path', 'saved_values', 'from_checkpoint', 'make_config',
            'config_from_args', 'format_config', 'UserError', 'run_worker', 'elastic_worker', 'check_port_free',
@@ -134,6 +134,15 @@ def make_parser() -> OneLineParser:
     "The launcher's argument parser, built from the config fields."
     return build_parser('python -m resnext_nb.launch', 'Train or evaluate ResNeXt on NPUs, GPUs or the CPU with the Ascend recipe. '
                         'With no --data_path it trains a small model on the built-in dataset.')
+
+def parse_config(
+    parser:argparse.ArgumentParser, # from `build_parser`, with any positional arguments added
+    cls, # the config dataclass whose fields the parser's flags fill
+    argv:list[str]|None=None, # the arguments (None: `sys.argv[1:]`)
+) -> tuple[object, dict]:
+    "Parse `argv` into an instance of `cls` (field defaults for flags not given) and the dict of everything parsed."
+    given = vars(parser.parse_args(argv))
+    return cls(**{f.name: given.get(f.name, field_default(f)) for f in fields(cls)}), given
 
 # %% ../nbs/04_launch.ipynb #8eb36b74
 def external_launcher(env=os.environ) -> str | None:

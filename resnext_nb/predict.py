@@ -7,7 +7,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/predict.html.md"""
 # %% ../nbs/07_predict.ipynb #270e42b2
 from __future__ import annotations
 import csv, json, sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from .device import DEVICE_TYPES, AmpConfig, Precision, get_device, opt, positiv
 from .model import create_model, load_weights
 from .data import IMG_EXTENSIONS, DataError, normalize, read_image, val_transform
 from .checkpoints import CheckpointError, first_line, read_checkpoint
-from .launch import build_parser, field_checks, field_default
+from .launch import build_parser, field_checks, parse_config
 
 # %% auto #0
 __all__ = ['Predictor', 'checkpoint_image_size', 'load_predictor', 'is_image', 'find_images', 'read_batch', 'predict_batch',
@@ -185,9 +185,7 @@ def main(
     argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
 ) -> int:
     "Run the predict command: predict, write `--out`, print a short table; returns the exit code."
-    parser = make_parser()
-    given = vars(parser.parse_args(argv))
-    cfg = PredictConfig(**{f.name: given.get(f.name, field_default(f)) for f in fields(PredictConfig)})
+    cfg, given = parse_config(make_parser(), PredictConfig, argv)
     try:
         field_checks(vars(cfg), {'predict': PredictConfig})
         records = predict(given['checkpoint'], given['paths'], cfg.topk, cfg.device, cfg.batch_size)
