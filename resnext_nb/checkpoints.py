@@ -6,18 +6,18 @@ Docs: https://resnext-nb.github.io/resnext_nb/checkpoints.html.md"""
 
 # %% ../nbs/01a_checkpoints.ipynb #75419a2f
 from __future__ import annotations
-import os, pickle, re, shutil, zipfile
+import os, pickle, re, shutil, time, zipfile
 from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from fastcore.basics import patch
-from .device import is_distributed
+from .device import is_distributed, synchronize
 from .model import ARCHS, clean_state_dict, load_weights, unwrap_model
 
 # %% auto #0
-__all__ = ['RESUME_KEYS', 'topk_hits', 'accuracy', 'MetricSums', 'CheckpointError', 'atomic_write', 'first_line', 'state_bytes',
-           'save_checkpoint', 'read_checkpoint', 'load_resumable', 'checkpoint_classes', 'check_fits',
+__all__ = ['RESUME_KEYS', 'topk_hits', 'accuracy', 'MetricSums', 'Throughput', 'CheckpointError', 'atomic_write', 'first_line',
+           'state_bytes', 'save_checkpoint', 'read_checkpoint', 'load_resumable', 'checkpoint_classes', 'check_fits',
            'torchvision_weights', 'read_pretrained', 'load_pretrained']
 
 # %% ../nbs/01a_checkpoints.ipynb #56b8451e
@@ -61,6 +61,28 @@ def summary(self:MetricSums) -> dict:
     loss, top1, top5, count, loss_count, nonfinite = self.sums.tolist()
     return {'loss': loss / max(loss_count, 1), 'acc1': 100 * top1 / max(count, 1), 'acc5': 100 * top5 / max(count, 1),
             'count': int(count), 'nonfinite': int(nonfinite)}
+
+# %% ../nbs/01a_checkpoints.ipynb #71135d08
+class Throughput:
+    "Images per second over all ranks (`FPS@all`), skipping the first `skip` steps of each epoch."
+    def __init__(self, skip:int=2): self.skip, self.total_images, self.total_time, self.epoch_fps = skip, 0, 0.0, None
+    def start_epoch(self): self.steps, self.t0, self.epoch_fps, self.started = 0, None, None, time.perf_counter()
+
+    def after_step(self, device:torch.device):
+        "Count a step; the clock starts once `skip` steps are done."
+        self.steps += 1
+        if self.steps == self.skip: synchronize(device); self.t0 = time.perf_counter()
+
+    def end_epoch(self, device:torch.device, batch_size:int):
+        "Close the epoch's timing window (before validation); `batch_size` is the global batch."
+        if self.t0 is None or self.steps <= self.skip: return
+        synchronize(device)
+        images, elapsed = (self.steps - self.skip) * batch_size, time.perf_counter() - self.t0
+        self.total_images, self.total_time = self.total_images + images, self.total_time + elapsed
+        self.epoch_fps = images / elapsed
+
+    @property
+    def fps(self) -> float|None: return self.total_images / self.total_time if self.total_time else None
 
 # %% ../nbs/01a_checkpoints.ipynb #cf8a2ee1
 class CheckpointError(RuntimeError):

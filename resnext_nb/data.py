@@ -21,16 +21,16 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from PIL import Image
 from fastcore.basics import patch
-from .device import at_least, non_negative, opt, seeded_generator
+from .device import at_least, between, non_negative, opt, positive, seeded_generator
 
 # %% auto #0
-__all__ = ['DATASETS', 'DATA_BACKENDS', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP', 'STOP_SIGNALS', 'log', 'IMAGENET_MEAN',
-           'IMAGENET_STD', 'DataError', 'default_workers', 'DataConfig', 'read_image', 'ImageFolderSource',
-           'open_image_folder', 'open_val_folder', 'plain_image', 'write_image_folder', 'find_cifar10',
-           'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'val_resize_size', 'train_transform',
-           'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset', 'collate_samples',
-           'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'Loader', 'bad_images_summary', 'SyntheticLoader',
-           'normalize']
+__all__ = ['DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP', 'IMAGENET_MEAN',
+           'IMAGENET_STD', 'STOP_SIGNALS', 'log', 'DataError', 'parse_range', 'at_most_one', 'default_workers',
+           'DataConfig', 'read_image', 'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image',
+           'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder',
+           'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample',
+           'one_thread', 'SampleDataset', 'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals',
+           'Loader', 'bad_images_summary', 'SyntheticLoader', 'normalize']
 
 # %% ../nbs/02_data.ipynb #366f78b6
 class DataError(ValueError):
@@ -44,6 +44,16 @@ class DataError(ValueError):
 # %% ../nbs/02_data.ipynb #520561cb
 DATASETS = ('auto', 'imagefolder', 'cifar10', 'synthetic', 'builtin')
 DATA_BACKENDS = ('auto', 'pil', 'gpu')  # where JPEGs are decoded and cropped: see "A GPU input pipeline" at the end
+AUTO_AUGMENTS = ('none', 'ta_wide', 'ra', 'augmix', 'imagenet')  # torchvision's --auto-augment policies
+
+def parse_range(text:str) -> tuple[float, float]:
+    "'LOW,HIGH' as two floats with 0 < LOW <= HIGH: the ranges of `--crop-scale` and `--crop-ratio`."
+    try: lo, hi = (float(x) for x in text.split(','))
+    except ValueError: raise ValueError(f"{text!r} is not LOW,HIGH (two numbers, e.g. 0.08,1)") from None
+    if not 0 < lo <= hi: raise ValueError(f"{text!r}: need 0 < LOW <= HIGH")
+    return lo, hi
+
+def at_most_one(v) -> str|None: return None if v[1] <= 1 else 'a share of the image is at most 1'
 
 def default_workers() -> int:
     "Loader processes per rank by default: one per CPU core, at most 8."
@@ -56,6 +66,16 @@ class DataConfig:
     data_path:str|None=opt(None, '--data_path', '--data', on_resume='apply', metavar='DIR', ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py folder; none: the built-in dataset')
     dataset:str=opt('auto', choices=DATASETS, help='data source (auto: imagefolder or cifar10 from what --data_path holds; builtin without it)')
     image_size:int=opt(224, check=at_least(16), help='train crop; validation resizes to size*256/224 and crops size')
+    train_crop_size:int|None=opt(None, check=at_least(8), help='train crop, when it differs from --image-size (none: --image-size)')
+    val_resize_size:int|None=opt(None, check=at_least(8), help='validation resizes the short side to this (none: the val crop * 256/224)')
+    val_crop_size:int|None=opt(None, check=at_least(8), help='validation centre crop (none: --image-size)')
+    crop_scale:tuple[float, float]=opt((0.08, 1.0), parse=parse_range, check=at_most_one, metavar='LOW,HIGH', help="the train crop's share of the image area, drawn from this range (RandomResizedCrop; timm's --scale)")
+    crop_ratio:tuple[float, float]=opt((3/4, 4/3), parse=parse_range, metavar='LOW,HIGH', help="the train crop's aspect ratio, width/height, drawn from this range (timm's --ratio)")
+    hflip:float=opt(0.5, check=between(0, 1), help='probability of flipping a train image horizontally (0 for digits, text and other handed images)')
+    auto_augment:str=opt('none', choices=AUTO_AUGMENTS, help='augmentation policy after the crop and flip (torchvision v2): TrivialAugmentWide, RandAugment, AugMix or AutoAugment-ImageNet')
+    random_erase:float=opt(0.0, check=between(0, 1), help='probability of erasing a random box of each train image, after the policy')
+    ra_sampler:bool=opt(False, help='repeated augmentation: each image --ra-reps times per epoch, each copy augmented differently')
+    ra_reps:int=opt(3, check=positive, help='copies of each image per epoch with --ra-sampler')
     batch_size:int=256 # images per batch on *each* rank (the launcher's `--batch-size` is the global batch)
     workers:int=opt(None, '--workers', '-j', on_resume='apply', factory=default_workers, check=non_negative, ascend=True, help='data-loading processes per rank (0: in the training process)')
     pin_memory:bool=True # page-locked batches, for asynchronous copies to an accelerator (ignored on the CPU)
@@ -242,22 +262,56 @@ def val_resize_size(image_size:int) -> int:
     "The short side validation resizes to before its centre crop: 256 for the Ascend recipe's 224."
     return round(image_size * 256 / 224)
 
-def train_transform(image_size:int) -> v2.Compose:
-    "The Ascend recipe's train augmentation: RandomResizedCrop(`image_size`) and a horizontal flip."
-    return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()])
+class CropSizes(NamedTuple):
+    "The three sizes of the image pipeline."
+    train:int # the train crop
+    val_resize:int # the short side validation resizes to
+    val_crop:int # validation's centre crop
 
-def val_transform(image_size:int) -> v2.Compose:
-    "The Ascend recipe's val transform: Resize(round(`image_size`*256/224)) and CenterCrop(`image_size`)."
-    return v2.Compose([v2.Resize(val_resize_size(image_size), antialias=True), v2.CenterCrop(image_size)])
+def crop_sizes(cfg:DataConfig|dict) -> CropSizes:
+    "A `DataConfig`'s (or a checkpoint's saved `data` dict's) sizes, each defaulting from `image_size` as the Ascend recipe's do."
+    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
+    size = get('image_size') or 224
+    crop = get('val_crop_size') or size
+    return CropSizes(get('train_crop_size') or size, get('val_resize_size') or val_resize_size(crop), crop)
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what `normalize` (below) subtracts and divides by
+
+_POLICIES = {'ta_wide': v2.TrivialAugmentWide, 'ra': v2.RandAugment, 'augmix': v2.AugMix,
+             'imagenet': lambda interpolation: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation)}
+
+def train_transform(
+    image_size:int, # the train crop
+    auto_augment:str='none', # a policy of `AUTO_AUGMENTS`
+    random_erase:float=0.0, # the probability of erasing a box
+    scale:tuple[float, float]=(0.08, 1.0), # the crop's share of the image area
+    ratio:tuple[float, float]=(3/4, 4/3), # the crop's aspect ratio
+    hflip:float=0.5, # the probability of a horizontal flip
+) -> v2.Compose:
+    "The train augmentation: RandomResizedCrop(`image_size`) and a horizontal flip (the Ascend recipe), then the policy and erasing."
+    steps = [v2.RandomResizedCrop(image_size, scale, ratio, antialias=True), v2.RandomHorizontalFlip(hflip)]
+    if auto_augment not in AUTO_AUGMENTS: raise DataError(f"--auto-augment {auto_augment!r}: choose one of {', '.join(AUTO_AUGMENTS)}")
+    if auto_augment != 'none': steps.append(_POLICIES[auto_augment](interpolation=v2.InterpolationMode.BILINEAR))
+    if random_erase: steps.append(v2.RandomErasing(random_erase, value=[round(255 * m) for m in IMAGENET_MEAN]))
+    return v2.Compose(steps)
+
+def val_transform(
+    image_size:int, # the centre crop
+    resize_size:int|None=None, # the short side to resize to first (None: `image_size` * 256/224)
+) -> v2.Compose:
+    "The val transform: Resize(`resize_size`) and CenterCrop(`image_size`), the Ascend recipe's 256 and 224 by default."
+    return v2.Compose([v2.Resize(resize_size or val_resize_size(image_size), antialias=True), v2.CenterCrop(image_size)])
 
 # %% ../nbs/02_data.ipynb #b7da39b9
 def sample_seed(
     seed:int, # `DataConfig.seed`
     epoch:int, # the epoch being loaded
     index:int, # the sample's index in its dataset
+    repeat:int=0, # which copy of the sample, with the repeated-augmentation sampler
 ) -> int:
-    "The augmentation seed of sample `index` in `epoch`: the same on every rank and worker, and after a resume."
-    digest = hashlib.blake2b(f'{seed}/{epoch}/{index}'.encode(), digest_size=8).digest()
+    "The augmentation seed of copy `repeat` of sample `index` in `epoch`: the same on every rank and worker, and after a resume."
+    key = f'{seed}/{epoch}/{index}' + (f'/{repeat}' if repeat else '')
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, 'little') >> 1  # 63 bits, which torch.manual_seed accepts
 
 # %% ../nbs/02_data.ipynb #cc1beb64
@@ -312,22 +366,33 @@ def shard_indices(
 
 # %% ../nbs/02_data.ipynb #ab809b44
 class EpochBatches:
-    "Batches of `(index, sample_seed)` for one rank: shuffled `DistributedSampler`-style for train, dealt out once for val."
+    "Batches of `(index, sample_seed)` for one rank: shuffled `DistributedSampler`-style (or repeated) for train, dealt out once for val."
     def __init__(self,
                  n:int, # images in the split
                  batch_size:int, # images per batch on this rank
                  rank:int=0, world_size:int=1, # this process and the number of processes
                  train:bool=True, # shuffle and drop the remainder (train), or keep every image in order (val)
-                 seed:int=0): # the shuffle and augmentation seed
+                 seed:int=0, # the shuffle and augmentation seed
+                 reps:int=1): # copies of each image per epoch (the repeated-augmentation sampler; train only)
         self.n, self.batch_size, self.rank, self.world_size, self.train, self.seed = n, batch_size, rank, world_size, train, seed
+        self.reps = reps if train else 1
         self.epoch, self.batches_done = 0, 0
+
+    def draws(self) -> list[tuple[int, int]]:
+        "The `(index, repeat)` pairs this rank visits in the current epoch, in order."
+        if not self.train: return [(i, 0) for i in shard_indices(self.n, self.rank, self.world_size)]
+        if self.reps == 1:
+            sampler = DistributedSampler(range(self.n), self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True)
+            sampler.set_epoch(self.epoch)
+            return [(i, 0) for i in sampler]
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        dealt = [(i, r) for i in order for r in range(self.reps)]  # each image's copies side by side...
+        dealt += dealt[:-len(dealt) % self.world_size]  # ...padded to a multiple of the ranks
+        return dealt[self.rank::self.world_size][:self.num_samples]  # ...and dealt out, so the copies go to different ranks
 
     def indices(self) -> list[int]:
         "The dataset indices this rank visits in the current epoch, in order."
-        if not self.train: return list(shard_indices(self.n, self.rank, self.world_size))
-        sampler = DistributedSampler(range(self.n), self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True)
-        sampler.set_epoch(self.epoch)
-        return list(sampler)
+        return [i for i, _ in self.draws()]
 
 # %% ../nbs/02_data.ipynb #e61935d7
 @patch(as_prop=True)
@@ -356,9 +421,9 @@ def __len__(self:EpochBatches) -> int:
 @patch
 def __iter__(self:EpochBatches):
     "Yield this rank's batches of `(index, sample_seed)`, from `batches_done` on."
-    idx, bs = self.indices(), self.batch_size
+    draws, bs = self.draws(), self.batch_size
     for b in range(self.batches_done, self.batches_per_epoch):
-        yield [(i, sample_seed(self.seed, self.epoch, i)) for i in idx[b*bs:(b+1)*bs]]
+        yield [(i, sample_seed(self.seed, self.epoch, i, r)) for i, r in draws[b*bs:(b+1)*bs]]
 
 # %% ../nbs/02_data.ipynb #0f6eb157
 STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1')  # what asks a run to stop: Ctrl-C, preemption, SLURM's --signal
@@ -474,8 +539,6 @@ class SyntheticLoader:
             yield self.images[:n], self.labels[:n]
 
 # %% ../nbs/02_data.ipynb #c8513dc3
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 def normalize(
     images:torch.Tensor, # a `uint8` NCHW batch, on the CPU or already on `device`
     device:torch.device, # where the model runs

@@ -20,10 +20,10 @@ __all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'DIST_BACKENDS', 'O
            'resolve_placement', 'synchronize', 'peak_memory_bytes', 'reset_peak_memory', 'seeded_generator',
            'seed_everything', 'rng_state', 'set_rng_state', 'device_name', 'dist_backend', 'device_environment',
            'is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'parse_loss_scale', 'Flag', 'opt',
-           'positive', 'non_negative', 'at_least', 'AmpConfig', 'Precision', 'supports_channels_last', 'autocast_dtype',
-           'resolve_precision', 'to_memory_format', 'LossScaler', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg',
-           'SideStream', 'release', 'npu_version_mismatch', 'NpuConfig', 'apply_npu_config', 'sgd_class',
-           'untimed_steps', 'warmup_message']
+           'positive', 'non_negative', 'at_least', 'between', 'AmpConfig', 'Precision', 'supports_channels_last',
+           'autocast_dtype', 'resolve_precision', 'to_memory_format', 'LossScaler', 'AllReduceBatchNorm',
+           'sync_batchnorm', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg', 'SideStream', 'release',
+           'npu_version_mismatch', 'NpuConfig', 'apply_npu_config', 'sgd_class', 'untimed_steps', 'warmup_message']
 
 # %% ../nbs/00_device.ipynb #d1c8951e
 CANN_SET_ENV = ('/usr/local/Ascend/ascend-toolkit/set_env.sh', '/usr/local/Ascend/cann/set_env.sh',
@@ -318,6 +318,7 @@ def opt(
 def positive(v) -> str|None: return None if v > 0 else 'must be positive'
 def non_negative(v) -> str|None: return None if v >= 0 else 'must be 0 or more'
 def at_least(n) -> Callable: return lambda v: None if v >= n else f'must be at least {n}'
+def between(lo, hi) -> Callable: return lambda v: None if lo <= v <= hi else f'must be between {lo} and {hi}'
 
 # %% ../nbs/00_device.ipynb #4ae120c7
 AMP_DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
@@ -433,6 +434,45 @@ def load_state_dict(self:LossScaler, state:dict):
 def current_scale(self:LossScaler) -> float | None:
     "The current loss scale, or None when scaling is off."
     return self.scaler.get_scale() if self.scaler.is_enabled() else None
+
+# %% ../nbs/00_device.ipynb #1982308b
+@patch
+def unscale_(self:LossScaler, optimizer:torch.optim.Optimizer):
+    "Divide the gradients of `optimizer`'s parameters by the loss scale, in place, before clipping them."
+    if self.scaler.is_enabled(): self.scaler.unscale_(optimizer)
+
+# %% ../nbs/00_device.ipynb #f9c15f00
+class AllReduceBatchNorm(torch.nn.BatchNorm2d):
+    "`BatchNorm2d` whose training statistics are summed over every rank (sync BN where torch's refuses the device)."
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()): return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # differentiable: gradients are summed the same way
+        c, xf = x.shape[1], x.float()
+        total = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / c)]))
+        n, mean = total[-1], total[:c] / total[-1]
+        var = (total[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+                self.running_mean.lerp_(mean, m); self.running_var.lerp_(var * n / (n - 1), m)
+        y = (xf - mean.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
+        if self.affine: y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y.to(x.dtype)
+
+# %% ../nbs/00_device.ipynb #1a062ae2
+def sync_batchnorm(
+    model:torch.nn.Module, # before it moves to its device and before DDP wraps it
+    device_type:str, # 'npu', 'cuda' or 'cpu'
+) -> torch.nn.Module:
+    "`model` with every batch norm computing its statistics over all ranks: torch's `SyncBatchNorm`, or `AllReduceBatchNorm` on the CPU."
+    if device_type != 'cpu': return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in list(model.named_children()):
+        if type(child) is torch.nn.BatchNorm2d:
+            new = AllReduceBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new.load_state_dict(child.state_dict()); setattr(model, name, new.train(child.training))
+        else: sync_batchnorm(child, device_type)
+    return model
 
 # %% ../nbs/00_device.ipynb #3f1766fe
 def gpu_jpeg_unavailable_reason(

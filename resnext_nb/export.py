@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from .device import opt
 from .model import ARCHS
-from .data import IMAGENET_MEAN, IMAGENET_STD, val_resize_size
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .checkpoints import CheckpointError, read_checkpoint
 from .launch import build_parser, parse_config
 from .predict import Predictor, load_predictor
@@ -42,11 +42,11 @@ def model_card(
     last = next((r for r in reversed(state.get('history') or []) if r.get('kind') == 'epoch'), {})
     return {'arch': pr.arch, 'num_classes': len(pr.classes), 'classes': pr.classes,
             'input': {'shape': ['batch', 3, pr.image_size, pr.image_size], 'dtype': 'float32', 'layout': 'NCHW, RGB',
-                      'resize': val_resize_size(pr.image_size), 'crop': pr.image_size, 'scale': '1/255',
+                      'resize': pr.resize_size, 'crop': pr.image_size, 'scale': '1/255',
                       'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)},
             'output': 'logits (softmax gives probabilities)',
             'metrics': {'best_acc1': state.get('best_acc1'), **{k: last[k] for k in ('epoch', 'val_acc1', 'val_acc5', 'val_loss', 'val_count') if k in last}},
-            'recipe': config.get('train', {}), 'data': {k: v for k, v in (config.get('data') or {}).items() if k in ('image_size', 'batch_size', 'dataset')},
+            'recipe': config.get('train', {}), 'data': {k: v for k, v in (config.get('data') or {}).items() if k in ('image_size', 'val_resize_size', 'val_crop_size', 'batch_size', 'dataset')},
             'checkpoint': {'path': str(checkpoint), 'sha256': sha256(checkpoint), 'epoch': state.get('epoch'), 'step': state.get('step')},
             'files': files, 'torch': torch.__version__}
 

@@ -18,6 +18,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from .data import DataConfig, DataError
 from .checkpoints import CheckpointError, read_checkpoint
+from .recipes import RECIPES, Scaled
 from .train import RUN_FILES, RunConfig, TrainConfig, TrainingDiverged, default_output, evaluate, train
 
 # %% auto #0
@@ -36,9 +37,9 @@ def tcp_port(v) -> str|None: return None if 0 < v < 65536 else 'not a TCP port'
 
 _ASCEND_1P = dict(amp=True, loss_scale='1024', seed=49)
 PRESETS = {
-    'quickstart': dict(arch='resnext_tiny', image_size=64, epochs=6, batch_size=64, lr=0.2, warmup_epochs=0.5, workers=2),
+    'quickstart': dict(recipe='quick', arch='resnext_tiny', image_size=64, batch_size=64, workers=2),
     'ascend-1p': _ASCEND_1P,
-    'ascend-8p': {**_ASCEND_1P, 'nproc': 8, 'device_list': list(range(8)), 'batch_size': 2048, 'lr': 0.8},
+    'ascend-8p': {**_ASCEND_1P, 'nproc': 8, 'device_list': list(range(8)), 'batch_size': 2048},  # lr 0.8: the ascend recipe's rule
 }
 
 # %% ../nbs/04_launch.ipynb #e4d38664
@@ -80,13 +81,15 @@ def field_default(f):
 def _shown(v) -> str:
     "A value as `--help` shows it."
     if isinstance(v, bool) or v is None: return {True: 'on', False: 'off', None: 'none'}[v]
-    return ','.join(map(str, v)) if isinstance(v, list) else 'x'.join(map(str, v)) if isinstance(v, tuple) else str(v)
+    if isinstance(v, Scaled): return str(v)
+    return ','.join(f'{x:g}' if isinstance(x, float) else str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)  # as the flag is typed
 
 def flag_help(f, flag:Flag, presets:dict|None=None) -> str:
-    "The flag's help line: its help, its default once, and the `presets` (default `PRESETS`) that set it."
+    "The flag's help line: its help, its default once, and the `presets` (default `PRESETS`) and recipes that set it."
     default = f.default_factory.__doc__.split(': ', 1)[-1].rstrip('.') if f.default_factory is not MISSING else _shown(f.default)
     presets = ''.join(f"; {name}: {_shown(p[f.name])}" for name, p in (PRESETS if presets is None else presets).items() if f.name in p)
-    return f"{flag.help} (default: {default}{presets})".replace('%', '%%')
+    recipes = ''.join(f"; recipe {name}: {_shown(r[f.name])}" for name, r in RECIPES.items() if f.name in r)
+    return f"{flag.help} (default: {default}{presets}{recipes})".replace('%', '%%')
 
 # %% ../nbs/04_launch.ipynb #6e4a9525
 class OneLineParser(argparse.ArgumentParser):
@@ -109,7 +112,8 @@ def add_flag(group, f, flag:Flag, presets:dict|None=None):
     "Add the flag of config field `f` to an argument group; its type follows the field's annotation."
     kind, kw = str(f.type).replace(' ', ''), dict(dest=f.name, help=flag_help(f, flag, presets))
     if flag.choices: kw['help'] = f"{kw['help']}; one of {', '.join(map(str, flag.choices))}"
-    if kind == 'bool' and f.default is not True: kw['action'] = 'store_true'
+    turned_on = any(p.get(f.name) is True for p in (*PRESETS.values(), *RECIPES.values()))  # --no-x undoes a preset or recipe
+    if kind == 'bool' and f.default is not True and not turned_on: kw['action'] = 'store_true'
     elif kind in ('bool', 'bool|None'): kw['action'] = argparse.BooleanOptionalAction  # --x and --no-x
     else: kw.update(type=_parse(flag.parse) if flag.parse else {'int': int, 'float': float}.get(kind.replace('|None', ''), str),
                     choices=flag.choices, metavar=flag.metavar or (f.name.upper() if flag.choices else None))
@@ -164,13 +168,18 @@ def preset_for(given:dict) -> str|None:
     return 'quickstart' if builtin else None
 
 def resolve_values(given:dict) -> tuple[dict, dict]:
-    "Every flag-bearing field's value, and where it came from: 'flag', 'preset NAME' or 'default'."
+    "Every flag-bearing field's value, and where it came from: 'flag', 'preset NAME', 'recipe NAME' or 'default'."
     name = preset_for(given)
     preset, values, sources = PRESETS.get(name, {}), {'preset': name}, {}
+    recipe = given.get('recipe', preset.get('recipe', TrainConfig.recipe))
+    asked = RECIPES[recipe]
     for _, f, _ in flag_fields():
         if f.name in given: values[f.name], sources[f.name] = given[f.name], 'flag'
         elif f.name in preset: values[f.name], sources[f.name] = preset[f.name], f'preset {name}'
+        elif f.name in asked: values[f.name], sources[f.name] = asked[f.name], f'recipe {recipe}'
         elif f.name != 'preset': values[f.name], sources[f.name] = field_default(f), 'default'
+    for k, v in values.items():
+        if isinstance(v, Scaled): values[k] = v.resolve(values)  # the lr with the global batch, the crops with the image size
     return values, sources
 
 # %% ../nbs/04_launch.ipynb #d8a176d3
@@ -275,7 +284,7 @@ def config_from_args(args, env=os.environ) -> tuple[RunConfig, JobConfig]:
 # %% ../nbs/04_launch.ipynb #92cb7201
 def format_config(cfg:RunConfig, job:JobConfig) -> str:
     "The resolved configuration, one `section.field = value  (source)` line each, for `--print-config`."
-    lines = [f"preset: {job.preset or 'none (the field defaults)'}; world size {job.world_size}, {job.nproc} per node"]
+    lines = [f"preset: {job.preset or 'none'}; recipe: {cfg.train.recipe}; world size {job.world_size}, {job.nproc} per node"]
     for section, conf in (('job', job), ('run', cfg), ('train', cfg.train), ('data', cfg.data), ('amp', cfg.amp)):
         for f in fields(conf):
             if f.name in ('train', 'data', 'amp', 'sources', 'world_size'): continue

@@ -17,14 +17,14 @@ from fastcore.basics import patch
 from .device import SideStream, gpu_jpeg_unavailable_reason, seeded_generator, wants_pinned_memory
 from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, BadSample, CifarSource, DataConfig, DataError, EpochBatches,
                              ImageFolderSource, Loader, ignore_stop_signals, open_val_folder, SampleDataset, SyntheticLoader, bad_images_summary, find_cifar10, log,
-                             open_image_folder, read_image, train_transform, val_resize_size, val_transform)
+                             crop_sizes, open_image_folder, read_image, train_transform, val_resize_size, val_transform)
 from .shapes import builtin_dataset_path
 
 # %% auto #0
 __all__ = ['JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'EncodedImages', 'pack_bytes', 'unpack_bytes', 'EncodedBatch',
            'collate_encoded', 'decode_jpegs', 'sample_crop_boxes', 'fallback_box', 'ks_statistic', 'center_crop_boxes',
-           'resized_crops', 'GpuLoader', 'resolve_dataset', 'resolve_backend', 'Loaders', 'check_data_config',
-           'check_train_size', 'synthetic_loaders', 'build_loaders', 'show_batch']
+           'resized_crops', 'GpuLoader', 'resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders',
+           'check_data_config', 'check_train_size', 'synthetic_loaders', 'build_loaders', 'show_batch']
 
 # %% ../nbs/02b_loaders.ipynb #25f24908
 class JpegInfo(NamedTuple):
@@ -183,9 +183,10 @@ def ks_statistic(
 def center_crop_boxes(
     sizes:torch.Tensor, # (n, 2) image heights and widths
     image_size:int, # the crop the model sees
+    resize_size:int|None=None, # the short side validation resizes to first (None: `image_size` * 256/224)
 ) -> torch.Tensor:
-    "The boxes `val_transform(image_size)` keeps, as (n, 4) `int64` rows of (top, left, height, width)."
-    side = (sizes.min(1).values.double() * image_size / val_resize_size(image_size)).round().clamp(min=1)
+    "The boxes `val_transform(image_size, resize_size)` keeps, as (n, 4) `int64` rows of (top, left, height, width)."
+    side = (sizes.min(1).values.double() * image_size / (resize_size or val_resize_size(image_size))).round().clamp(min=1)
     top, left = ((sizes[:, 0] - side) / 2).floor(), ((sizes[:, 1] - side) / 2).floor()
     return torch.stack([top, left, side, side], 1).long()
 
@@ -214,7 +215,10 @@ class GpuLoader(Loader):
                  device:torch.device, # where images are decoded and cropped, and the batches live
                  train:bool=True, # random crops and flips, or validation's centre crop
                  name:str='train'): # 'train' or 'val', for messages
-        self.source, self.device, self.image_size, self.train = source, device, cfg.image_size, train
+        sizes = crop_sizes(cfg)
+        self.source, self.device, self.train = source, device, train
+        self.image_size, self.resize_size = (sizes.train if train else sizes.val_crop), sizes.val_resize
+        self.scale, self.ratio, self.hflip = cfg.crop_scale, cfg.crop_ratio, cfg.hflip
         self.batches, self.skip_bad_images, self.name = batches, cfg.skip_bad_images, name
         self.bad_images:list[str] = []
         self.cpu_decoded:list[str] = []  # images Pillow decoded this pass (greyscale, CMYK, refused by nvjpeg)
@@ -249,8 +253,8 @@ def _prepare(self:GpuLoader, batch:EncodedBatch):
         images, keep, bad = self._decode(batch)
         sizes = torch.tensor([im.shape[1:] for im in images], dtype=torch.int64).view(-1, 2)
         g = torch.Generator().manual_seed(int(batch.seeds[0]) if len(batch.seeds) else 0)
-        if self.train: boxes, flips = sample_crop_boxes(sizes, g), torch.rand(len(images), generator=g) < 0.5
-        else: boxes, flips = center_crop_boxes(sizes, self.image_size), None
+        if self.train: boxes, flips = sample_crop_boxes(sizes, g, self.scale, self.ratio), torch.rand(len(images), generator=g) < self.hflip
+        else: boxes, flips = center_crop_boxes(sizes, self.image_size, self.resize_size), None
         x = resized_crops(images, boxes, self.image_size, flips)
         labels = batch.labels[keep].to(self.device, non_blocking=True)
     return x, labels, self.side.record(), bad
@@ -294,16 +298,25 @@ def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|None]:
     return 'imagefolder', root
 
 # %% ../nbs/02b_loaders.ipynb #06403583
+def cpu_only_augmentations(cfg:DataConfig) -> str|None:
+    "The train augmentations of `cfg` that only the loader processes apply (the policy, random erasing), as flags; None if none."
+    on = [f'--auto-augment {cfg.auto_augment}'] * (cfg.auto_augment != 'none') + [f'--random-erase {cfg.random_erase:g}'] * bool(cfg.random_erase)
+    return ' and '.join(on) or None
+
 def resolve_backend(
     backend:str, # `DataConfig.backend`: 'auto', 'pil' or 'gpu'
     kind:str, # the source, from `resolve_dataset`
     device:torch.device, # where the model runs
+    cpu_only:str|None=None, # augmentations only the loader processes apply (`cpu_only_augmentations`)
 ) -> str:
     "'gpu' or 'pil': the input path for `kind` on `device`, with a clear error when 'gpu' cannot be honoured."
     if backend not in DATA_BACKENDS: raise DataError(f"unknown data backend {backend!r}: choose one of {', '.join(DATA_BACKENDS)}")
     if backend == 'pil': return 'pil'
     if kind not in ('imagefolder', 'builtin'):
         if backend == 'gpu': raise DataError(f"--data-backend gpu decodes JPEG files, and {kind} data has none: use --data-backend auto or pil")
+        return 'pil'
+    if cpu_only:  # never a silently different augmentation: the device path has no policies and no erasing
+        if backend == 'gpu': raise DataError(f"--data-backend gpu cannot apply {cpu_only}, which run in the loader processes: use --data-backend pil")
         return 'pil'
     reason = gpu_jpeg_unavailable_reason(device)
     if backend == 'gpu' and reason: raise DataError(f"--data-backend gpu: {reason}; use --data-backend auto or pil")
@@ -354,7 +367,8 @@ def build_loaders(
     "This rank's train and val loaders for the data `cfg` describes, with clear errors for bad input."
     check_data_config(cfg, rank, world_size)
     kind, root = resolve_dataset(cfg)
-    backend = resolve_backend(cfg.backend, kind, device)
+    backend = resolve_backend(cfg.backend, kind, device, cpu_only_augmentations(cfg) if train else None)
+    sizes, reps = crop_sizes(cfg), cfg.ra_reps if cfg.ra_sampler else 1
     if kind == 'synthetic': return synthetic_loaders(cfg, rank, world_size, device)
     if kind == 'cifar10': train_src, val_src = (CifarSource(root, True) if train else None), CifarSource(root, False)
     elif train: train_src, val_src = open_image_folder(root)
@@ -362,9 +376,10 @@ def build_loaders(
     if train: check_train_size(len(train_src), cfg, world_size, root)
     pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
-        batches = EpochBatches(len(source), cfg.batch_size, rank, world_size, is_train, cfg.seed)
+        batches = EpochBatches(len(source), cfg.batch_size, rank, world_size, is_train, cfg.seed, reps)
         if backend == 'gpu': return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')
-        tfm = (train_transform if is_train else val_transform)(cfg.image_size)
+        tfm = (train_transform(sizes.train, cfg.auto_augment, cfg.random_erase, cfg.crop_scale, cfg.crop_ratio, cfg.hflip) if is_train
+               else val_transform(sizes.val_crop, sizes.val_resize))
         return Loader(SampleDataset(source, tfm), batches, cfg, pin, 'train' if is_train else 'val')
     return Loaders(loader(train_src, True) if train else None, loader(val_src, False), list(val_src.classes), kind, root, backend)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from .device import DEVICE_TYPES, AmpConfig, Precision, get_device, opt, positive, non_negative, resolve_precision, to_memory_format
 from .model import create_model, load_weights
-from .data import IMG_EXTENSIONS, DataError, normalize, read_image, val_transform
+from .data import IMG_EXTENSIONS, DataError, crop_sizes, normalize, read_image, val_transform
 from .checkpoints import CheckpointError, first_line, read_checkpoint
 from .launch import build_parser, field_checks, parse_config
 
@@ -29,14 +29,16 @@ class Predictor:
     model:nn.Module # in eval mode, on `device`
     classes:list[str] # class names, by output index
     image_size:int # the centre crop the model was validated at
+    resize_size:int # the short side validation resized to before that crop
     device:torch.device # where it runs
     precision:Precision # fp32, in the device's memory format
     arch:str # the checkpoint's `--arch`
 
 # %% ../nbs/07_predict.ipynb #66531cbc
-def checkpoint_image_size(state:dict) -> int:
-    "The crop side a checkpoint's run validated at (224 when it does not say)."
-    return int(((state.get('config') or {}).get('data') or {}).get('image_size') or 224)
+def checkpoint_image_size(state:dict) -> tuple[int, int]:
+    "The (centre crop, resize) a checkpoint's run validated with (the Ascend recipe's 224 and 256 when it does not say)."
+    sizes = crop_sizes(((state.get('config') or {}).get('data') or {}))
+    return sizes.val_crop, sizes.val_resize
 
 def load_predictor(
     checkpoint:str|Path, # a checkpoint written by training
@@ -52,7 +54,7 @@ def load_predictor(
     try: load_weights(model, state)
     except (RuntimeError, ValueError) as e: raise CheckpointError(f"checkpoint {checkpoint}: {first_line(e)}") from None
     model = to_memory_format(model.to(device), precision).eval()
-    return Predictor(model, list(state['classes']), checkpoint_image_size(state), device, precision, state['arch'])
+    return Predictor(model, list(state['classes']), *checkpoint_image_size(state), device, precision, state['arch'])
 
 # %% ../nbs/07_predict.ipynb #84206805
 def is_image(path:Path) -> bool: return path.suffix.lower() in IMG_EXTENSIONS
@@ -76,9 +78,9 @@ def find_images(
     return found, problems
 
 # %% ../nbs/07_predict.ipynb #769e5c5b
-def read_batch(paths:list[Path], image_size:int) -> tuple[torch.Tensor, list[Path], list[str]]:
-    "The readable images as one `uint8` batch at the validation crop, their paths, and a line per unreadable one."
-    tfm, images, good, bad = val_transform(image_size), [], [], []
+def read_batch(paths:list[Path], image_size:int, resize_size:int|None=None) -> tuple[torch.Tensor, list[Path], list[str]]:
+    "The readable images as one `uint8` batch at the validation crop (after its resize), their paths, and a line per unreadable one."
+    tfm, images, good, bad = val_transform(image_size, resize_size), [], [], []
     for p in paths:
         try: images.append(tfm(read_image(p))); good.append(p)
         except DataError as e: bad.append(f"{p}: skipped, {str(e).split(' (', 1)[-1].split('):')[0]}")
@@ -104,7 +106,7 @@ def predict(
     files, problems = find_images(paths)
     records = []
     for i in range(0, len(files), batch_size):
-        images, good, bad = read_batch(files[i:i + batch_size], pr.image_size)
+        images, good, bad = read_batch(files[i:i + batch_size], pr.image_size, pr.resize_size)
         problems += bad
         if not good: continue
         probs, idx = (t.cpu() for t in predict_batch(pr, images, topk))

@@ -7,7 +7,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/train.html.md"""
 # %% ../nbs/03_train.ipynb #36ddb126
 from __future__ import annotations
 import json, math, signal, sys, threading, time, warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 import torch
@@ -17,23 +17,25 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, NpuConfig, Placement, Precision,
-                               apply_npu_config, device_name, get_world_size, sgd_class, untimed_steps, warmup_message,
+                               apply_npu_config, between, device_name, get_rank, get_world_size, sgd_class, sync_batchnorm, untimed_steps, warmup_message,
                                is_distributed, is_main_process, non_negative, opt, parse_device_list, peak_memory_bytes,
                                positive, resolve_placement, resolve_precision, rng_state, seed_everything, set_rng_state,
                                synchronize, to_memory_format)
 from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
 from .data import STOP_SIGNALS, DataConfig, normalize
 from .loaders import build_loaders
-from .checkpoints import (CheckpointError, MetricSums, atomic_write, check_fits, first_line, load_pretrained, load_resumable,
+from .recipes import (OPTIMIZERS, RECIPES, BatchMixer, batch_seed, describe_recipe, ema_decay, make_optimizer, model_ema,
+                                param_groups, recipe_values, run_notes)
+from .checkpoints import (CheckpointError, MetricSums, Throughput, atomic_write, check_fits, first_line, load_pretrained, load_resumable,
                                     read_checkpoint, save_checkpoint)
 from .interpret import REPORT_FILES, Interpretation, write_report
 
 # %% auto #0
-__all__ = ['LR_SCHEDULES', 'RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'param_groups', 'make_optimizer',
-           'lr_factor', 'make_scheduler', 'CancelFitException', 'Callback', 'StopRequest', 'stop_on_signals',
-           'Throughput', 'Learner', 'clear_body_grads', 'freeze_batchnorm', 'TrainingDiverged', 'score', 'LogCB',
-           'CheckpointCB', 'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB', 'default_callbacks',
-           'build_model', 'build_learner', 'train', 'evaluate']
+__all__ = ['LR_SCHEDULES', 'RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'lr_factor', 'make_scheduler',
+           'CancelFitException', 'Callback', 'StopRequest', 'stop_on_signals', 'Learner', 'clear_body_grads',
+           'freeze_batchnorm', 'TrainingDiverged', 'score', 'LogCB', 'CheckpointCB', 'ProgressCB', 'plot_history',
+           'LivePlotCB', 'PlotsCB', 'InterpretCB', 'default_callbacks', 'build_model', 'build_learner', 'train',
+           'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
 LR_SCHEDULES = ('cosine', 'step')
@@ -48,14 +50,24 @@ class TrainConfig:
     "What and how to train; the defaults are the Ascend recipe's single-device run."
     arch:str=opt('resnext50_32x4d', '--arch', '-a', choices=tuple(ARCHS), ascend=True, help='model')
     epochs:int=opt(90, on_resume='apply', check=positive, ascend=True, help='epochs to train')
-    lr:float=opt(0.1, '--lr', '--learning-rate', check=positive, ascend=True, help='peak learning rate (the Ascend recipe: 0.1 at batch 256, 0.8 at 2048)')
+    lr:float=opt(0.1, '--lr', '--learning-rate', check=positive, ascend=True, help='peak learning rate (the recipes scale theirs with the global batch: see --recipe)')
     momentum:float=opt(0.9, check=non_negative, ascend=True, help='SGD momentum')
     weight_decay:float=opt(1e-4, '--wd', '--weight-decay', check=non_negative, help='weight decay')
     no_bn_weight_decay:bool=opt(False, '--no-bn-wd', help='no weight decay on norm and bias parameters')
     schedule:str=opt('cosine', '--lr-schedule', choices=LR_SCHEDULES, help='per-epoch cosine (the Ascend recipe) or ÷10 every `step_size` epochs')
     step_size:int=30 # epochs between the ÷10 drops of the 'step' schedule
-    warmup_epochs:float=opt(0.0, check=non_negative, help='linear warmup, per step, from 0 to --lr')
+    warmup_epochs:float=opt(0.0, check=non_negative, help='linear warmup, per optimiser update, from 0 to --lr')
     label_smoothing:float=opt(0.0, check=non_negative, help='label smoothing (off in the Ascend recipe)')
+    recipe:str=opt('ascend', choices=tuple(RECIPES), help="where the flags not given take their values: the Ascend recipe, the built-in dataset's quick one, or torchvision's IMAGENET1K_V2 (see the recipes chapter)")
+    optimizer:str=opt('sgd', '--opt', choices=OPTIMIZERS, help='optimiser (rmsprop as torchvision: alpha 0.9, eps 0.0316)')
+    clip_grad_norm:float=opt(0.0, check=non_negative, help='clip the gradients to this total norm before each update (0: off)')
+    grad_accum_steps:int=opt(1, check=positive, help='batches per optimiser update: K batches of --batch-size update as one batch of K x --batch-size (batch norm apart)')
+    sync_bn:bool=opt(False, help='batch-norm statistics over the global batch, all ranks together')
+    mixup_alpha:float=opt(0.0, check=non_negative, help='MixUp, blend weights from Beta(alpha, alpha) (0: off)')
+    cutmix_alpha:float=opt(0.0, check=non_negative, help='CutMix, box areas from Beta(alpha, alpha) (0: off); with MixUp on, one of the two per batch')
+    model_ema:bool=opt(False, help='also keep, validate and checkpoint an exponential moving average of the weights')
+    model_ema_decay:float=opt(0.99998, check=between(0, 1), help="EMA decay in torchvision's convention, adjusted by global batch x --model-ema-steps / --epochs")
+    model_ema_steps:int=opt(32, check=positive, help='optimiser updates between EMA updates')
     zero_init_residual:bool=opt(False, help="zero-init each block's last BN")
     pretrained:str|None=opt(None, metavar='SOURCE', help='start from these weights: a state_dict or checkpoint file, or a torchvision weights name such as IMAGENET1K_V2; a head for another class count is re-initialised')
     freeze_epochs:int=opt(0, check=non_negative, help='train only the head (fc) for the first N epochs, then the whole model (fastai fine_tune)')
@@ -81,22 +93,6 @@ class RunConfig:
     npu:NpuConfig=field(default_factory=NpuConfig)
     device:str=opt('auto', on_resume='apply', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
     device_list:list[int]|None=opt(None, on_resume='apply', parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
-
-# %% ../nbs/03_train.ipynb #1490a219
-def param_groups(model:nn.Module, weight_decay:float, no_bn_weight_decay:bool=False) -> list[dict]:
-    "Parameter groups for SGD; with `no_bn_weight_decay`, 1-D parameters (norms, biases) get no decay."
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not no_bn_weight_decay: return [{'params': params, 'weight_decay': weight_decay}]
-    return [{'params': [p for p in params if p.ndim > 1], 'weight_decay': weight_decay},
-            {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.0}]
-
-def make_optimizer(
-    model:nn.Module, # its trainable parameters are optimised
-    cfg:TrainConfig, # lr, momentum, weight decay
-    opt_class:type=torch.optim.SGD, # SGD, or a drop-in such as torch_npu's fused SGD (`sgd_class` in the device chapter)
-) -> torch.optim.Optimizer:
-    "The Ascend recipe's optimiser: SGD with momentum and weight decay."
-    return opt_class(param_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
 # %% ../nbs/03_train.ipynb #d66f8806
 def lr_factor(cfg:TrainConfig, step:int, steps_per_epoch:int) -> float:
@@ -138,28 +134,6 @@ def stop_on_signals(
     finally:
         for n, h in old.items(): signal.signal(getattr(signal, n), h)
 
-# %% ../nbs/03_train.ipynb #71135d08
-class Throughput:
-    "Images per second over all ranks (`FPS@all`), skipping the first `skip` steps of each epoch."
-    def __init__(self, skip:int=2): self.skip, self.total_images, self.total_time, self.epoch_fps = skip, 0, 0.0, None
-    def start_epoch(self): self.steps, self.t0, self.epoch_fps, self.started = 0, None, None, time.perf_counter()
-
-    def after_step(self, device:torch.device):
-        "Count a step; the clock starts once `skip` steps are done."
-        self.steps += 1
-        if self.steps == self.skip: synchronize(device); self.t0 = time.perf_counter()
-
-    def end_epoch(self, device:torch.device, batch_size:int):
-        "Close the epoch's timing window (before validation); `batch_size` is the global batch."
-        if self.t0 is None or self.steps <= self.skip: return
-        synchronize(device)
-        images, elapsed = (self.steps - self.skip) * batch_size, time.perf_counter() - self.t0
-        self.total_images, self.total_time = self.total_images + images, self.total_time + elapsed
-        self.epoch_fps = images / elapsed
-
-    @property
-    def fps(self) -> float|None: return self.total_images / self.total_time if self.total_time else None
-
 # %% ../nbs/03_train.ipynb #df79c56a
 class Learner:
     "The training loop: model, data, optimiser and callbacks, with the state needed to resume exactly and the run's records."
@@ -170,13 +144,17 @@ class Learner:
         self.precision = precision or resolve_precision(AmpConfig(), device.type)
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch, self.classes = len(loaders.train), list(getattr(loaders, 'classes', []))
+        self.accum = cfg.grad_accum_steps  # batches per optimiser update; the schedule counts updates
+        self.global_batch = loaders.train.batches.batch_size * get_world_size() * self.accum  # images per update
         self.opt = make_optimizer(model, cfg, opt_class)
-        self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
+        self.sched = make_scheduler(self.opt, cfg, math.ceil(self.steps_per_epoch / self.accum))
         self.scaler = LossScaler(self.precision)
-        self.epoch, self.batches_done, self.step, self.best_acc1 = 0, 0, 0, 0.0
-        self.history, self.summary, self.stop, self.config, self.notes = [], {}, False, None, []
-        self.stop_request, self.stopped_by, self.interp = StopRequest(), None, None
-        self.train_sums, self.throughput = MetricSums(device), Throughput(untimed)
+        self.mixer = BatchMixer(len(self.classes), cfg.mixup_alpha, cfg.cutmix_alpha) if cfg.mixup_alpha or cfg.cutmix_alpha else None
+        self.ema = model_ema(model, ema_decay(cfg.model_ema_decay, self.global_batch, cfg.model_ema_steps, cfg.epochs)) if cfg.model_ema else None
+        self.epoch, self.batches_done, self.step, self.best_acc1, self.best_model = 0, 0, 0, 0.0, 'model'
+        self.history, self.summary, self.stop, self.config, self.notes, self.recipe = [], {}, False, None, [], None
+        self.stop_request, self.stopped_by, self.interp, self.ema_metrics = StopRequest(), None, None, None
+        self.train_sums, self.throughput, self.lr = MetricSums(device), Throughput(untimed), self.opt.param_groups[0]['lr']
         self.cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self.cbs: cb.learn = self
 
@@ -198,22 +176,42 @@ def frozen(self:Learner) -> bool:
     return self.epoch < self.cfg.freeze_epochs
 
 # %% ../nbs/03_train.ipynb #bb99acc9
+@patch(as_prop=True)
+def at_update(self:Learner) -> bool:
+    "Whether the batch just trained ended an optimiser update: every `grad_accum_steps` batches, and at the end of an epoch."
+    return self.batches_done % self.accum == 0 or self.batches_done >= self.steps_per_epoch
+
 @patch
 def train_step(self:Learner, images:torch.Tensor, labels:torch.Tensor):
-    "Forward, backward and update on one batch; add its metrics to `train_sums`."
+    "Forward and backward on one batch, then the update when its `grad_accum_steps` batches are in; add its metrics to `train_sums`."
     self.xb = normalize(images, self.device, self.precision.memory_format)
-    self.yb = labels.to(self.device, non_blocking=True)
-    with self.precision.autocast():
-        self.preds = self.model(self.xb)
-        self.loss = self.loss_func(self.preds, self.yb)
-    self.opt.zero_grad(set_to_none=True)
-    self.scaler.scale(self.loss).backward()
-    if self.frozen: clear_body_grads(self.model)
-    self.scaler.step(self.opt)
-    self.lr = self.opt.param_groups[0]['lr']  # the rate this step used, before the schedule moves on
-    self.sched.step()
+    self.yb = self.targets = labels.to(self.device, non_blocking=True)
+    if self.mixer: self.xb, self.targets = self.mixer(self.xb, self.yb, batch_seed(self.cfg.seed or 0, self.epoch, self.batches_done, get_rank()))
+    first = self.batches_done - self.batches_done % self.accum
+    in_update = min(self.accum, self.steps_per_epoch - first)  # batches in this update: fewer at the end of an epoch
     self.step, self.batches_done = self.step + 1, self.batches_done + 1
-    self.train_sums.add(self.loss, self.preds, self.yb)
+    with (self.model.no_sync() if not self.at_update and hasattr(self.model, 'no_sync') else nullcontext()):
+        with self.precision.autocast():
+            self.preds = self.model(self.xb)
+            self.loss = self.loss_func(self.preds, self.targets)
+        self.scaler.scale(self.loss / in_update).backward()
+    self.lr = self.opt.param_groups[0]['lr']  # the rate this batch's update uses, before the schedule moves on
+    if self.at_update: self.update()
+    self.train_sums.add(self.loss, self.preds, self.targets.argmax(1) if self.targets.ndim == 2 else self.yb)
+
+@patch
+def update(self:Learner):
+    "Step the optimiser on the accumulated gradients (the head's only while frozen; clipped when asked), then the schedule and the EMA."
+    if self.frozen: clear_body_grads(self.model)
+    if self.cfg.clip_grad_norm:
+        self.scaler.unscale_(self.opt)
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+    self.scaler.step(self.opt)
+    self.opt.zero_grad(set_to_none=True)
+    self.sched.step()
+    if self.ema is not None and self.sched.last_epoch % self.cfg.model_ema_steps == 0:
+        if self.epoch + self.batches_done / self.steps_per_epoch <= self.cfg.warmup_epochs: self.ema.n_averaged.zero_()  # in warmup: copy the model
+        self.ema.update_parameters(unwrap_model(self.model))
 
 # %% ../nbs/03_train.ipynb #bfff5a30
 def freeze_batchnorm(model:nn.Module):
@@ -267,6 +265,7 @@ def train_epoch(self:Learner):
     self.model.train()
     if self.cfg.freeze_bn or self.frozen: freeze_batchnorm(self.model)
     if self.batches_done == 0: self.train_sums = MetricSums(self.device)
+    self.opt.zero_grad(set_to_none=True)
     self.loaders.train.set_epoch(self.epoch, self.batches_done)
     self.dl = self.loaders.train
     self.throughput.start_epoch()
@@ -275,9 +274,9 @@ def train_epoch(self:Learner):
         self.train_step(images, labels)
         self.throughput.after_step(self.device)
         if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
-        self.agree_to_stop()
+        if self.at_update: self.agree_to_stop()  # a stop waits for the update its batch belongs to
         self.callback('after_batch')
-        if self.cfg.max_steps and self.step >= self.cfg.max_steps: self.stop = True
+        if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update: self.stop = True
         if self.stop: break
     self.throughput.end_epoch(self.device, self.xb.shape[0] * get_world_size())
     self.check_health()
@@ -304,20 +303,28 @@ def score(
 
 @patch
 def validate(self:Learner, loader=None) -> dict:
-    "`score` over `loader` (default: the validation set); kept as `val_metrics`, with its `interp` (this rank's)."
-    self.interp = Interpretation(unwrap_model(self.model).fc.out_features, self.device)
-    self.val_metrics = score(self.model, loader or self.loaders.val, self.device, self.precision, self.interp)
+    "`score` over `loader` (default: the validation set), of the model and of its EMA; `interp` follows the better one."
+    loader, n = loader or self.loaders.val, unwrap_model(self.model).fc.out_features
+    self.interp = Interpretation(n, self.device)
+    self.val_metrics = score(self.model, loader, self.device, self.precision, self.interp)
+    if self.ema is not None:
+        ema_interp = Interpretation(n, self.device)
+        self.ema_metrics = score(self.ema.module, loader, self.device, self.precision, ema_interp)
+        if self.ema_metrics['acc1'] > self.val_metrics['acc1']: self.interp = ema_interp
     return self.val_metrics
 
 # %% ../nbs/03_train.ipynb #11c44b47
 @patch
 def record_epoch(self:Learner):
-    "Append the epoch's record, and update `best_acc1` (`is_best` says whether this epoch set it)."
-    t, v = self.train_metrics, self.val_metrics
-    self.is_best = v['acc1'] > self.best_acc1
-    self.best_acc1 = max(v['acc1'], self.best_acc1)
+    "Append the epoch's record, and update `best_acc1` and `best_model`, model or EMA (`is_best`: whether this epoch set them)."
+    t, v, e = self.train_metrics, self.val_metrics, self.ema_metrics if self.ema is not None else None
+    which = 'ema' if e and e['acc1'] > v['acc1'] else 'model'
+    acc = e['acc1'] if which == 'ema' else v['acc1']
+    self.is_best = acc > self.best_acc1
+    if self.is_best: self.best_acc1, self.best_model = acc, which
     self.history.append({'kind': 'epoch', 'epoch': self.epoch, 'step': self.step, 'train_loss': t['loss'], 'train_acc1': t['acc1'],
                          'val_loss': v['loss'], 'val_acc1': v['acc1'], 'val_acc5': v['acc5'], 'val_count': v['count'],
+                         **({'ema_val_loss': e['loss'], 'ema_val_acc1': e['acc1'], 'ema_val_acc5': e['acc5']} if e else {}),
                          'fps': self.throughput.epoch_fps, 'skipped_steps': self.scaler.skipped_steps,
                          'peak_memory_mb': peak_memory_bytes(self.device) / 2**20})
 
@@ -328,7 +335,7 @@ def record_summary(self:Learner):
     last = next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
     self.summary = {**{k: v for k, v in last.items() if k not in ('kind', 'fps')}, 'best_acc1': self.best_acc1,
                     'fps': self.throughput.fps, 'steps': self.step, 'train_time_s': time.perf_counter() - self.fit_start,
-                    'stopped_by': self.stopped_by}
+                    'stopped_by': self.stopped_by, **({'best_model': self.best_model} if self.ema is not None else {})}
 
 # %% ../nbs/03_train.ipynb #d7801217
 @patch
@@ -358,15 +365,17 @@ def fit(self:Learner, epochs:int|None=None) -> dict:
 
 # %% ../nbs/03_train.ipynb #70fc2a93
 @patch
-def state_dict(self:Learner) -> dict:
-    "The run's full state, as a checkpoint dict."
+def state_dict(self:Learner, weights:str='model') -> dict:
+    "The run's full state, as a checkpoint dict; `weights='ema'` puts the EMA's weights under `state_dict` (for `model_best`)."
     epoch, batches_done = self.resume_position()
-    return {'epoch': epoch, 'arch': self.cfg.arch, 'state_dict': unwrap_model(self.model).state_dict(),
-            'best_acc1': self.best_acc1, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
+    model = self.ema.module if weights == 'ema' else unwrap_model(self.model)
+    return {'epoch': epoch, 'arch': self.cfg.arch, 'state_dict': model.state_dict(), 'weights': weights,
+            'best_acc1': self.best_acc1, 'best_model': self.best_model, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
             'scheduler': self.sched.state_dict(), 'rng': rng_state(self.device),
             'sampler': {'epoch': epoch, 'start_batch': batches_done}, 'step': self.step,
-            'train_sums': self.train_sums.sums.cpu(), 'history': self.history, 'config': self.config,
-            'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size()}
+            'train_sums': self.train_sums.sums.cpu(), 'history': self.history, 'config': self.config, 'recipe': self.recipe,
+            'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size(),
+            **({'model_ema': self.ema.state_dict()} if self.ema is not None else {})}
 
 # %% ../nbs/03_train.ipynb #f6317524
 @patch
@@ -386,6 +395,8 @@ def load_state_dict(self:Learner, state:dict):
     if 'rng' in state: set_rng_state(state['rng'], self.device)
     if 'train_sums' in state: self.train_sums.sums.copy_(state['train_sums'])
     self.history = list(state.get('history', []))
+    if self.ema is not None and 'model_ema' in state: self.ema.load_state_dict(state['model_ema'])
+    self.best_model = state.get('best_model', 'model')
 
 # %% ../nbs/03_train.ipynb #a4959371
 class LogCB(Callback):
@@ -439,6 +450,7 @@ def after_epoch(self:LogCB):
     if rec['fps'] is not None: self.write(f"[gpu id: {learn.device}] FPS@all {rec['fps']:.3f}")
     self.write(f" * Epoch {learn.epoch} Acc@1 {rec['val_acc1']:.3f} Acc@5 {rec['val_acc5']:.3f} val loss {rec['val_loss']:.4f} "
                f"({rec['val_count']} images) train loss {rec['train_loss']:.4f}", rec)
+    if 'ema_val_acc1' in rec: self.write(f" * Epoch {learn.epoch} EMA Acc@1 {rec['ema_val_acc1']:.3f} Acc@5 {rec['ema_val_acc5']:.3f} val loss {rec['ema_val_loss']:.4f}")
     if self.tb:
         for k in ('val_loss', 'val_acc1', 'val_acc5'): self.tb.add_scalar(k.replace('_', '/', 1), rec[k], learn.epoch)
 
@@ -446,14 +458,15 @@ def after_epoch(self:LogCB):
 def after_fit(self:LogCB):
     s = self.learn.summary
     end = f"stopped by {s['stopped_by']} at step {s['steps']}" if s.get('stopped_by') else 'done'
-    self.write(f"=> {end}: best Acc@1 {s['best_acc1']:.3f}, FPS@all {s['fps'] or 0:.3f}, "
+    which = f" ({'the EMA' if s['best_model'] == 'ema' else 'the model, not the EMA'})" if 'best_model' in s else ''
+    self.write(f"=> {end}: best Acc@1 {s['best_acc1']:.3f}{which}, FPS@all {s['fps'] or 0:.3f}, "
                f"{self.learn.scaler.skipped_steps} skipped overflow steps", {'kind': 'summary', **s})
     self.log_file.close(); self.jsonl.close()
     if self.tb: self.tb.close()
 
 # %% ../nbs/03_train.ipynb #47ae235f
 class CheckpointCB(Callback):
-    "Write `checkpoint.pth.tar` every epoch (and every `checkpoint_every` steps) and `model_best.pth.tar`."
+    "Write `checkpoint.pth.tar` every epoch (and every `checkpoint_every` steps) and `model_best.pth.tar`, with the better of model and EMA."
     order = 30
     def save(self, is_best:bool=False):
         "Check health, then (rank 0) write the checkpoint, and copy it to `model_best` when `is_best`."
@@ -461,11 +474,12 @@ class CheckpointCB(Callback):
         if not is_main_process(): return
         out = Path(self.learn.cfg.output)
         save_checkpoint(self.learn.state_dict(), out / 'checkpoint.pth.tar')
-        if is_best: atomic_write(out / 'model_best.pth.tar', lambda f: f.write((out / 'checkpoint.pth.tar').read_bytes()))
+        if is_best and self.learn.best_model == 'ema': save_checkpoint(self.learn.state_dict(weights='ema'), out / 'model_best.pth.tar')
+        elif is_best: atomic_write(out / 'model_best.pth.tar', lambda f: f.write((out / 'checkpoint.pth.tar').read_bytes()))
 
     def after_batch(self):
         learn, every = self.learn, self.learn.cfg.checkpoint_every
-        if learn.batches_done >= learn.steps_per_epoch: return  # the epoch's own checkpoint follows validation
+        if learn.batches_done >= learn.steps_per_epoch or not learn.at_update: return  # the epoch's own follows validation
         if learn.stopped_by or (every and learn.step % every == 0): self.save()
 
     def after_epoch(self): self.save(self.learn.is_best)
@@ -554,8 +568,9 @@ def build_model(
     device:torch.device, # where the model lives
     precision:Precision, # its memory format
 ) -> nn.Module:
-    "The model for `cfg`, on `device`, in the precision's memory format, under DDP and torch.compile as needed."
+    "The model for `cfg`, on `device`, in the precision's memory format, with sync BN, DDP and torch.compile as asked."
     model = create_model(cfg.train.arch, num_classes=num_classes, zero_init_residual=cfg.train.zero_init_residual)
+    if cfg.train.sync_bn and is_distributed(): model = sync_batchnorm(model, device.type)
     model = to_memory_format(model.to(device), precision)
     if is_distributed():
         with warnings.catch_warnings():  # torch 2.14 deprecates the flag, but its replacement also syncs at init
@@ -580,10 +595,13 @@ def build_learner(
     state = load_resumable(cfg.train.resume) if cfg.train.resume else None
     if state: check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)  # before the model exists
     model = build_model(cfg, len(loaders.classes), place.device, precision)
-    notes = [load_pretrained(model, cfg.train.pretrained, cfg.train.arch)] if cfg.train.pretrained and not state else []
+    values = {**asdict(cfg.train), **asdict(cfg.data), 'batch_size': cfg.data.batch_size * place.world_size}
+    notes = [describe_recipe(cfg.train.recipe, values)] + run_notes(cfg, place.world_size, len(loaders.train))
+    if cfg.train.pretrained and not state: notes.append(load_pretrained(model, cfg.train.pretrained, cfg.train.arch))
     learn = Learner(model, loaders, cfg.train, place.device, precision, default_callbacks() if cbs is None else cbs,
                     sgd_class(place.device.type, cfg.npu.fused_sgd), untimed_steps(cfg.npu, place.device.type))
     learn.config, learn.classes, learn.notes = asdict(cfg), loaders.classes, notes
+    learn.recipe = {'name': cfg.train.recipe, 'values': recipe_values(cfg.train.recipe, values)}
     if state: learn.load_state_dict(state)
     return learn
 
