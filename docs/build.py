@@ -15,8 +15,14 @@ glue between two maintained tools:
    NamedTuple's or dataclass's fields, with their comments; no `*args, **kwargs` where a class has no `__init__`).
 2. nbconvert's HTML exporter renders each processed notebook with its `lab` template, extended in
    `docs/templates/site.html.j2` to load nothing from the internet (no require.js, MathJax, widget or mermaid
-   scripts from CDNs), to add one sidebar with every page, and to honour the Quarto cell options nbdev leaves
-   behind (`echo`, `output`, `include`, `code-fold`).
+   scripts from CDNs), to add one sidebar with every page (folded behind a Menu button under 900 px, so that a
+   phone shows the page first), and to honour the Quarto cell options nbdev leaves behind (`echo`, `output`,
+   `include`, `code-fold`).
+
+The build does not make the examples' outputs: a page shows the outputs saved in its notebook, as nbdev's Quarto
+site does. The notebooks are therefore saved with their outputs (run the notebook, save, `nbdev-clean`), which keeps
+the build fast and free of training runs, and `tests/test_docs.py` checks that every saved output and plot reaches
+its page.
 
 Pages are found by glob, so new chapters (`nbs/*.ipynb`) and tutorials (`nbs/tutorials/*.ipynb`) appear without
 editing anything here. A build fails if any page would fetch a script, style, font or image from another host.
@@ -202,6 +208,18 @@ def unbroken_words(html):
     return _inline_code.sub(_words, html)
 
 
+# A markdown code block: highlighted (```sh) or plain (```); show_doc's signatures are the first kind too.
+_code_block = re.compile(r'(<div class="highlight"><pre>|<pre><code>)(.*?)(</pre></div>|</code></pre>)', re.S)
+
+def unbroken_code_blocks(html):
+    "Code blocks in prose wrap only at their spaces (site.css): each word of their text in a `nobr` span."
+    def _text(t): return re.sub(r'[^\s<>]+', r'<span class="nobr">\g<0></span>', t)
+    def _block(m):
+        parts = re.split(r'(<[^>]*>)', m.group(2))  # tags (the highlighter's spans) and the text between them
+        return m.group(1) + ''.join(p if p.startswith('<') else _text(p) for p in parts) + m.group(3)
+    return _code_block.sub(_block, html)
+
+
 def render_page(exp, src, page, site, doc_url):
     from markupsafe import escape
     from nbconvert.filters.markdown_mistune import markdown2html_mistune
@@ -216,7 +234,7 @@ def render_page(exp, src, page, site, doc_url):
            'site': {**site, 'root': root, 'current': page['href'], 'page': page,
                     'description_html': markdown2html_mistune(fix_links(desc, root, doc_url)) if desc else ''}}
     html, _ = exp.from_notebook_node(nb, resources=res)
-    html = unbroken_words(lowercase_anchors(html))
+    html = unbroken_code_blocks(unbroken_words(lowercase_anchors(html)))
     toc, entries = index_page(html, page['href'], page['title'])
     toc_html = ''.join(f'<li><a href="#{escape(i)}">{escape(h)}</a></li>' for i, h in toc)
     html = html.replace('<!--SITE-TOC-->', f'<ul class="toc">{toc_html}</ul>' if toc else '', 1)

@@ -1,5 +1,6 @@
 // Client-side search over search_index.js (built by docs/build.py): every term must appear in a section's
-// heading, page title or text; sections whose heading matches more terms come first.
+// heading, page title or text; sections whose heading matches more terms come first. And, on narrow screens,
+// the button that opens the folded navigation.
 (function () {
   const input = document.getElementById('site-search');
   const list = document.getElementById('site-search-results');
@@ -36,9 +37,26 @@
     if (!hits.length) list.append(item('No match'));
   }
 
+  // Under 900 px (site.css) the navigation is folded behind the bar's button; the button opens and closes it.
+  const nav = document.getElementById('site-nav');
+  const toggle = document.querySelector('.nav-toggle');
+  const folded = () => getComputedStyle(toggle).display !== 'none';
+  function setOpen(open) {
+    document.body.classList.toggle('nav-open', open);
+    toggle.setAttribute('aria-expanded', String(open));
+    toggle.textContent = open ? '✕ Close' : '☰ Menu';
+  }
+  toggle.addEventListener('click', () => setOpen(!document.body.classList.contains('nav-open')));
+  nav.addEventListener('click', ev => { if (ev.target.closest('a') && folded()) setOpen(false); });
+
   input.addEventListener('input', () => search(input.value));
   document.addEventListener('keydown', ev => {
-    if (ev.key === '/' && document.activeElement !== input) { ev.preventDefault(); input.focus(); }
+    if (ev.key === '/' && document.activeElement !== input) {
+      ev.preventDefault();
+      if (folded()) setOpen(true);
+      input.focus();
+    }
     if (ev.key === 'Escape' && document.activeElement === input) { input.value = ''; search(''); }
+    if (ev.key === 'Escape' && document.body.classList.contains('nav-open')) { setOpen(false); toggle.focus(); }
   });
 })();

@@ -199,7 +199,7 @@ def bench_project(
         learn.train_epoch()
     seconds, done = timer.seconds, learn.step
     notes = f"{precision_label(learn.precision, bc.compile)}; {input_label(learn.loaders)}" + cpu_decoded_note(learn.loaders.train)
-    del learn, timer; gc.collect()  # stop the loader processes before the next row
+    learn.loaders.close()  # end the loader processes before the next row
     if seconds is None: raise RuntimeError(f"{name}: the epoch ended after {done} steps, before the timed window closed")
     return make_row(name, 'train', seconds, bc.batch_size, notes)
 
@@ -264,7 +264,7 @@ def bench_input(
     fmt = resolve_precision(AmpConfig(amp=True), device.type).memory_format
     seconds = time_steps(lambda: normalize(next(batches)[0], device, fmt), warmup, bc.steps, device)
     notes = input_label(loaders) + cpu_decoded_note(loader)
-    del batches, loader, loaders; gc.collect()
+    loaders.close()
     return make_row(name, 'input', seconds, bc.batch_size, notes)
 
 # %% ../nbs/05_bench.ipynb #d46970a5
@@ -403,16 +403,13 @@ def cpu_model() -> str:
 def check_targets(
     result:dict, # from `run_bench`
 ) -> list[dict]:
-    "Each target of the issue: what it asks, the measured ratio, and whether it was met (None: not measured)."
+    "The targets the library aims at on this device: the measured ratio, and whether it was met (None: not measured)."
     rows = {r['name']: r for r in result['rows']}
-    syn = rows.get('project, synthetic', {})
+    syn = rows.get('project, synthetic', {}).get('vs_best')
     real = max((r['vs_best'] or 0 for r in result['rows'] if r['name'].startswith('project, JPEG')), default=0) or None
-    if result['meta']['device_type'] == 'cpu':
-        want = [('project, synthetic ≥ 0.95 × best plain step', syn.get('vs_best'), 0.95),
-                ('project, synthetic ≥ 3 × bare step', syn.get('vs_bare'), 3.0)]
-    else:
-        want = [('project, synthetic ≥ 0.98 × best plain step', syn.get('vs_best'), 0.98),
-                ('project, JPEG folder (best backend) ≥ 0.90 × best plain step', real, 0.90)]
+    want = [('project, synthetic ≥ 0.98 × best plain step', syn, 0.98)]
+    if result['meta']['device_type'] != 'cpu':  # on a CPU the decoding shares the cores with the step: no target
+        want.append(('project, JPEG folder (best backend) ≥ 0.95 × best plain step', real, 0.95))
     return [{'target': t, 'measured': v, 'met': None if v is None else v >= need} for t, v, need in want]
 
 # %% ../nbs/05_bench.ipynb #67574305

@@ -6,7 +6,8 @@ Docs: https://resnext-nb.github.io/resnext_nb/checkpoints.html.md"""
 
 # %% ../nbs/01a_checkpoints.ipynb #75419a2f
 from __future__ import annotations
-import os, pickle, re, shutil, time, zipfile
+import io, os, pickle, re, shutil, time, zipfile, zlib
+from collections.abc import Iterator
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -16,9 +17,10 @@ from .device import is_distributed, synchronize
 from .model import ARCHS, clean_state_dict, load_weights, unwrap_model
 
 # %% auto #0
-__all__ = ['RESUME_KEYS', 'topk_hits', 'accuracy', 'MetricSums', 'Throughput', 'CheckpointError', 'atomic_write', 'first_line',
-           'state_bytes', 'save_checkpoint', 'read_checkpoint', 'load_resumable', 'checkpoint_classes', 'check_fits',
-           'torchvision_weights', 'read_pretrained', 'load_pretrained']
+__all__ = ['RESUME_KEYS', 'topk_hits', 'accuracy', 'MetricSums', 'Throughput', 'CheckpointError', 'atomic_write', 'tensor_items',
+           'tensor_crc32', 'checksums', 'check_checksums', 'first_line', 'state_bytes', 'save_checkpoint',
+           'checkpoint_file', 'checkpoint_bytes', 'read_checkpoint', 'load_resumable', 'checkpoint_classes',
+           'check_fits', 'torchvision_weights', 'read_pretrained', 'load_pretrained']
 
 # %% ../nbs/01a_checkpoints.ipynb #56b8451e
 def topk_hits(logits:torch.Tensor, target:torch.Tensor, topk=(1, 5)) -> torch.Tensor:
@@ -101,6 +103,40 @@ def atomic_write(path:str|Path, write):
     try: os.fsync(fd)  # make the rename itself durable
     finally: os.close(fd)
 
+# %% ../nbs/01a_checkpoints.ipynb #23c07459
+def tensor_items(obj, prefix:str='') -> Iterator[tuple[str, torch.Tensor]]:
+    "Each tensor in a (nested) checkpoint entry, with its key path, in the order its containers hold them."
+    if isinstance(obj, torch.Tensor): yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items(): yield from tensor_items(v, f'{prefix}/{k}')
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj): yield from tensor_items(v, f'{prefix}/{i}')
+
+def tensor_crc32(obj) -> str:
+    "The CRC-32 of the tensors in `obj`, in order: each one's key path, dtype and shape, then its bytes."
+    crc = 0
+    for key, t in tensor_items(obj):
+        crc = zlib.crc32(f'{key} {t.dtype} {tuple(t.shape)}'.encode(), crc)
+        crc = zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)  # no copy when contiguous
+    return f'crc32:{crc:08x}'
+
+# %% ../nbs/01a_checkpoints.ipynb #4489105d
+def checksums(state:dict) -> dict[str, str]:
+    "`tensor_crc32` of each entry of a checkpoint dict that holds tensors: weights, optimizer state, EMA, RNG states."
+    return {k: tensor_crc32(v) for k, v in state.items() if k != 'checksums' and next(tensor_items(v), None) is not None}
+
+def check_checksums(
+    state:dict, # a loaded checkpoint
+    path:str|Path, # where it was read from, for the message
+) -> dict:
+    "`state`, once each entry matches the checksum saved with it; one `CheckpointError` line naming `path` when one does not."
+    saved = state.get('checksums')
+    if not isinstance(saved, dict): return state  # older checkpoints, the Ascend recipe's, plain state_dicts
+    bad = [k for k, want in saved.items() if k not in state or tensor_crc32(state[k]) != want]
+    if bad: raise CheckpointError(f"checkpoint {path} is damaged: checksum mismatch in {', '.join(bad)} (the file changed after "
+                                  f"it was saved: a disk, transfer or copy error); use an intact copy or another checkpoint")
+    return state
+
 # %% ../nbs/01a_checkpoints.ipynb #e6b67246
 def first_line(e:BaseException) -> str:
     "An exception's first line, or its type when it has no message."
@@ -108,12 +144,11 @@ def first_line(e:BaseException) -> str:
 
 def state_bytes(obj) -> int:
     "Bytes held by the tensors of a (nested) checkpoint dict."
-    if isinstance(obj, torch.Tensor): return obj.numel() * obj.element_size()
-    if isinstance(obj, dict): return sum(state_bytes(v) for v in obj.values())
-    return sum(state_bytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
+    return sum(t.numel() * t.element_size() for _, t in tensor_items(obj))
 
 def save_checkpoint(state:dict, path:str|Path):
-    "Save a checkpoint dict to `path` atomically; a failure is one `CheckpointError` line with the space it needs."
+    "Save a checkpoint dict, with its `checksums`, to `path` atomically; a failure is one `CheckpointError` line with the space it needs."
+    if not all(isinstance(v, torch.Tensor) for v in state.values()): state = {**state, 'checksums': checksums(state)}
     try: atomic_write(path, lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as e:
         folder = next(p for p in Path(path).absolute().parents if p.exists())
@@ -121,24 +156,38 @@ def save_checkpoint(state:dict, path:str|Path):
         raise CheckpointError(f"cannot save checkpoint {path} ({first_line(e)}): it needs about {need:.1f} MiB and {folder} "
                               f"has {free:.1f} MiB free; free some space or choose another --output") from None
 
-# %% ../nbs/01a_checkpoints.ipynb #88520df9
-RESUME_KEYS = ('epoch', 'arch', 'state_dict', 'best_acc1', 'optimizer')
-
-def read_checkpoint(path:str|Path) -> dict:
-    "Load a checkpoint safely (`weights_only=True`), with a clear error for a missing, unsafe or broken file."
+# %% ../nbs/01a_checkpoints.ipynb #81b27fab
+def checkpoint_file(path:str|Path) -> Path:
+    "`path`, once it is known to be a non-empty file; one `CheckpointError` line saying what it is instead."
     path = Path(path)
     if path.is_dir(): raise CheckpointError(f"checkpoint {path} is a folder, not a file: pass the checkpoint inside it, e.g. {path/'checkpoint.pth.tar'}")
     if not path.is_file(): raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes), as a save cut short leaves a file: use another checkpoint, such as model_best.pth.tar")
-    try: state = torch.load(path, map_location='cpu', weights_only=True)
+    return path
+
+def checkpoint_bytes(path:str|Path) -> bytes:
+    "The bytes of the checkpoint file `path`, read in one go; one `CheckpointError` line when they cannot be read."
+    try: return checkpoint_file(path).read_bytes()
+    except OSError as e: raise CheckpointError(f"checkpoint {path} cannot be read ({first_line(e)})") from None
+
+# %% ../nbs/01a_checkpoints.ipynb #88520df9
+RESUME_KEYS = ('epoch', 'arch', 'state_dict', 'best_acc1', 'optimizer')
+
+def read_checkpoint(
+    path:str|Path, # the checkpoint file, and the name the messages give it
+    data:bytes|None=None, # its bytes, when the caller has read them already (None: read `path`)
+) -> dict:
+    "Load a checkpoint safely (`weights_only=True`) and check its checksums; one line for a missing, unsafe, broken or damaged file."
+    source = checkpoint_file(path) if data is None else io.BytesIO(data)
+    try: state = torch.load(source, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"checkpoint {path} was refused: it contains Python objects that could run code "
                               f"when loaded, and only tensors and plain data are accepted ({first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file ({first_line(e)})") from None
     if not isinstance(state, dict): raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
-    return state
+    return check_checksums(state, path)
 
 # %% ../nbs/01a_checkpoints.ipynb #887b9294
 def load_resumable(path:str|Path) -> dict:

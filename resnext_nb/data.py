@@ -21,24 +21,40 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from PIL import Image
 from fastcore.basics import patch
-from .device import at_least, between, non_negative, opt, positive, seeded_generator
+from .device import at_least, between, is_main_process, non_negative, opt, positive, seeded_generator
+
+log = logging.getLogger(__name__)  # one-line warnings: files reached twice, images skipped
 
 # %% auto #0
-__all__ = ['DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP', 'IMAGENET_MEAN',
-           'IMAGENET_STD', 'STOP_SIGNALS', 'log', 'DataError', 'parse_range', 'at_most_one', 'default_workers',
-           'DataConfig', 'read_image', 'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image',
-           'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder',
-           'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample',
-           'one_thread', 'SampleDataset', 'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals',
-           'Loader', 'bad_images_summary', 'SyntheticLoader', 'normalize']
+__all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP', 'IMAGENET_MEAN',
+           'IMAGENET_STD', 'STOP_SIGNALS', 'printable', 'is_utf8', 'DataError', 'parse_range', 'at_most_one',
+           'default_workers', 'DataConfig', 'read_image', 'walk_images', 'not_utf8_error', 'duplicates_summary',
+           'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image', 'write_image_folder',
+           'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'val_resize_size', 'CropSizes',
+           'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset',
+           'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'Loader', 'bad_images_summary',
+           'SyntheticLoader', 'normalize']
+
+# %% ../nbs/02_data.ipynb #19705041
+def printable(
+    text:str, # a message or name, maybe holding names that are not UTF-8
+) -> str:
+    "`text` as any terminal or file takes it: each byte of a name that is not UTF-8 becomes `\\xNN`."
+    try: return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+    except UnicodeEncodeError: return text.encode('utf-8', 'backslashreplace').decode()  # a lone surrogate
+
+def is_utf8(name:str) -> bool:
+    "Whether a name from the file system is UTF-8 (Python reads each byte that is not as a surrogate escape)."
+    try: name.encode('utf-8'); return True
+    except UnicodeEncodeError: return False
 
 # %% ../nbs/02_data.ipynb #366f78b6
 class DataError(ValueError):
     "A problem with the user's data, told in one line that names the path; the launcher prints it without a traceback."
     def __init__(self,
-                 message:str, # one line: what is wrong, with the path, and what to do
+                 message:str, # one line: what is wrong, with the path, and what to do (shown `printable`)
                  path:str|os.PathLike|None=None): # the file or folder at fault
-        super().__init__(message)
+        super().__init__(printable(message))
         self.path = None if path is None else str(path)
 
 # %% ../nbs/02_data.ipynb #520561cb
@@ -53,7 +69,9 @@ def parse_range(text:str) -> tuple[float, float]:
     if not 0 < lo <= hi: raise ValueError(f"{text!r}: need 0 < LOW <= HIGH")
     return lo, hi
 
-def at_most_one(v) -> str|None: return None if v[1] <= 1 else 'a share of the image is at most 1'
+def at_most_one(v) -> str|None:
+    "A `Flag.check` for a (low, high) share of the image: the high end is at most 1."
+    return None if v[1] <= 1 else 'a share of the image is at most 1'
 
 def default_workers() -> int:
     "Loader processes per rank by default: one per CPU core, at most 8."
@@ -63,14 +81,14 @@ def default_workers() -> int:
 @dataclass
 class DataConfig:
     "Where the images come from and how they are batched."
-    data_path:str|None=opt(None, '--data_path', '--data', on_resume='apply', metavar='DIR', ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py folder; none: the built-in dataset')
-    dataset:str=opt('auto', choices=DATASETS, help='data source (auto: imagefolder or cifar10 from what --data_path holds; builtin without it)')
+    data_path:str|None=opt(None, '--data-path', '--data_path', '--data', on_resume='apply', metavar='DIR', ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py folder; none: the built-in dataset')
+    dataset:str=opt('auto', choices=DATASETS, help='data source (auto: imagefolder or cifar10 from what --data-path holds; builtin without it)')
     image_size:int=opt(224, check=at_least(16), help='train crop; validation resizes to size*256/224 and crops size')
     train_crop_size:int|None=opt(None, check=at_least(8), help='train crop, when it differs from --image-size (none: --image-size)')
     val_resize_size:int|None=opt(None, check=at_least(8), help='validation resizes the short side to this (none: the val crop * 256/224)')
     val_crop_size:int|None=opt(None, check=at_least(8), help='validation centre crop (none: --image-size)')
-    crop_scale:tuple[float, float]=opt((0.08, 1.0), parse=parse_range, check=at_most_one, metavar='LOW,HIGH', help="the train crop's share of the image area, drawn from this range (RandomResizedCrop; timm's --scale)")
-    crop_ratio:tuple[float, float]=opt((3/4, 4/3), parse=parse_range, metavar='LOW,HIGH', help="the train crop's aspect ratio, width/height, drawn from this range (timm's --ratio)")
+    crop_scale:tuple[float, float]=opt((0.08, 1.0), parse=parse_range, check=at_most_one, metavar='LOW,HIGH', help="the train crop's share of the image area, drawn from this range (RandomResizedCrop's scale, timm's too)")
+    crop_ratio:tuple[float, float]=opt((3/4, 4/3), parse=parse_range, metavar='LOW,HIGH', help="the train crop's aspect ratio, width/height, drawn from this range (RandomResizedCrop's ratio, timm's too)")
     hflip:float=opt(0.5, check=between(0, 1), help='probability of flipping a train image horizontally (0 for digits, text and other handed images)')
     auto_augment:str=opt('none', choices=AUTO_AUGMENTS, help='augmentation policy after the crop and flip (torchvision v2): TrivialAugmentWide, RandAugment, AugMix or AutoAugment-ImageNet')
     random_erase:float=opt(0.0, check=between(0, 1), help='probability of erasing a random box of each train image, after the policy')
@@ -103,10 +121,76 @@ def read_image(
                         f"replace or delete it, or pass --skip-bad-images", path) from e
     return TF.pil_to_tensor(rgb)
 
+# %% ../nbs/02_data.ipynb #39ff62fc
+def _entry_id(entry:os.DirEntry, dev:int) -> tuple:
+    "The (device, inode) of the file `entry` names, after links: from the listing, a `stat` only for a link."
+    if not entry.is_symlink(): return dev, entry.inode()
+    try: st = entry.stat()
+    except OSError: return ('broken link', entry.path)  # kept: reading it fails later, with its name
+    return st.st_dev, st.st_ino
+
+def _listing(folder:str) -> list[os.DirEntry]:
+    "The entries of `folder`, or a `DataError` naming it (`os.walk` would skip it without a word)."
+    try:
+        with os.scandir(folder) as it: return list(it)
+    except OSError as e:
+        raise DataError(f"cannot list folder {folder} ({type(e).__name__}: {e.strerror}): "
+                        f"check that you may read it", folder) from e
+
+def _real_parents(folder:str) -> tuple:
+    "The identities of the folders that really contain `folder`, up to `/`: a link to any of them is a loop."
+    return tuple((st.st_dev, st.st_ino) for st in map(os.stat, Path(os.path.realpath(folder)).parents))
+
+# %% ../nbs/02_data.ipynb #513a5e8f
+def walk_images(
+    folder:str, # a class folder
+    extensions:tuple[str, ...]=IMG_EXTENSIONS, # names end in one of these, in any case (torchvision's rule)
+) -> tuple[list[tuple[str, tuple]], list[str]]:
+    "Image files under `folder`, torchvision's order, through links, with identities; and names not UTF-8."
+    found, bad, todo = {}, [], [(folder, _real_parents(folder))]
+    while todo:
+        path, above = todo.pop()
+        st = os.stat(path); here = (st.st_dev, st.st_ino)
+        if here in above:
+            raise DataError(f"directory loop: {path} leads back to {os.path.realpath(path)}, which contains "
+                            f"it, so its images would be counted again and again: remove the link", path)
+        found[path] = []
+        for e in _listing(path):
+            wanted = e.is_dir() or e.name.lower().endswith(extensions)
+            if wanted and not is_utf8(e.name): bad.append(e.path)
+            elif e.is_dir(): todo.append((e.path, above + (here,)))
+            elif wanted: found[path].append((e.name, e.path, _entry_id(e, st.st_dev)))
+    return [(p, key) for root in sorted(found) for _, p, key in sorted(found[root])], bad
+
+# %% ../nbs/02_data.ipynb #c1e018d2
+def not_utf8_error(
+    paths:list[str], # the files and folders whose names are not UTF-8
+    folder:str|os.PathLike, # where they are, for the renaming command
+) -> DataError:
+    "One line naming the first of `paths`, how many more there are, and how to rename them."
+    n = len(paths)
+    what = (f"{paths[0]} has a name that is" if n == 1 else
+            f"{paths[0]} and {n - 1} more name{'s' * (n > 2)} under {folder} are")
+    them = 'it' if n == 1 else 'them'
+    return DataError(f"{what} not UTF-8 (\\xNN marks each byte that is not): rename {them} in UTF-8, "
+                     f"e.g. for Latin-1 names: convmv -r -f latin1 -t utf8 --notest {folder}", paths[0])
+
+# %% ../nbs/02_data.ipynb #6b2dff71
+def duplicates_summary(
+    folder:str|os.PathLike, # the split
+    pairs:list[tuple[str, str]], # (a path, an earlier path of the same file)
+) -> str:
+    "One line saying how many image files were reached twice through links, and counted once."
+    n, (again, first) = len(pairs), pairs[0]
+    return printable(f"{folder}: {n} image file{'s' * (n != 1)} reached twice through links, counted once "
+                     f"(e.g. {again} is {first})")
+
 # %% ../nbs/02_data.ipynb #a352f827
 class ImageFolderSource(datasets.ImageFolder):
-    "torchvision's `ImageFolder` over one split: `uint8` tensors, hidden folders skipped, errors that name the folder."
+    "`ImageFolder` for one split: `uint8` tensors, checked links and names, errors that name the folder."
     def __init__(self, root:str|os.PathLike): # a split folder, `root/<class>/<images>`
+        if not is_utf8(str(root)): raise not_utf8_error([str(root)], Path(root).parent)
+        self.duplicates:list[tuple[str, str]] = []  # (path, earlier path) of each file counted once
         super().__init__(str(root), loader=read_image, allow_empty=True)
         counts = Counter(self.targets)
         empty = [c for i, c in enumerate(self.classes) if counts[i] == 0]
@@ -114,13 +198,37 @@ class ImageFolderSource(datasets.ImageFolder):
             more = f" ({len(empty) - 1} more class folders are empty too)" if len(empty) > 1 else ''
             raise DataError(f"class folder {Path(root)/empty[0]} has no images{more}: add images "
                             f"({', '.join(IMG_EXTENSIONS)}) or remove the folder", Path(root)/empty[0])
+        if self.duplicates and is_main_process(): log.warning(duplicates_summary(root, self.duplicates))
 
     def find_classes(self, directory:str) -> tuple[list[str], dict[str, int]]:
-        "The sorted class folders of `directory`, skipping hidden ones; a `DataError` when there are none."
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith('.'))
+        "Sorted class folders of `directory`, no hidden ones; a `DataError` for none or a name not UTF-8."
+        classes = sorted(e.name for e in _listing(directory) if e.is_dir() and not e.name.startswith('.'))
         if not classes:
             raise DataError(f"{directory} has no class folders: expected {directory}/<class>/<image files>", directory)
+        bad = [os.path.join(directory, c) for c in classes if not is_utf8(c)]
+        if bad: raise not_utf8_error(bad, directory)
         return classes, {c: i for i, c in enumerate(classes)}
+
+# %% ../nbs/02_data.ipynb #c7a7b5e4
+@patch
+def make_dataset(self:ImageFolderSource,
+                 directory:str, # the split folder
+                 class_to_idx:dict[str, int], # from `find_classes`
+                 extensions:tuple[str, ...]=IMG_EXTENSIONS, # what torchvision's `ImageFolder` passes
+                 is_valid_file=None, allow_empty:bool=True, # torchvision's others, unset here
+) -> list[tuple[str, int]]:
+    "The `(path, class)` samples, each file once; a `DataError` at a loop, a bad name, a file in two classes."
+    samples, seen, bad = [], {}, []
+    for cls in sorted(class_to_idx):
+        files, not_utf8 = walk_images(os.path.join(directory, cls), extensions)
+        bad += not_utf8
+        for path, key in files:
+            if key not in seen: seen[key] = path, cls; samples.append((path, class_to_idx[cls]))
+            elif seen[key][1] == cls: self.duplicates.append((path, seen[key][0]))
+            else: raise DataError(f"{seen[key][0]} and {path} are one file, in classes {seen[key][1]} and "
+                                  f"{cls}: an image has one class, so remove one of them", path)
+    if bad: raise not_utf8_error(bad, directory)
+    return samples
 
 # %% ../nbs/02_data.ipynb #0fb2a030
 def open_image_folder(
@@ -426,7 +534,7 @@ def __iter__(self:EpochBatches):
         yield [(i, sample_seed(self.seed, self.epoch, i, r)) for i, r in draws[b*bs:(b+1)*bs]]
 
 # %% ../nbs/02_data.ipynb #0f6eb157
-STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1')  # what asks a run to stop: Ctrl-C, preemption, SLURM's --signal
+STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1', 'SIGHUP')  # Ctrl-C, preemption, SLURM's --signal, a closed terminal
 
 def _end_on_parents_sigterm():
     "Wait for SIGTERM; end the process only when it comes from the parent (the training process, at its exit)."
@@ -435,17 +543,16 @@ def _end_on_parents_sigterm():
 
 def ignore_stop_signals(worker_id:int=0):
     "A `DataLoader` `worker_init_fn`: loader processes leave `STOP_SIGNALS` to the training process."
-    for name in ('SIGINT', 'SIGUSR1'):
+    for name in set(STOP_SIGNALS) - {'SIGTERM'}:
         if hasattr(signal, name): signal.signal(getattr(signal, name), signal.SIG_IGN)
     if hasattr(signal, 'sigwaitinfo'):  # Linux: SIGTERM is taken by a thread that can ask who sent it
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_end_on_parents_sigterm, daemon=True, name='sigterm-from-parent').start()
 
 # %% ../nbs/02_data.ipynb #f4d1aae1
-log = logging.getLogger(__name__)
-
 class Loader:
     "A resumable `DataLoader` for one split on one rank, yielding `uint8` images and `int64` labels."
+    skipped_total:int = 0  # images skipped by all passes so far (a class default, so subclasses have it)
     def __init__(self,
                  dataset:SampleDataset, # the images and their transform
                  batches:EpochBatches, # which indices this rank loads, and in which batches
@@ -486,6 +593,7 @@ def _drop_bad(self:Loader, bad:list[BadSample], n_good:int):
         more = f" (and {k} more unreadable image{'s' * (k != 1)} in this batch)" if k else ''
         raise DataError(bad[0].message + more, bad[0].path)
     self.bad_images += [b.path for b in bad]
+    self.skipped_total += len(bad)
     if n_good == 0:
         raise DataError(f"every image of {self.name} batch {self.batches_done} is unreadable, e.g. {bad[0].path}: "
                         f"check the data folder", bad[0].path)
@@ -504,11 +612,20 @@ def bad_images_summary(
 def __iter__(self:Loader):
     "Yield `(images, labels)` from the current position to the end of the epoch."
     self.bad_images, self.batches_done = [], self.batches.batches_done
-    for images, labels, bad in self.dataloader:
+    self.pass_iter = iter(self.dataloader)  # kept, so that `close` can end its processes mid-pass
+    for images, labels, bad in self.pass_iter:
         if bad: self._drop_bad(bad, len(labels))
         self.batches_done += 1
         yield images, labels
     if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
+
+# %% ../nbs/02_data.ipynb #9ae9dfc3
+@patch
+def close(self:Loader):
+    "End this loader's processes now (each exits cleanly); the next pass starts new ones."
+    for it in (getattr(self, 'pass_iter', None), getattr(self.dataloader, '_iterator', None)):
+        if hasattr(it, '_shutdown_workers'): it._shutdown_workers()  # what the iterator's `__del__` calls
+    self.pass_iter = self.dataloader._iterator = None
 
 # %% ../nbs/02_data.ipynb #ea3f6b5f
 class SyntheticLoader:
@@ -521,7 +638,7 @@ class SyntheticLoader:
         g, bs = seeded_generator(seed, device), batches.batch_size
         self.images = torch.randint(0, 256, (bs, 3, image_size, image_size), dtype=torch.uint8, generator=g, device=device)
         self.labels = torch.randint(0, num_classes, (bs,), generator=g, device=device)
-        self.batches, self.bad_images, self.batches_done = batches, [], 0
+        self.batches, self.bad_images, self.batches_done, self.skipped_total = batches, [], 0, 0
 
     def set_epoch(self, epoch:int, batches_done:int=0):
         "Move to `epoch` and start it at batch `batches_done`."
@@ -530,6 +647,7 @@ class SyntheticLoader:
     @property
     def epoch(self) -> int: return self.batches.epoch
 
+    def close(self): "Nothing to end: no processes."
     def __iter__(self):
         "Yield the same batch (the last one cut to size) for each remaining batch of the epoch."
         self.batches_done, bs = self.batches.batches_done, self.batches.batch_size

@@ -13,17 +13,19 @@ from typing import Callable
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'DIST_BACKENDS', 'OPT_LEVELS', 'AMP_DTYPES', 'SEED_UNTIMED_STEPS',
-           'find_cann_set_env', 'cann_home', 'npu_import_hint', 'import_torch', 'npu_unavailable_reason',
-           'accelerator_type', 'DeviceUnavailable', 'resolve_device_type', 'parse_device_list', 'physical_device_id',
-           'check_device_index', 'available_devices', 'wants_pinned_memory', 'get_device', 'Placement',
-           'resolve_placement', 'synchronize', 'peak_memory_bytes', 'reset_peak_memory', 'seeded_generator',
-           'seed_everything', 'rng_state', 'set_rng_state', 'device_name', 'dist_backend', 'device_environment',
-           'is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'parse_loss_scale', 'Flag', 'opt',
-           'positive', 'non_negative', 'at_least', 'between', 'AmpConfig', 'Precision', 'supports_channels_last',
-           'autocast_dtype', 'resolve_precision', 'to_memory_format', 'LossScaler', 'AllReduceBatchNorm',
-           'sync_batchnorm', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg', 'SideStream', 'release',
-           'npu_version_mismatch', 'NpuConfig', 'apply_npu_config', 'sgd_class', 'untimed_steps', 'warmup_message']
+__all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'VISIBLE_DEVICES', 'DIST_BACKENDS', 'OPT_LEVELS', 'AMP_DTYPES',
+           'SEED_UNTIMED_STEPS', 'find_cann_set_env', 'cann_home', 'npu_import_hint', 'import_torch',
+           'npu_unavailable_reason', 'accelerator_type', 'DeviceUnavailable', 'resolve_device_type',
+           'parse_device_list', 'physical_device_id', 'visible_device_index', 'check_device_index', 'available_devices',
+           'wants_pinned_memory', 'get_device', 'Placement', 'resolve_placement', 'synchronize', 'peak_memory_bytes',
+           'reset_peak_memory', 'seeded_generator', 'seed_everything', 'rng_state', 'set_rng_state', 'device_name',
+           'dist_backend', 'device_environment', 'set_device_environment', 'is_distributed', 'get_rank',
+           'get_world_size', 'is_main_process', 'parse_loss_scale', 'Flag', 'opt', 'positive', 'non_negative',
+           'at_least', 'between', 'AmpConfig', 'Precision', 'supports_channels_last', 'autocast_dtype',
+           'resolve_precision', 'to_memory_format', 'npu_branch', 'npu_saturates_fp16', 'make_grad_scaler',
+           'LossScaler', 'AllReduceBatchNorm', 'sync_batchnorm', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg',
+           'SideStream', 'release', 'npu_version_mismatch', 'NpuConfig', 'apply_npu_config', 'sgd_class',
+           'untimed_steps', 'warmup_message']
 
 # %% ../nbs/00_device.ipynb #d1c8951e
 CANN_SET_ENV = ('/usr/local/Ascend/ascend-toolkit/set_env.sh', '/usr/local/Ascend/cann/set_env.sh',
@@ -112,14 +114,18 @@ def resolve_device_type(
     if name not in DEVICE_TYPES:
         raise ValueError(f"unknown --device {name!r}: choose one of {', '.join(DEVICE_TYPES)}")
     if name == 'cpu': return 'cpu'
+    if name == 'cuda':
+        have = accelerator_type()
+        if have == 'cuda': return 'cuda'
+        why = f"torch's accelerator here is {have} (use --device {have})" if have else \
+              "torch sees no CUDA GPU (try --device cpu)"
+        raise DeviceUnavailable(f"--device cuda was asked for, but {why}")
     npu_reason = npu_unavailable_reason()
     if name == 'npu':
         if npu_reason: raise DeviceUnavailable(f"--device npu was asked for, but {npu_reason}")
         return 'npu'
     if npu_reason is None: return 'npu'  # auto prefers an NPU
-    if accelerator_type() == 'cuda': return 'cuda'
-    if name == 'cuda': raise DeviceUnavailable("--device cuda was asked for, but torch sees no CUDA GPU (try --device cpu)")
-    return 'cpu'
+    return 'cuda' if accelerator_type() == 'cuda' else 'cpu'
 
 # %% ../nbs/00_device.ipynb #5f9805b4
 def parse_device_list(
@@ -145,6 +151,22 @@ def physical_device_id(
                          f"list at least as many devices as processes per node (--nproc)")
     return device_list[local_rank]
 
+# %% ../nbs/00_device.ipynb #011bcbd0
+VISIBLE_DEVICES = {'npu': 'ASCEND_RT_VISIBLE_DEVICES', 'cuda': 'CUDA_VISIBLE_DEVICES'}  # each runtime's mask
+
+def visible_device_index(
+    device_type:str, # 'npu' or 'cuda'
+    physical_id:int, # an id from `--device-list`, as `npu-smi info` or `nvidia-smi` prints it
+    env=os.environ, # where the runtime's visible-devices variable is read
+) -> int:
+    "torch's index for physical device `physical_id`: its place in the runtime's visible-devices variable."
+    var = VISIBLE_DEVICES.get(device_type)
+    if var is None or env.get(var) is None: return physical_id
+    visible = [int(s) if s.strip().isdigit() else s.strip() for s in env[var].split(',')]
+    if physical_id in visible: return visible.index(physical_id)
+    raise ValueError(f"--device-list names device {physical_id}, but {var}={env[var]} hides it: "
+                     f"list only the devices it shows, or unset {var}")
+
 # %% ../nbs/00_device.ipynb #e43a8b42
 def check_device_index(device_type:str, index:int, count:int):
     "Raise a clear error when `index` is not one of the `count` devices of `device_type`."
@@ -165,13 +187,15 @@ def wants_pinned_memory(device:torch.device) -> bool:
 def get_device(
     name:str='auto', # `--device`
     local_rank:int=0, # this process's rank on its node
-    device_list:list[int]|None=None, # from `parse_device_list`
+    device_list:list[int]|None=None, # from `parse_device_list`: physical ids
 ) -> torch.device:
     "Resolve `--device`, `--device-list` and the local rank to a `torch.device`, and make it current."
     device_type = resolve_device_type(name)
     if device_type == 'cpu': return torch.device('cpu')
-    index = physical_device_id(local_rank, device_list)
+    index = local_rank if device_list is None else \
+            visible_device_index(device_type, physical_device_id(local_rank, device_list))
     check_device_index(device_type, index, torch.accelerator.device_count())
+    set_device_environment(device_type)
     torch.accelerator.set_device_index(index)
     return torch.device(device_type, index)
 
@@ -261,6 +285,16 @@ def device_environment(device_type:str) -> dict[str, str]:
     if device_type == 'npu': return {'TASK_QUEUE_ENABLE': '2', 'CPU_AFFINITY_CONF': '1'}
     return {}
 
+# %% ../nbs/00_device.ipynb #bd1f1775
+def set_device_environment(
+    device_type:str, # 'npu', 'cuda' or 'cpu'
+    env=os.environ, # the process's environment (torch_npu's C++ reads it with getenv)
+) -> dict[str, str]:
+    "Set `device_environment(device_type)` where `env` has none yet (before the device starts); returns it."
+    new = {k: v for k, v in device_environment(device_type).items() if k not in env}
+    env.update(new)
+    return new
+
 # %% ../nbs/00_device.ipynb #92f2b3db
 def is_distributed() -> bool:
     "True inside an initialised process group."
@@ -301,7 +335,7 @@ class Flag:
     check:Callable|None=None # returns a complaint such as 'must be positive' for a bad value, else None
     metavar:str|None=None # the placeholder `--help` shows
     ascend:bool=False # one of the Ascend recipe's own flags (listed first in `--help`)
-    on_resume:str='keep' # with `--resume`: 'keep' the checkpoint's value (a different one is refused) or 'apply' a new one
+    on_resume:str='keep' # with `--resume`: 'keep' the checkpoint's value (refuse another), 'apply' a value given again, or 'job' (this invocation's, never the checkpoint's)
 
 # %% ../nbs/00_device.ipynb #3ffe6893
 def opt(
@@ -315,10 +349,21 @@ def opt(
     return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
 # %% ../nbs/00_device.ipynb #64584988
-def positive(v) -> str|None: return None if v > 0 else 'must be positive'
-def non_negative(v) -> str|None: return None if v >= 0 else 'must be 0 or more'
-def at_least(n) -> Callable: return lambda v: None if v >= n else f'must be at least {n}'
-def between(lo, hi) -> Callable: return lambda v: None if lo <= v <= hi else f'must be between {lo} and {hi}'
+def positive(v) -> str|None:
+    "A `Flag.check`: None for a value above 0, else the complaint."
+    return None if v > 0 else 'must be positive'
+
+def non_negative(v) -> str|None:
+    "A `Flag.check`: None for 0 or more, else the complaint."
+    return None if v >= 0 else 'must be 0 or more'
+
+def at_least(n) -> Callable:
+    "A `Flag.check` that accepts values of `n` or more."
+    return lambda v: None if v >= n else f'must be at least {n}'
+
+def between(lo, hi) -> Callable:
+    "A `Flag.check` that accepts values from `lo` to `hi`, both included."
+    return lambda v: None if lo <= v <= hi else f'must be between {lo} and {hi}'
 
 # %% ../nbs/00_device.ipynb #4ae120c7
 AMP_DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
@@ -386,15 +431,40 @@ def to_memory_format(obj, precision:Precision):
     if isinstance(obj, torch.Tensor) and obj.dim() != 4: return obj
     return obj.to(memory_format=precision.memory_format) if precision.channels_last else obj
 
+# %% ../nbs/00_device.ipynb #c176463d
+def npu_branch(device_type:str) -> bool:
+    "Whether a run on `device_type` takes torch_npu's own parts: its fused SGD, and its loss scaler."
+    return device_type == 'npu'
+
+def npu_saturates_fp16(device_type:str) -> bool:
+    "Whether fp16 overflows saturate on `device_type` instead of giving inf: an NPU without inf/nan support."
+    if not npu_branch(device_type): return False
+    import torch_npu  # NPU-only
+    return not torch_npu.npu.utils.is_support_inf_nan()
+
+# %% ../nbs/00_device.ipynb #f15e0069
+def make_grad_scaler(
+    device_type:str, # 'npu', 'cuda' or 'cpu'
+    init_scale:float, # the first (or the static) loss scale
+    growth_interval:int, # clean steps before a dynamic scale doubles
+    enabled:bool, # False: a pass-through
+):
+    "torch_npu's `GradScaler` where fp16 saturates (it reads the float-status flags), else torch.amp's."
+    if enabled and npu_saturates_fp16(device_type):
+        from torch_npu.npu.amp import GradScaler  # NPU-only
+        return GradScaler(init_scale=init_scale, growth_interval=growth_interval, dynamic=True)
+    return torch.amp.GradScaler(device_type, init_scale=init_scale, growth_interval=growth_interval,
+                                enabled=enabled)
+
 # %% ../nbs/00_device.ipynb #7d9ab816
 class LossScaler:
-    "apex-style static or dynamic loss scaling on `torch.amp.GradScaler`, counting skipped overflow steps."
+    "apex-style static or dynamic loss scaling on the device's `GradScaler`, counting skipped steps."
     def __init__(self, precision:Precision, growth_interval:int=2000):
         scale = precision.loss_scale
         self.static_scale = scale if isinstance(scale, float) else None
-        self.scaler = torch.amp.GradScaler(precision.device_type, init_scale=self.static_scale or 2.0**16,
-                                           growth_interval=growth_interval, enabled=scale is not None)
-        self.skipped_steps, self.consecutive_skipped = 0, 0
+        self.scaler = make_grad_scaler(precision.device_type, self.static_scale or 2.0**16, growth_interval,
+                                       enabled=scale is not None)
+        self.counts = torch.zeros(2, dtype=torch.long)  # steps skipped, and in a row now (on the device)
 
     def scale(self, loss:torch.Tensor) -> torch.Tensor:
         "The loss multiplied by the current scale (unchanged when scaling is off)."
@@ -402,32 +472,44 @@ class LossScaler:
 
 # %% ../nbs/00_device.ipynb #300958da
 @patch
-def step(self:LossScaler, optimizer:torch.optim.Optimizer) -> bool:
-    "Unscale, step unless the gradients overflowed, and update the scale. Returns whether the step was applied."
+def step(self:LossScaler, optimizer:torch.optim.Optimizer) -> torch.Tensor | None:
+    "Unscale, step unless the gradients overflowed, update the scale; returns a device bool 'applied'."
     if not self.scaler.is_enabled():
         optimizer.step()
-        return True
-    before = self.scaler.get_scale()
+        return None
+    before = self.scaler._get_scale_async().clone()  # the update changes it in place
     self.scaler.step(optimizer)
     self.scaler.update()
-    applied = self.scaler.get_scale() >= before
+    skipped = (self.scaler._get_scale_async() < before).long()  # a backoff: this step overflowed
     if self.static_scale is not None: self.scaler.update(new_scale=self.static_scale)
-    self.skipped_steps += not applied
-    self.consecutive_skipped = 0 if applied else self.consecutive_skipped + 1
-    return applied
+    self.counts = self.counts.to(skipped.device)
+    self.counts = torch.stack([self.counts[0] + skipped, (self.counts[1] + skipped) * skipped])
+    return skipped == 0
+
+# %% ../nbs/00_device.ipynb #f383c860
+@patch(as_prop=True)
+def skipped_steps(self:LossScaler) -> int:
+    "Steps skipped for overflow so far (reading it waits for the device)."
+    return int(self.counts[0])
+
+@patch(as_prop=True)
+def consecutive_skipped(self:LossScaler) -> int:
+    "Skipped steps since the last applied one (reading it waits for the device)."
+    return int(self.counts[1])
 
 # %% ../nbs/00_device.ipynb #a880cf7b
 @patch
 def state_dict(self:LossScaler) -> dict:
-    "The scaler's state, for checkpoints."
-    return {'scaler': self.scaler.state_dict(), 'skipped_steps': self.skipped_steps,
-            'consecutive_skipped': self.consecutive_skipped}
+    "The scaler's state, for checkpoints (plain numbers)."
+    skipped, consecutive = self.counts.tolist()
+    return {'scaler': self.scaler.state_dict(), 'skipped_steps': skipped, 'consecutive_skipped': consecutive}
 
 @patch
 def load_state_dict(self:LossScaler, state:dict):
     "Restore the state saved by `state_dict`."
-    if state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
-    self.skipped_steps, self.consecutive_skipped = state['skipped_steps'], state['consecutive_skipped']
+    if state.get('scaler'):  # torch_npu's scaler also wants `dynamic`, which ours always is
+        self.scaler.load_state_dict({'dynamic': True, **state['scaler']})
+    self.counts = torch.tensor([int(state['skipped_steps']), int(state['consecutive_skipped'])])
 
 # %% ../nbs/00_device.ipynb #7b9a706d
 @patch(as_prop=True)
@@ -558,10 +640,12 @@ def apply_npu_config(cfg:NpuConfig, device_type:str):
     torch_npu.npu.set_compile_mode(jit_compile=cfg.jit_compile)
 
 def sgd_class(device_type:str, fused:bool=True) -> type[torch.optim.Optimizer]:
-    "torch_npu's `NpuFusedSGD` on an NPU when `fused` and torch_npu has it, else `torch.optim.SGD` (same arguments)."
-    if device_type != 'npu' or not fused: return torch.optim.SGD
+    "torch_npu's `NpuFusedSGD` on the NPU branch when `fused` and torch_npu has it, else `torch.optim.SGD`."
+    if not (npu_branch(device_type) and fused): return torch.optim.SGD
     try: from torch_npu.optim import NpuFusedSGD  # NPU-only
     except ImportError: return torch.optim.SGD
+    import warnings  # its first step reads `p.storage()`, which torch deprecates: torch_npu's to fix
+    warnings.filterwarnings('ignore', 'TypedStorage is deprecated', UserWarning, module=r'torch_npu\.optim')
     return NpuFusedSGD
 
 def untimed_steps(cfg:NpuConfig, device_type:str) -> int:

@@ -6,16 +6,24 @@ Docs: https://resnext-nb.github.io/resnext_nb/doctor.html.md"""
 
 # %% ../nbs/06_doctor.ipynb #e08f37ed
 from __future__ import annotations
-import argparse, importlib.metadata, importlib.util, os, random, re, shutil, subprocess, sys
+import argparse, contextlib, importlib, importlib.metadata, importlib.util, io, json, math, os, random, re, shutil
+import socket, subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['STATUSES', 'Check', 'format_checks', 'exit_code', 'package_version', 'check_python', 'Stack', 'import_stack',
-           'check_torch', 'check_torchvision', 'missing_libraries', 'torch_npu_extension', 'check_torch_npu',
-           'check_cann', 'Holder', 'parse_npu_smi', 'parse_nvidia_smi', 'device_holders', 'check_devices', 'check_port',
-           'checkpoint_bytes', 'free_bytes', 'check_disk', 'usable_cores', 'check_workers', 'open_splits',
-           'sample_images', 'check_images', 'check_data', 'make_parser', 'check_versions', 'run_checks', 'main']
+__all__ = ['STATUSES', 'SELFTEST_STATUSES', 'NUMERICS_TOLERANCES', 'Check', 'format_checks', 'exit_code', 'package_version',
+           'check_python', 'Stack', 'import_stack', 'check_torch', 'check_torchvision', 'missing_libraries',
+           'torch_npu_extension', 'check_torch_npu', 'check_cann', 'Holder', 'parse_npu_chips', 'parse_npu_smi',
+           'parse_nvidia_smi', 'device_holders', 'used_devices', 'check_devices', 'check_port', 'checkpoint_bytes',
+           'free_bytes', 'check_disk', 'usable_cores', 'check_workers', 'open_splits', 'sample_images', 'check_images',
+           'check_data', 'Outcome', 'format_outcomes', 'failure_line', 'numerics_dtype', 'relative_error',
+           'param_layers', 'layer_values', 'numerics_batches', 'seeded_model', 'hook_layers', 'trace_steps',
+           'LayerError', 'layer_errors', 'first_beyond', 'numerics_outcome', 'check_numerics', 'optimizer_name',
+           'step_together', 'check_fused_sgd', 'scaler_step', 'check_loss_scaler', 'free_port', 'wait_processes',
+           'collective_worker', 'check_collective', 'sample_jpegs', 'pillow_rgb', 'compare_decoded', 'check_gpu_decode',
+           'selftest_precisions', 'guarded', 'run_selftest', 'write_selftest', 'make_parser', 'check_versions',
+           'run_checks', 'selftest_main', 'main']
 
 # %% ../nbs/06_doctor.ipynb #1400d2bd
 STATUSES = ('ok', 'warn', 'fail')
@@ -130,10 +138,17 @@ class Holder(NamedTuple):
     pid:int
     name:str # its process name
 
-def parse_npu_smi(text:str) -> list[Holder]:
-    "The processes in `npu-smi info`'s process table (`| NPU  Chip | Process id | Process name | memory |` rows)."
-    rows = re.findall(r'^\|\s*(\d+)\s+\d+\s*\|\s*(\d+)\s*\|\s*(\S[^|]*?)\s*\|', text, re.M)
-    return [Holder(int(d), int(p), n) for d, p, n in rows]
+def parse_npu_chips(text:str) -> dict[tuple[int, int], int]:
+    "`npu-smi info -m`'s table: (NPU id, chip id) -> the chip's logic id, the id torch_npu and `ASCEND_RT_VISIBLE_DEVICES` use."
+    return {(int(n), int(c)): int(l) for n, c, l in re.findall(r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+\S', text, re.M)}  # an MCU row has '-'
+
+def parse_npu_smi(
+    text:str, # `npu-smi info`
+    chips:dict[tuple[int, int], int]|None=None, # `parse_npu_chips` of `npu-smi info -m` (None: one chip per card)
+) -> list[Holder]:
+    "The processes in `npu-smi info`'s process table (`| NPU  Chip | Process id | Process name | memory |` rows), by device id."
+    rows = re.findall(r'^\|\s*(\d+)\s+(\d+)\s*\|\s*(\d+)\s*\|\s*(\S[^|]*?)\s*\|', text, re.M)
+    return [Holder((chips or {}).get((int(d), int(c)), int(d)), int(p), n) for d, c, p, n in rows]
 
 def parse_nvidia_smi(apps:str, gpus:str) -> list[Holder]:
     "Holders from `nvidia-smi --query-compute-apps=pid,process_name,gpu_bus_id` and `--query-gpu=index,pci.bus_id` (CSV, no header)."
@@ -147,13 +162,22 @@ def device_holders(device_type:str, run=subprocess.run) -> list[Holder] | None:
     tool = {'npu': 'npu-smi', 'cuda': 'nvidia-smi'}.get(device_type)
     if tool is None or shutil.which(tool) is None: return None
     call = lambda *a: run([tool, *a], capture_output=True, text=True, timeout=60).stdout
-    if device_type == 'npu': return parse_npu_smi(call('info'))
+    if device_type == 'npu': return parse_npu_smi(call('info'), parse_npu_chips(call('info', '-m')))
     return parse_nvidia_smi(call('--query-compute-apps=pid,process_name,gpu_bus_id', '--format=csv,noheader'),
                             call('--query-gpu=index,pci.bus_id', '--format=csv,noheader'))
 
 # %% ../nbs/06_doctor.ipynb #a7432fa8
-def check_devices(device_type:str, available:int, nproc:int, device_list:list[int]|None, holders:list[Holder]|None) -> list[Check]:
-    "Enough devices for `nproc` processes, and none of the ones the run uses held by another process."
+def used_devices(device_type:str, nproc:int, device_list:list[int]|None, env=os.environ) -> list[int]:
+    "The physical ids of the devices a run's `nproc` processes take: `--device-list`, else the first visible ones."
+    from resnext_nb.device import VISIBLE_DEVICES  # here: the doctor runs even where torch does not import
+    if device_list: return device_list[:nproc]
+    mask = env.get(VISIBLE_DEVICES.get(device_type, ''), '')
+    visible = [int(s) for s in mask.split(',') if s.strip().isdigit()]
+    return visible[:nproc] if visible else list(range(nproc))
+
+def check_devices(device_type:str, available:int, nproc:int, device_list:list[int]|None, holders:list[Holder]|None,
+                  env=os.environ) -> list[Check]:
+    "Enough devices for `nproc` processes, and none of the ones the run uses (physical ids) held by another process."
     from resnext_nb.launch import check_device_count
     try: check_device_count(device_type, nproc, device_list, available)
     except ValueError as e: return [Check('devices', 'fail', str(e))]
@@ -161,7 +185,7 @@ def check_devices(device_type:str, available:int, nproc:int, device_list:list[in
     checks = [Check('devices', 'ok', f"{available} {unit} for {nproc} process{'es' * (nproc > 1)}")]
     if device_type == 'cpu': return checks
     if holders is None: return checks + [Check('busy', 'warn', f"cannot see other processes: {dict(npu='npu-smi', cuda='nvidia-smi')[device_type]} not found")]
-    used = set(device_list[:nproc] if device_list else range(nproc))
+    used = set(used_devices(device_type, nproc, device_list, env))
     busy = [h for h in holders if h.device in used]
     if not busy: return checks + [Check('busy', 'ok', f"no other process holds {device_type} {', '.join(map(str, sorted(used)))}")]
     who = ', '.join(f"pid {h.pid} ({h.name}) on {device_type} {h.device}" for h in busy)
@@ -251,14 +275,500 @@ def check_data(data_path:str|None, sample:int=64) -> list[Check]:
     checks.append(Check('classes', 'fail', str(mismatch)) if mismatch else Check('classes', 'ok', 'train/ and val/ have the same classes'))
     return checks + [check_images(sample_images([p for p, _ in train.samples + val.samples], sample))]
 
+# %% ../nbs/06_doctor.ipynb #7aa6540d
+SELFTEST_STATUSES = ('pass', 'fail', 'skip')
+
+class Outcome(NamedTuple):
+    "One row of the self-test's table, with its measurements for the JSON file."
+    name:str # the check, e.g. 'numerics fp32'
+    status:str # one of `SELFTEST_STATUSES`
+    figure:str # the number that decided it, e.g. '0.16 x tol' or '5.1 GB/s'
+    detail:str # what was compared with what; for a failure, where it went wrong first
+    data:dict|None=None # everything measured, for the JSON file
+
+# %% ../nbs/06_doctor.ipynb #d7e11b1b
+def format_outcomes(rows:list[Outcome]) -> str:
+    "The self-test's table: a header, one row per check, then the count of passes, failures and skips."
+    table = [('check', 'status', 'figure', 'detail'), *(r[:4] for r in rows)]
+    w = [max(len(t[i]) for t in table) for i in range(3)]
+    lines = [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in table]
+    n = {s: sum(r.status == s for r in rows) for s in SELFTEST_STATUSES}
+    checks = f"{len(rows)} check{'s' * (len(rows) != 1)}"
+    count = f"=> {checks}: {n['pass']} passed, {n['fail']} failed, {n['skip']} skipped"
+    return '\n'.join(lines + [count])
+
+def failure_line(rows:list[Outcome]) -> str|None:
+    "One line naming the failed checks, each with the first clause of its detail; None when none failed."
+    failed = [f"{r.name} ({r.detail.split('; ')[0]})" for r in rows if r.status == 'fail']
+    return f"selftest failed: {'; '.join(failed)}" if failed else None
+
+# %% ../nbs/06_doctor.ipynb #caea0518
+NUMERICS_TOLERANCES = {  # the most relative error a layer may have against fp64, given the reference's input
+    'fp32': 1e-5,  # 2^-24 rounding, summed over thousands of products: CPU layers stay under 2e-6
+    'tf32': 8e-3,  # fp32 on GPUs and NPUs: convolutions multiply in TF32 or HF32 by default, 16 x 2^-11
+    'fp16': 8e-3,  # 16 x 2^-11
+    'bf16': 6e-2,  # 16 x 2^-8
+}
+
+def numerics_dtype(precision) -> str:
+    "The key of `NUMERICS_TOLERANCES` for a `Precision`: its autocast dtype, else fp32 ('tf32' off the CPU)."
+    if precision.dtype is None: return 'fp32' if precision.device_type == 'cpu' else 'tf32'
+    return {'torch.float16': 'fp16', 'torch.bfloat16': 'bf16'}[str(precision.dtype)]
+
+# %% ../nbs/06_doctor.ipynb #f69542b8
+def relative_error(a, b) -> float:
+    "‖a − b‖ / ‖b‖, in fp64 on the CPU (0 when both are zero; NaN or inf when `a` is not finite)."
+    import torch
+    a, b = (t.detach().to('cpu', torch.float64) for t in (a, b))
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+# %% ../nbs/06_doctor.ipynb #814d31e8
+def param_layers(model) -> list[str]:
+    "The names of the modules that own parameters (convolutions, batch norms, the head), in definition order."
+    return [n for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
+
+def layer_values(model, names:list[str], grads:bool=False) -> dict:
+    "Each named layer's parameters (or their gradients) flattened into one fp64 CPU vector."
+    import torch
+    flat = lambda p: (p.grad if grads else p).detach().reshape(-1).to('cpu', torch.float64)
+    return {n: torch.cat([flat(p) for p in model.get_submodule(n).parameters(recurse=False)]) for n in names}
+
+# %% ../nbs/06_doctor.ipynb #c9d4d020
+def numerics_batches(
+    steps:int=3, # batches, one a step
+    batch:int=4, # images a batch
+    image_size:int=32, # their side in pixels
+    classes:int=1000, # labels are drawn from 0..classes-1
+    seed:int=0, # the same seed, the same batches
+) -> list[tuple]:
+    "`steps` seeded (images, labels) batches on the CPU, the images standard-normal as normalised ones are."
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    images = lambda: torch.randn(batch, 3, image_size, image_size, generator=g)
+    return [(images(), torch.randint(0, classes, (batch,), generator=g)) for _ in range(steps)]
+
+
+def seeded_model(arch:str, seed:int=0):
+    "`create_model(arch)` initialised from `seed`, leaving torch's global random state as it was."
+    import torch
+    from resnext_nb.model import create_model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(arch)
+
+# %% ../nbs/06_doctor.ipynb #5efcea76
+def hook_layers(
+    model, # the model to watch
+    names:list[str], # its layers, from `param_layers`
+    steps:list[dict], # the trace: the hooks write into its last entry
+    forced:list[dict]|None=None, # the reference's steps: each layer is given their input and output gradient
+) -> list:
+    "Hooks that record each layer's input, output and output gradient, or swap in `forced`'s input and grad."
+    import torch
+    from functools import partial
+    keep = lambda t: t.detach().to('cpu', torch.float64, copy=True)  # a copy: in-place ops may change t later
+    given = lambda t, key, n: torch.empty_like(t).copy_(forced[len(steps) - 1][key][n].to(t.dtype))  # like t
+    def pre(n, mod, args):
+        if forced is None: steps[-1]['input'][n] = keep(args[0])
+        else: return ((args[0] - args[0].detach()) + given(args[0], 'input', n),)
+    def post(n, mod, args, out): steps[-1]['output'][n] = keep(out)
+    def back(n, mod, grads):
+        if forced is None: steps[-1]['grad_output'][n] = keep(grads[0])
+        else: return (given(grads[0], 'grad_output', n),)
+    mods = {n: model.get_submodule(n) for n in names}
+    return [h for n, m in mods.items() for h in (m.register_forward_pre_hook(partial(pre, n)),
+            m.register_forward_hook(partial(post, n)), m.register_full_backward_pre_hook(partial(back, n)))]
+
+# %% ../nbs/06_doctor.ipynb #95da5109
+def trace_steps(
+    model, # a copy to train: it is moved to `device` and changed
+    batches:list[tuple], # (images, labels) per step, on the CPU
+    device, # where to train
+    precision=None, # a `Precision` (fp32 weights, its autocast); None: fp64, for the reference
+    forced:dict|None=None, # the reference's trace: each layer is given its input and output gradient
+    lr:float=0.01, # SGD's learning rate (momentum 0.9, weight decay 1e-4)
+) -> dict:
+    "Train `model` one SGD step a batch, recording each layer's output and gradients, and its last weights."
+    import torch
+    from resnext_nb.device import to_memory_format
+    dtype = torch.float32 if precision else torch.float64
+    layout = (lambda t: to_memory_format(t, precision)) if precision else (lambda t: t)  # NHWC as the job
+    model = layout(model.to(device, dtype))
+    for m in model.modules():
+        if getattr(m, 'inplace', False): m.inplace = False  # a backward hook cannot see past an in-place ReLU
+    names, steps = param_layers(model), []
+    hooks = hook_layers(model, names, steps, forced and forced['steps'])
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, foreach=False)
+    for images, labels in batches:
+        steps.append(dict(input={}, output={}, grad_output={}))
+        with precision.autocast() if precision else contextlib.nullcontext():
+            out = model(layout(images.to(device, dtype)))
+            loss = torch.nn.functional.cross_entropy(out, labels.to(device))
+        loss.backward()
+        steps[-1].update(loss=loss.item(), grad=layer_values(model, names, grads=True))
+        opt.step(); opt.zero_grad()
+    for h in hooks: h.remove()
+    return dict(steps=steps, weights=layer_values(model, names))
+
+# %% ../nbs/06_doctor.ipynb #25199d60
+class LayerError(NamedTuple):
+    "One layer's relative error against the reference, in one quantity."
+    layer:str # the module's name, e.g. 'layer2.0.conv2'
+    quantity:str # 'output', 'gradient' or 'weights'
+    step:int|None # the step (from 0) of an output or a gradient; None for the weights after the last step
+    error:float # ‖device − reference‖ / ‖reference‖
+
+def layer_errors(dev:dict, ref:dict) -> list[LayerError]:
+    "Every layer's errors in the order a step computes them: outputs stem to head, gradients back; weights."
+    names = list(ref['steps'][0]['output'])  # the order the forward pass reached them
+    err = lambda q, s, n, d, r: LayerError(n, q, s, relative_error(d[n], r[n]))
+    rows = []
+    for s, (d, r) in enumerate(zip(dev['steps'], ref['steps'])):
+        rows += [err('output', s, n, d['output'], r['output']) for n in names]
+        rows += [err('gradient', s, n, d['grad'], r['grad']) for n in reversed(names)]
+    return rows + [err('weights', None, n, dev['weights'], ref['weights']) for n in names]
+
+def first_beyond(errors:list[LayerError], tol:float) -> LayerError|None:
+    "The first error above `tol` (NaN counts as above), or None."
+    return next((e for e in errors if not e.error <= tol), None)
+
+# %% ../nbs/06_doctor.ipynb #6fd5ca04
+def _where(e:LayerError) -> str:
+    return f"{e.layer} {e.quantity} " + (f"at step {e.step}" if e.step is not None else 'after the steps')
+
+def numerics_outcome(precision, errors:list[LayerError], about:str) -> Outcome:
+    "The numerics row for `precision`: the first layer beyond its dtype's tolerance, else the worst layer."
+    key = numerics_dtype(precision)
+    tol, first = NUMERICS_TOLERANCES[key], first_beyond(errors, NUMERICS_TOLERANCES[key])
+    worst = max(errors, key=lambda e: e.error if e.error == e.error else math.inf)
+    layers = {}
+    for e in errors:  # each layer's worst of each quantity, NaN as inf
+        d = layers.setdefault(e.layer, {})
+        d[e.quantity] = max(d.get(e.quantity, 0.0), e.error if e.error == e.error else math.inf)
+    data = dict(precision=str(precision), tolerance_key=key, tolerance=tol, worst_by_layer=layers)
+    name = f"numerics {'fp32' if precision.dtype is None else key}"
+    if first:
+        why = f"first beyond tolerance: {_where(first)}: {first.error:.1e} > {tol:g} ({key})"
+        return Outcome(name, 'fail', f"{first.error / tol:.3g} x tol", f"{why}; {about}", data)
+    why = f"worst {_where(worst)}: {worst.error:.1e} (tolerance {tol:g}, {key})"
+    return Outcome(name, 'pass', f"{worst.error / tol:.2f} x tol", f"{why}; {about}", data)
+
+# %% ../nbs/06_doctor.ipynb #fed0c435
+def check_numerics(
+    arch:str, # `--arch`
+    device, # the device to test
+    precisions:list, # the `Precision`s to compare with the fp64 reference
+    steps:int=3, # SGD steps
+    batch:int=4, # images a step (the fp64 reference runs on the CPU, so they are few and small)
+    image_size:int=32, # their side in pixels
+    seed:int=0, # the weights' and the batches' seed
+) -> list[Outcome]:
+    "For each precision, `steps` SGD steps of `arch` on `device` against fp64 ones on the CPU from one start."
+    import copy, torch
+    model, batches = seeded_model(arch, seed), numerics_batches(steps, batch, image_size, seed=seed)
+    ref = trace_steps(copy.deepcopy(model), batches, torch.device('cpu'))
+    n = len(ref['weights'])
+    about = f"{arch} against fp64 on the CPU, {steps} steps of {batch} images at {image_size} px, {n} layers"
+    errors = lambda p: layer_errors(trace_steps(copy.deepcopy(model), batches, device, p, ref), ref)
+    return [numerics_outcome(p, errors(p), about) for p in precisions]
+
+# %% ../nbs/06_doctor.ipynb #e0029715
+def optimizer_name(cls) -> str:
+    "How the table names an optimiser class: where it is imported from, e.g. 'torch_npu.optim.NpuFusedSGD'."
+    return f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}"
+
+def step_together(a, b, opts:tuple, steps:int, seed:int=0):
+    "Step both optimisers `steps` times, giving `a`'s and `b`'s parameters the same random gradients."
+    import torch
+    g, pairs = torch.Generator().manual_seed(seed), list(zip(a.parameters(), b.parameters()))
+    for p, q in pairs: p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)  # then written in place
+    for _ in range(steps):
+        for p, q in pairs:
+            grad = torch.randn(p.shape, generator=g).to(p.device)
+            p.grad.copy_(grad); q.grad.copy_(grad)
+        for o in opts: o.step()
+
+# %% ../nbs/06_doctor.ipynb #682204bb
+def check_fused_sgd(
+    device, # the device to test
+    train, # the job's `TrainConfig`: arch, lr, momentum, weight decay
+    fused:bool=True, # `--npu-fused-sgd`
+    steps:int=5, # optimiser steps
+    tol:float=1e-6, # the largest relative difference allowed in any parameter tensor
+) -> Outcome:
+    "The SGD a job builds on `device` (`sgd_class`) against `torch.optim.SGD(foreach=False)`, same start."
+    import copy, functools, torch
+    from dataclasses import replace
+    from resnext_nb.device import sgd_class
+    from resnext_nb.recipes import make_optimizer
+    cfg = train if train.optimizer in ('sgd', 'sgd-nesterov') else replace(train, optimizer='sgd')
+    cls = sgd_class(device.type, fused)
+    a = seeded_model(cfg.arch).to(device); b = copy.deepcopy(a)
+    plain = functools.partial(torch.optim.SGD, foreach=False)
+    step_together(a, b, (make_optimizer(a, cfg, cls), make_optimizer(b, cfg, plain)), steps)
+    errs = {n: relative_error(p, q) for (n, p), q in zip(a.named_parameters(), b.parameters())}
+    worst = max(errs, key=lambda n: errs[n] if errs[n] == errs[n] else math.inf)
+    what = (f"{optimizer_name(cls)} (sgd_class on {device.type}) vs torch.optim.SGD(foreach=False): "
+            f"{steps} steps of {cfg.optimizer}, lr {cfg.lr:g}, on {cfg.arch}'s {len(errs)} tensors")
+    why = f"worst {worst}: {errs[worst]:.1e} (tolerance {tol:g})"
+    status = 'pass' if errs[worst] <= tol else 'fail'
+    data = dict(errors=errs, compared=optimizer_name(cls))
+    return Outcome('optimizer', status, f"{errs[worst]:.1e}", f"{why}; {what}", data)
+
+# %% ../nbs/06_doctor.ipynb #5434b6b5
+def scaler_step(model, opt, scaler, precision, x, factor:float) -> tuple[bool, int, float|None, float|None]:
+    "A step through `scaler`, the loss times `factor`: (weights moved, steps skipped, scale before, after)."
+    import torch
+    with precision.autocast(): loss = model(x).float().square().mean() * factor
+    scaler.scale(loss).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    skipped, scale = int(scaler.skipped_steps), scaler.current_scale
+    scaler.step(opt)
+    opt.zero_grad(set_to_none=False)  # fused optimisers refuse set_to_none
+    moved = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    return moved, int(scaler.skipped_steps) - skipped, scale, scaler.current_scale
+
+# %% ../nbs/06_doctor.ipynb #8a473a6a
+def check_loss_scaler(
+    device, # the device to test
+    amp, # the job's `AmpConfig`: its `--loss-scale` (fp16 is tested whatever `--amp-dtype` says)
+    fused:bool=True, # `--npu-fused-sgd`: the optimiser the scaler steps
+) -> Outcome:
+    "A step, an overflowing one, another: the middle one must be skipped, counted, and change nothing."
+    import torch
+    from dataclasses import replace
+    from resnext_nb.device import LossScaler, resolve_precision, sgd_class
+    level = 'O2' if amp.opt_level == 'O0' else amp.opt_level
+    precision = resolve_precision(replace(amp, amp=True, opt_level=level, dtype='float16'), device.type)
+    model = torch.nn.Linear(16, 4).to(device)
+    opt = sgd_class(device.type, fused)(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = LossScaler(precision)
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0)).to(device)
+    huge = torch.finfo(torch.float32).max  # the scaled gradients overflow where they are computed
+    with contextlib.redirect_stdout(io.StringIO()) as said:  # torch_npu's scaler prints each skipped step
+        runs = [scaler_step(model, opt, scaler, precision, x, f) for f in (1.0, huge, 1.0)]
+    want = [('a normal step', True, 0), ('the overflowing step', False, 1), ('the step after it', True, 0)]
+    wrong = [f"{w} {'moved' if m else 'did not move'} the weights, skipped_steps +{k}"
+             for (w, wm, wk), (m, k, *_) in zip(want, runs) if (m, k) != (wm, wk)]
+    what = f"{precision}, {optimizer_name(type(opt))}"
+    data = dict(runs=[dict(moved=m, skipped=k, scale_before=a, scale_after=b) for m, k, a, b in runs],
+                printed=said.getvalue())
+    skipped = f"{sum(r[1] for r in runs)} of 3 skipped"
+    if wrong: return Outcome('loss scaler', 'fail', skipped, '; '.join(wrong + [what]), data)
+    done = "the overflowing step was skipped and counted, the weights unchanged"
+    done += f" (scale {runs[1][2]:g} -> {runs[1][3]:g})"
+    return Outcome('loss scaler', 'pass', '1 of 3 skipped', f"{done}; {what}", data)
+
+# %% ../nbs/06_doctor.ipynb #f3b3eb97
+def free_port(addr:str='127.0.0.1') -> int:
+    "A TCP port that is free on `addr` now (the operating system's choice)."
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+def wait_processes(ctx, timeout:float) -> str|None:
+    "Wait for `torch.multiprocessing` processes: None if all ended well, else why not (killed at `timeout`)."
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                for p in ctx.processes: p.kill()
+                return f"timed out after {timeout:g} s"
+    except Exception as e:  # a process raised (its traceback's last line is the error) or died
+        return next((l for l in reversed(str(e).splitlines()) if l.strip()), type(e).__name__)
+    return None
+
+# %% ../nbs/06_doctor.ipynb #f01aea92
+def collective_worker(
+    rank:int, # 0 or 1, given by torch.multiprocessing
+    device:str, # `--device`, resolved again in this process
+    device_list:list[int]|None, # `--device-list`: rank r takes its r-th device
+    port:int, # the rendezvous port on 127.0.0.1
+    nbytes:int, # the all-reduce's size
+    iters:int, # timed all-reduces
+    folder:str, # where to write rank<r>.json and rank<r>.log
+):
+    "One rank of `check_collective`: all-reduce `nbytes` on its device, check the sum, time `iters` more."
+    log = open(Path(folder) / f'rank{rank}.log', 'w')
+    os.dup2(log.fileno(), 1); os.dup2(log.fileno(), 2)  # gloo and HCCL talk on stderr
+    from datetime import timedelta
+    import torch, torch.distributed as dist
+    from resnext_nb.device import dist_backend, get_device, synchronize
+    dev = get_device(device, rank, device_list)
+    dist.init_process_group(dist_backend(dev.type), init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=2, timeout=timedelta(seconds=60))
+    t = torch.full((nbytes // 4,), float(rank + 1), device=dev)
+    dist.all_reduce(t); synchronize(dev)
+    wrong = int((t != 3).sum())  # 1 + 2 everywhere
+    dist.all_reduce(t); synchronize(dev)  # one more, untimed: the first ones set up the connections
+    start = time.perf_counter()
+    for _ in range(iters): dist.all_reduce(t)
+    synchronize(dev)
+    seconds = (time.perf_counter() - start) / iters
+    result = dict(wrong=wrong, allreduce_seconds=seconds, device=str(dev))
+    (Path(folder) / f'rank{rank}.json').write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+# %% ../nbs/06_doctor.ipynb #5e5284e4
+def check_collective(
+    device, # the job's first device
+    device_arg:str='auto', # `--device`, resolved again in each process
+    device_list:list[int]|None=None, # `--device-list`: the processes take its first two devices
+    nbytes:int=64 * 2**20, # the all-reduce's size
+    iters:int=5, # timed all-reduces
+    timeout:float=180, # seconds before the processes are stopped
+) -> Outcome:
+    "Two processes on the device's backend (hccl, nccl or gloo): an all-reduce, its sum checked and timed."
+    import torch.multiprocessing as mp
+    from resnext_nb.device import available_devices, dist_backend
+    backend, have = dist_backend(device.type), available_devices(device.type)
+    if device.type != 'cpu' and have < 2:
+        return Outcome('collective', 'skip', '', f"{backend} needs two {device.type} devices; {have} here")
+    worker = importlib.import_module('resnext_nb.doctor').collective_worker  # spawned processes look it up
+    with tempfile.TemporaryDirectory() as folder:
+        args = (device_arg, device_list, free_port(), nbytes, iters, folder)
+        ctx = mp.start_processes(worker, args, nprocs=2, join=False, start_method='spawn')
+        error = wait_processes(ctx, timeout)
+        ranks = [json.loads(p.read_text()) for p in sorted(Path(folder).glob('rank*.json'))]
+    what = f"{backend}, 2 processes, all_reduce of {nbytes / 2**20:g} MiB"
+    if error or len(ranks) < 2:
+        return Outcome('collective', 'fail', '', f"{error or 'a process wrote nothing'}; {what}")
+    seconds = max(r['allreduce_seconds'] for r in ranks)
+    busbw = nbytes / seconds  # x 2(n - 1)/n, which is 1 for two processes
+    wrong = max(r['wrong'] for r in ranks)
+    data = dict(backend=backend, nbytes=nbytes, ranks=ranks, busbw=busbw)
+    if wrong: return Outcome('collective', 'fail', '', f"the sum is wrong in {wrong:,} places; {what}", data)
+    done = f"{seconds * 1e3:.1f} ms, bus bandwidth {busbw / 1e9:.2f} GB/s; the sum is right"
+    return Outcome('collective', 'pass', f"{busbw / 1e9:.2f} GB/s", f"{what}: {done}", data)
+
+# %% ../nbs/06_doctor.ipynb #bdb39a62
+def sample_jpegs(n:int, size:int=224, seed:int=0) -> list[bytes]:
+    "`n` JPEGs of `size` x `size`, each its own colour ramp, without chroma subsampling (4:4:4)."
+    import io
+    import numpy as np
+    from PIL import Image
+    rng, ramp = np.random.default_rng(seed), np.linspace(0, 1, size)
+    out = []
+    for _ in range(n):
+        low, span = rng.uniform(0, 160, 3), rng.uniform(40, 95, 3)
+        image = low + span * (ramp[:, None, None] + ramp[None, :, None]) / 2
+        buf = io.BytesIO()
+        Image.fromarray(image.astype(np.uint8)).save(buf, 'JPEG', quality=90, subsampling=0)
+        out.append(buf.getvalue())
+    return out
+
+def pillow_rgb(data:bytes):
+    "Pillow's decoding of JPEG `data`: a `uint8` (3, H, W) tensor."
+    import io
+    import numpy as np, torch
+    from PIL import Image
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert('RGB')).copy()).permute(2, 0, 1)
+
+# %% ../nbs/06_doctor.ipynb #16a591f4
+def compare_decoded(images:list, jpegs:list[bytes], per_batch:int, what:str) -> Outcome:
+    "The GPU decoding row: each image against Pillow's (mean |difference| <= 2, <= 1 pixel in 1,000 > 24)."
+    diffs = [(im.cpu().float() - pillow_rgb(j).float()).abs() for im, j in zip(images, jpegs)]
+    means, far = [d.mean().item() for d in diffs], [(d > 24).float().mean().item() for d in diffs]
+    bad = [k for k, (m, f) in enumerate(zip(means, far)) if not (m <= 2 and f <= 1e-3)]
+    data = dict(mean_abs_diff=means, far_pixels=far)
+    if bad:
+        k = bad[0]
+        why = (f"{len(bad)} of {len(jpegs)} images differ from Pillow, first batch {k // per_batch} image "
+               f"{k % per_batch} (mean |difference| {means[k]:.1f} levels): decoded memory was overwritten "
+               f"(the decode-stream race) or the decoder is wrong")
+        return Outcome('gpu decode', 'fail', f"{len(bad)} bad", f"{why}; {what}", data)
+    done = f"every image within {max(means):.2f} levels of Pillow on average"
+    return Outcome('gpu decode', 'pass', f"{max(means):.2f} levels", f"{done}; {what}", data)
+
+# %% ../nbs/06_doctor.ipynb #cf014130
+def check_gpu_decode(
+    device, # the device to test
+    batches:int=8, # batches decoded
+    per_batch:int=16, # images a batch
+    size:int=224, # their side in pixels
+    busy:int=20, # 4096 x 4096 matrix products queued on the side stream ahead of each batch's reads
+) -> Outcome:
+    "`decode_jpegs` on the loader's side stream, slowed so that a race would show, against Pillow per image."
+    import torch
+    from resnext_nb.device import SideStream, gpu_jpeg_unavailable_reason, synchronize
+    from resnext_nb.loaders import decode_jpegs
+    if reason := gpu_jpeg_unavailable_reason(device): return Outcome('gpu decode', 'skip', '', reason)
+    jpegs = sample_jpegs(batches * per_batch, size)
+    side, got = SideStream(device), []
+    with side.use(): load = torch.randn(4096, 4096, device=device)  # made where it is used
+    for b in range(batches):
+        datas = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs[b * per_batch:][:per_batch]]
+        with side.use():
+            images = decode_jpegs(datas, device)
+            if any(im is None for im in images):
+                return Outcome('gpu decode', 'fail', '', f"nvjpeg refused a JPEG of batch {b}")
+            for _ in range(busy): load = load @ load; load /= load.norm()  # the reads below wait behind these
+            got.append(torch.stack(images).float())
+            marker = side.record()
+        side.hand_over(marker, got[-1])
+        del images  # freed while their reads are queued: the next batch's decoder may be handed this memory
+    synchronize(device)
+    what = f"{len(jpegs)} images, {batches} batches of {per_batch}, side stream slowed by {busy} products"
+    return compare_decoded(list(torch.cat(got)), jpegs, per_batch, what)
+
+# %% ../nbs/06_doctor.ipynb #8d500f76
+def selftest_precisions(amp, device_type:str) -> list:
+    "The precisions the numerics compare: fp32, and the mixed precision `--amp` gives (with `--amp-dtype`)."
+    from dataclasses import replace
+    from resnext_nb.device import resolve_precision
+    level = 'O2' if amp.opt_level == 'O0' else amp.opt_level
+    fp32, mixed = replace(amp, amp=False), replace(amp, amp=True, opt_level=level)
+    return [resolve_precision(fp32, device_type), resolve_precision(mixed, device_type)]
+
+def guarded(name:str, check, *args) -> list[Outcome]:
+    "Run `check(*args)`, timed; an error it raises becomes one failed row named `name`."
+    start = time.perf_counter()
+    try: out = check(*args)
+    except Exception as e:  # one line: the error's first
+        out = Outcome(name, 'fail', '', f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
+    seconds = round(time.perf_counter() - start, 2)
+    rows = out if isinstance(out, list) else [out]
+    return [r._replace(data={**(r.data or {}), 'seconds': seconds}) for r in rows]
+
+# %% ../nbs/06_doctor.ipynb #57c9b2c0
+def run_selftest(cfg) -> tuple[list[Outcome], dict]:
+    "Every self-test check on the job's first device, and what was tested (device, arch, versions)."
+    from resnext_nb.device import apply_npu_config, device_name, get_device
+    try: device = get_device(cfg.device, 0, cfg.device_list)
+    except (RuntimeError, ValueError) as e: return [Outcome('device', 'fail', '', str(e))], {}
+    apply_npu_config(cfg.npu, device.type)
+    about = dict(device=device_name(device), device_type=device.type, arch=cfg.train.arch,
+                 versions={p: package_version(p) for p in ('torch', 'torchvision', 'torch_npu')})
+    precisions = selftest_precisions(cfg.amp, device.type)
+    rows = guarded('numerics', check_numerics, cfg.train.arch, device, precisions)
+    rows += guarded('optimizer', check_fused_sgd, device, cfg.train, cfg.npu.fused_sgd)
+    rows += guarded('loss scaler', check_loss_scaler, device, cfg.amp, cfg.npu.fused_sgd)
+    rows += guarded('collective', check_collective, device, cfg.device, cfg.device_list)
+    return rows + guarded('gpu decode', check_gpu_decode, device), about
+
+def write_selftest(path:str|os.PathLike, rows:list[Outcome], about:dict) -> Path:
+    "Write the rows and what was tested to `path` as JSON (its folder is created); returns the path."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {**about, 'passed': not exit_code(rows), 'checks': [r._asdict() for r in rows]}
+    path.write_text(json.dumps(report, indent=1) + '\n')
+    return path
+
 # %% ../nbs/06_doctor.ipynb #afe770eb
 def make_parser() -> argparse.ArgumentParser:
-    "The launcher's parser plus the doctor's `--sample`; it imports torch, so call it after `import_stack`."
+    "The launcher's parser plus the doctor's flags; it imports torch, so call it after `import_stack`."
     from resnext_nb.launch import make_parser as launch_parser
     p = launch_parser()
-    p.prog, p.description = 'python -m resnext_nb.doctor', ('Check that a resnext_nb job can start here: versions, torch_npu '
-                            'and CANN, devices, the port, disk space, the data and the loaders. Takes the launcher\'s flags.')
-    p.add_argument_group('doctor').add_argument('--sample', type=int, default=64, help='images to decode (0: all) (default: 64)')
+    p.prog = 'python -m resnext_nb.doctor'
+    p.description = ("Check that a resnext_nb job can start here: versions, torch_npu and CANN, devices, "
+                     "the port, disk space, the data and the loaders. Takes the launcher's flags. With "
+                     "--selftest, check instead that this machine computes what the CPU computes.")
+    g = p.add_argument_group('doctor')
+    g.add_argument('--sample', type=int, default=64, help='images to decode (0: all) (default: 64)')
+    g.add_argument('--selftest', action='store_true', default=False, help="instead of the preflight, test "
+                   "this machine's numerics, optimiser, loss scaler, collective and GPU decoding")
+    g.add_argument('--json', metavar='PATH', default=None,
+                   help='where --selftest writes its results (default: <output>/selftest.json)')
     return p
 
 # %% ../nbs/06_doctor.ipynb #0a9f06be
@@ -292,9 +802,22 @@ def run_checks(
     return checks + [check_port(job.addr, job.port, job.nproc), check_disk(cfg.train.output, cfg.train.arch),
                      *check_data(cfg.data.data_path, sample), check_workers(cfg.data.workers, job.nproc, usable_cores())]
 
+# %% ../nbs/06_doctor.ipynb #6b01a1c1
+def selftest_main(
+    cfg, # the job's `RunConfig`
+    json_path:str|None=None, # `--json`; None: <output>/selftest.json
+) -> int:
+    "Run `--selftest`, print its table, write its JSON; returns 1, after a line on stderr, if a check failed."
+    rows, about = run_selftest(cfg)
+    path = write_selftest(json_path or Path(cfg.train.output) / 'selftest.json', rows, about)
+    title = f"=> selftest of {cfg.train.arch} on {about.get('device', cfg.device)}"
+    print(f"{title}\n{format_outcomes(rows)}; wrote {path}", flush=True)
+    if failed := failure_line(rows): print(f"{failed}; see {path}", file=sys.stderr, flush=True)
+    return exit_code(rows)
+
 # %% ../nbs/06_doctor.ipynb #9a05cfb5
 def main(argv:list[str]|None=None) -> int:
-    "The `python -m resnext_nb.doctor` command: print the report; returns 1 when a check failed."
+    "`python -m resnext_nb.doctor`: print the report (or the self-test's table); returns 1 if a check failed."
     stack = import_stack()
     if stack.device is None: checks = run_checks(None, None, 0, stack)
     else:
@@ -303,6 +826,7 @@ def main(argv:list[str]|None=None) -> int:
         args = parser.parse_args(argv)
         try: cfg, job = config_from_args(args)
         except ValueError as e: parser.error(str(e))
+        if args.selftest: return selftest_main(cfg, args.json)
         checks = run_checks(cfg, job, args.sample, stack)
     print(format_checks(checks), flush=True)
     return exit_code(checks)

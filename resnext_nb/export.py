@@ -14,21 +14,34 @@ import torch.nn as nn
 from .device import opt
 from .model import ARCHS
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .checkpoints import CheckpointError, read_checkpoint
+from .checkpoints import CheckpointError, checkpoint_bytes, read_checkpoint
 from .launch import build_parser, parse_config
 from .predict import Predictor, load_predictor
 
 # %% auto #0
-__all__ = ['EXPORTERS', 'sha256', 'model_card', 'example_batch', 'export_torchvision', 'export_pt2', 'onnx_difference',
-           'export_onnx', 'ExportConfig', 'export', 'main', 'make_parser']
+__all__ = ['EXPORTERS', 'sha256', 'weights_metrics', 'model_card', 'example_batch', 'export_torchvision', 'export_pt2',
+           'onnx_difference', 'export_onnx', 'ExportConfig', 'export', 'main', 'make_parser']
 
 # %% ../nbs/08_export.ipynb #518b3787
 def sha256(path:str|Path) -> str:
-    "The SHA-256 of a file, read in 1 MiB blocks."
+    "The SHA-256 of a file, read in 1 MiB blocks: what a model card says of its checkpoint."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(2**20), b''): h.update(block)
     return h.hexdigest()
+
+# %% ../nbs/08_export.ipynb #9697f258
+def weights_metrics(state:dict) -> dict:
+    "The validation metrics of the weights `state` holds (the EMA's for EMA weights), or a note saying why none are known."
+    which, step = state.get('weights', 'model'), state.get('step')
+    if (state.get('sampler') or {}).get('start_batch', 0):
+        return {'weights': which, 'note': f"none: saved mid-epoch at step {step}, before these weights were validated"}
+    pre = 'ema_' if which == 'ema' else ''
+    rec = next((r for r in state.get('history') or [] if r.get('kind') == 'epoch' and step is not None and r.get('step') == step), {})
+    if f'{pre}val_acc1' not in rec: return {'weights': which, 'note': 'none: the checkpoint records no validation of these weights'}
+    return {'weights': which, 'epoch': rec['epoch'], 'step': step,
+            **{k: rec[pre + k] for k in ('val_acc1', 'val_acc5', 'val_loss') if pre + k in rec},
+            **{k: rec[k] for k in ('val_count',) if k in rec}}
 
 # %% ../nbs/08_export.ipynb #883ee647
 def model_card(
@@ -36,18 +49,18 @@ def model_card(
     state:dict, # its checkpoint
     checkpoint:str|Path, # the checkpoint's path
     files:dict, # {format: file name} written next to the card
+    digest:str, # the SHA-256 of the bytes `state` was loaded from
 ) -> dict:
     "What a user of the exported file needs: classes, input and preprocessing, and where the weights came from."
     config = state.get('config') or {}
-    last = next((r for r in reversed(state.get('history') or []) if r.get('kind') == 'epoch'), {})
     return {'arch': pr.arch, 'num_classes': len(pr.classes), 'classes': pr.classes,
             'input': {'shape': ['batch', 3, pr.image_size, pr.image_size], 'dtype': 'float32', 'layout': 'NCHW, RGB',
                       'resize': pr.resize_size, 'crop': pr.image_size, 'scale': '1/255',
                       'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)},
-            'output': 'logits (softmax gives probabilities)',
-            'metrics': {'best_acc1': state.get('best_acc1'), **{k: last[k] for k in ('epoch', 'val_acc1', 'val_acc5', 'val_loss', 'val_count') if k in last}},
+            'output': 'logits (softmax gives probabilities)', 'metrics': weights_metrics(state),
             'recipe': config.get('train', {}), 'data': {k: v for k, v in (config.get('data') or {}).items() if k in ('image_size', 'val_resize_size', 'val_crop_size', 'batch_size', 'dataset')},
-            'checkpoint': {'path': str(checkpoint), 'sha256': sha256(checkpoint), 'epoch': state.get('epoch'), 'step': state.get('step')},
+            'checkpoint': {'path': str(checkpoint), 'sha256': digest, 'epoch': state.get('epoch'), 'step': state.get('step'),
+                           'run_best_acc1': state.get('best_acc1')},
             'files': files, 'torch': torch.__version__}
 
 # %% ../nbs/08_export.ipynb #5f59fa8f
@@ -125,11 +138,13 @@ def export(
 ) -> dict:
     "Export `checkpoint` and write `model_card.json` beside it; returns the card, with the check's line as `check`."
     if format not in EXPORTERS: raise ValueError(f"--format {format!r}: choose one of {', '.join(EXPORTERS)}")
+    data = checkpoint_bytes(checkpoint)  # read once: the weights, the card's step, metrics and sha256 come from these bytes
+    state = read_checkpoint(checkpoint, data)
     out = Path(out) if out else Path(checkpoint).parent / 'export'
     out.mkdir(parents=True, exist_ok=True)
-    pr = load_predictor(checkpoint, torch.device('cpu'))
+    pr = load_predictor(checkpoint, torch.device('cpu'), state)
     path, line = EXPORTERS[format](pr, out)
-    card = model_card(pr, read_checkpoint(checkpoint), checkpoint, {format: path.name})
+    card = model_card(pr, state, checkpoint, {format: path.name}, hashlib.sha256(data).hexdigest())
     (out / 'model_card.json').write_text(json.dumps(card, indent=1))
     return {**card, 'check': line}
 

@@ -6,12 +6,14 @@ Docs: https://resnext-nb.github.io/resnext_nb/interpret.html.md"""
 
 # %% ../nbs/02c_interpret.ipynb #8c57d169
 from __future__ import annotations
-import csv
+import csv, io
 from pathlib import Path
 import torch
 import torch.distributed as dist
 from fastcore.basics import patch
 from .device import is_distributed
+from .checkpoints import atomic_write
+from .data import printable
 
 # %% auto #0
 __all__ = ['REPORT_FILES', 'Interpretation', 'per_class', 'top_confused', 'write_per_class', 'plot_confusion', 'plot_mistakes',
@@ -109,11 +111,12 @@ def top_confused(confusion:torch.Tensor, classes:list[str], k:int=20) -> list[tu
 
 # %% ../nbs/02c_interpret.ipynb #4074fcc5
 def write_per_class(rows:list[dict], path:str|Path) -> Path:
-    "Write `per_class` rows as a CSV file with a header."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
-    return path
+    "Write `per_class` rows as a CSV file with a header, whole or not at all, each name `printable`."
+    text = io.StringIO(newline='')
+    w = csv.DictWriter(text, fieldnames=list(rows[0])); w.writeheader()
+    w.writerows({k: printable(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    return Path(path)
 
 # %% ../nbs/02c_interpret.ipynb #d29a8fcf
 def plot_confusion(
@@ -152,13 +155,13 @@ def plot_mistakes(
     "A grid of the most confident mistakes, each titled with its prediction, confidence and true class."
     import matplotlib.pyplot as plt
     rows = max(1, -(-len(mistakes) // cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    fig, axs = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False, layout='constrained')
     for ax in axs.flat: ax.axis('off')
     for ax, m in zip(axs.flat, mistakes):
         ax.imshow(m['image'].permute(1, 2, 0).numpy())
         ax.set_title(f"{classes[m['pred']]} ({m['confidence']:.2f})\ntrue: {classes[m['true']]}", fontsize=8)
     if not mistakes: axs[0, 0].text(0.5, 0.5, 'no mistakes', ha='center')
-    fig.suptitle('most confident mistakes: predicted (confidence), true'); fig.tight_layout()
+    fig.suptitle('most confident mistakes: predicted (confidence), true')
     return fig
 
 # %% ../nbs/02c_interpret.ipynb #6a5c4717
@@ -169,10 +172,12 @@ def write_report(
     classes:list[str], # class names
     folder:str|Path, # where to write
 ) -> list[Path]:
-    "Write `per_class.csv`, `confusion.png` and `mistakes.png` into `folder`; returns their paths."
+    "Write `per_class.csv`, `confusion.png` and `mistakes.png` into `folder`, each whole or not at all."
     import matplotlib.pyplot as plt
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder, classes = Path(folder), [printable(c) for c in classes]
     paths = [write_per_class(per_class(interp.confusion, classes), folder / REPORT_FILES[0])]
     for name, fig in ((REPORT_FILES[1], plot_confusion(interp.confusion, classes)), (REPORT_FILES[2], plot_mistakes(interp.mistakes(), classes))):
-        fig.savefig(folder / name, dpi=100); plt.close(fig); paths.append(folder / name)
+        try: atomic_write(folder / name, lambda f: fig.savefig(f, format='png', dpi=100))
+        finally: plt.close(fig)
+        paths.append(folder / name)
     return paths

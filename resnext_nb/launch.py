@@ -6,34 +6,42 @@ Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
 # %% ../nbs/04_launch.ipynb #34f49fa7
 from __future__ import annotations
-import argparse, fcntl, logging, math, os, re, signal, socket, sys, time
+import argparse, errno, fcntl, logging, math, os, re, signal, socket, sys, time
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from .device import (AmpConfig, DeviceUnavailable, Flag, NpuConfig, available_devices, device_environment,
+                               visible_device_index,
                                dist_backend, is_distributed, non_negative, opt, parse_loss_scale, positive,
                                resolve_device_type, resolve_placement)  # first: it imports torch with a guard for torch_npu
+import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from .data import DataConfig, DataError
+from .data import STOP_SIGNALS, DataConfig, DataError
 from .checkpoints import CheckpointError, read_checkpoint
 from .recipes import RECIPES, Scaled
-from .train import RUN_FILES, RunConfig, TrainConfig, TrainingDiverged, default_output, evaluate, train
+from .shapes import builtin_dataset_path
+from .interpret import REPORT_FILES
+from .train import RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverged, default_output, evaluate, train
 
 # %% auto #0
-__all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'LOCK_FILE', 'tcp_port', 'JobConfig', 'flag_fields', 'flag_names',
-           'field_default', 'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'make_parser', 'parse_config',
+__all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'FORWARDED_SIGNALS',
+           'SHUTDOWN_TIMEOUT', 'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'JobConfig', 'flag_fields', 'flag_names',
+           'field_default', 'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'parse_config', 'make_parser',
            'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'field_checks',
            'check_values', 'check_data_path', 'resume_path', 'saved_values', 'from_checkpoint', 'make_config',
-           'config_from_args', 'format_config', 'UserError', 'run_worker', 'elastic_worker', 'check_port_free',
-           'launch_config', 'check_device_count', 'worker_environment', 'describe_failure', 'launch_processes',
-           'lock_output', 'prepare_output', 'summary_fields', 'write_summary', 'stopped_line', 'run_job', 'main']
+           'config_from_args', 'format_config', 'UserError', 'run_worker', 'die_with_parent', 'elastic_worker',
+           'check_port_free', 'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal',
+           'describe_failure', 'launch_processes', 'lock_output', 'prepare_output', 'summary_fields', 'write_summary',
+           'summary_lines', 'next_steps', 'finished_line', 'stopped_line', 'run_job', 'main']
 
 # %% ../nbs/04_launch.ipynb #dea0a756
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
 
-def tcp_port(v) -> str|None: return None if 0 < v < 65536 else 'not a TCP port'
+def tcp_port(v) -> str|None:
+    "A `Flag.check`: None for a TCP port number (1-65535), else the complaint."
+    return None if 0 < v < 65536 else 'not a TCP port'
 
 _ASCEND_1P = dict(amp=True, loss_scale='1024', seed=49)
 PRESETS = {
@@ -47,17 +55,17 @@ PRESETS = {
 class JobConfig:
     "How the job is started: processes, machines, the rendezvous, the global batch and the preset."
     batch_size:int=opt(256, '--batch-size', '-b', check=positive, ascend=True, help='GLOBAL batch size, split evenly across ranks')
-    addr:str=opt('127.0.0.1', on_resume='apply', ascend=True, help='master address (the rendezvous host)')
-    port:int=opt(ASCEND_PORT, on_resume='apply', check=tcp_port, help='rendezvous port on --addr')
-    nproc:int|None=opt(None, on_resume='apply', check=positive, help='processes (devices) per node (none: 1, or one per --device-list entry with --multiprocessing-distributed)')
-    nnodes:int=opt(1, on_resume='apply', check=positive, help='machines in the job')
-    node_rank:int=opt(0, on_resume='apply', check=non_negative, help="this machine's rank, 0..nnodes-1")
-    multiprocessing_distributed:bool=opt(False, on_resume='apply', ascend=True, help='one process per device in --device-list (implied by --nproc > 1)')
+    addr:str=opt('127.0.0.1', on_resume='job', ascend=True, help='master address (the rendezvous host)')
+    port:int=opt(ASCEND_PORT, on_resume='job', check=tcp_port, help='rendezvous port on --addr')
+    nproc:int|None=opt(None, on_resume='job', check=positive, help='processes (devices) per node (none: 1, or one per --device-list entry with --multiprocessing-distributed)')
+    nnodes:int=opt(1, on_resume='job', check=positive, help='machines in the job')
+    node_rank:int=opt(0, on_resume='job', check=non_negative, help="this machine's rank, 0..nnodes-1")
+    multiprocessing_distributed:bool=opt(False, on_resume='job', ascend=True, help='one process per device in --device-list (implied by --nproc > 1)')
     dummy:bool=opt(False, ascend=True, help='synthetic data, made once on the device (as pytorch/examples)')
-    case_name:str|None=opt(None, on_resume='apply', help='CaseName in the summary file (none: derived from the run)')
-    preset:str|None=opt(None, on_resume='apply', choices=tuple(PRESETS), help='values for the flags not given (none: quickstart without data, else the field defaults)')
-    overwrite:bool=opt(False, on_resume='apply', help="replace the run already in --output (its checkpoints and logs) instead of refusing")
-    print_config:bool=opt(False, on_resume='apply', help='print the resolved configuration, with where each value came from, and exit')
+    case_name:str|None=opt(None, on_resume='job', help='CaseName in the summary file (none: derived from the run)')
+    preset:str|None=opt(None, on_resume='job', choices=tuple(PRESETS), help='values for the flags not given (none: quickstart without data, else the field defaults)')
+    overwrite:bool=opt(False, on_resume='job', help="replace the run already in --output (its checkpoints and logs) instead of refusing")
+    print_config:bool=opt(False, on_resume='job', help='print the resolved configuration, with where each value came from, and exit')
     world_size:int=1 # processes in the whole job, resolved from the flags or the launcher's environment
     sources:dict=field(default_factory=dict) # where each flag's value came from: 'flag', 'preset NAME' or 'default'
 
@@ -112,12 +120,17 @@ def add_flag(group, f, flag:Flag, presets:dict|None=None):
     "Add the flag of config field `f` to an argument group; its type follows the field's annotation."
     kind, kw = str(f.type).replace(' ', ''), dict(dest=f.name, help=flag_help(f, flag, presets))
     if flag.choices: kw['help'] = f"{kw['help']}; one of {', '.join(map(str, flag.choices))}"
+    if flag.ascend: kw['help'] += " [Ascend recipe]"
     turned_on = any(p.get(f.name) is True for p in (*PRESETS.values(), *RECIPES.values()))  # --no-x undoes a preset or recipe
+    names = flag_names(f, flag)
     if kind == 'bool' and f.default is not True and not turned_on: kw['action'] = 'store_true'
+    elif kind == 'bool' and names[0].startswith('--no-'):  # a negative flag: its opposite drops the `no-`, never `--no-no-`
+        group.add_argument(*names, action='store_true', **kw)
+        return group.add_argument('--' + names[0][5:], action='store_false', dest=f.name, help=f"undo {names[0]}")
     elif kind in ('bool', 'bool|None'): kw['action'] = argparse.BooleanOptionalAction  # --x and --no-x
     else: kw.update(type=_parse(flag.parse) if flag.parse else {'int': int, 'float': float}.get(kind.replace('|None', ''), str),
                     choices=flag.choices, metavar=flag.metavar or (f.name.upper() if flag.choices else None))
-    group.add_argument(*flag_names(f, flag), **kw)
+    group.add_argument(*names, **kw)
 
 # %% ../nbs/04_launch.ipynb #0bad79af
 def build_parser(
@@ -125,19 +138,19 @@ def build_parser(
     description:str, # one paragraph for `--help`
     configs:dict|None=None, # {group: dataclass} whose flag-bearing fields become flags (default `CONFIGS`)
     presets:dict|None=None, # presets to show in each flag's help (default `PRESETS`)
+    groups:dict|None=None, # {title: field names}: the `--help` sections by purpose; other flags go under their config's name
+    **kw, # for `argparse.ArgumentParser`: usage, epilog, ...
 ) -> OneLineParser:
-    "A parser with one flag per flag-bearing field, in groups: the Ascend recipe's flags first, then one per config."
-    p, groups = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS, description=description), {}
-    for g, f, flag in sorted(flag_fields(configs), key=lambda t: not t[2].ascend):
-        title = "the Ascend recipe's flags" if flag.ascend else g
-        if title not in groups: groups[title] = p.add_argument_group(title)
-        add_flag(groups[title], f, flag, presets)
+    "A parser with one flag per flag-bearing field, in sections by purpose."
+    p = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS, description=description, **kw)
+    where = {name: title for title, names in (groups or {}).items() for name in names}
+    order = {name: k for k, name in enumerate(where)}  # within a section, as `groups` lists them
+    sections = {title: p.add_argument_group(title) for title in (groups or {})}
+    for g, f, flag in sorted(flag_fields(configs), key=lambda t: order.get(t[1].name, len(order))):
+        title = where.get(f.name, g)
+        if title not in sections: sections[title] = p.add_argument_group(title)
+        add_flag(sections[title], f, flag, presets)
     return p
-
-def make_parser() -> OneLineParser:
-    "The launcher's argument parser, built from the config fields."
-    return build_parser('python -m resnext_nb.launch', 'Train or evaluate ResNeXt on NPUs, GPUs or the CPU with the Ascend recipe. '
-                        'With no --data_path it trains a small model on the built-in dataset.')
 
 def parse_config(
     parser:argparse.ArgumentParser, # from `build_parser`, with any positional arguments added
@@ -147,6 +160,38 @@ def parse_config(
     "Parse `argv` into an instance of `cls` (field defaults for flags not given) and the dict of everything parsed."
     given = vars(parser.parse_args(argv))
     return cls(**{f.name: given.get(f.name, field_default(f)) for f in fields(cls)}), given
+
+# %% ../nbs/04_launch.ipynb #454e41d3
+HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups its flags
+    'the run': ('preset', 'recipe', 'epochs', 'batch_size', 'seed', 'print_config'),
+    'data': ('data_path', 'dataset', 'image_size', 'workers', 'backend', 'skip_bad_images', 'dummy'),
+    'model': ('arch', 'pretrained', 'freeze_epochs', 'zero_init_residual', 'compile'),
+    'optimiser and schedule': ('optimizer', 'lr', 'momentum', 'weight_decay', 'no_bn_weight_decay', 'schedule', 'step_size',
+                               'warmup_epochs', 'clip_grad_norm', 'grad_accum_steps', 'max_steps'),
+    'augmentation and regularisation': ('train_crop_size', 'val_resize_size', 'val_crop_size', 'crop_scale', 'crop_ratio',
+        'hflip', 'auto_augment', 'random_erase', 'ra_sampler', 'ra_reps', 'label_smoothing', 'mixup_alpha', 'cutmix_alpha',
+        'model_ema', 'model_ema_decay', 'model_ema_steps', 'freeze_bn'),
+    'precision and devices': ('device', 'device_list', 'nproc', 'nnodes', 'node_rank', 'addr', 'port',
+        'multiprocessing_distributed', 'amp', 'opt_level', 'loss_scale', 'dtype', 'channels_last', 'sync_bn', 'deterministic',
+        'jit_compile', 'fused_sgd', 'warmup_steps'),
+    'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every', 'print_freq', 'tensorboard',
+                               'case_name'),
+}
+LAUNCH_USAGE = 'python -m resnext_nb.launch [--data-path DIR] [--preset NAME] [--nproc N] [flags]'
+LAUNCH_EPILOG = """examples:
+  python -m resnext_nb.launch                                          # quick start: the built-in dataset
+  python -m resnext_nb.launch --data-path /data/imagenet --preset ascend-8p   # the Ascend recipe on 8 devices
+  python -m resnext_nb.launch --data-path /data/pets --pretrained IMAGENET1K_V2 --freeze-epochs 1 --epochs 5
+
+other commands: python -m resnext_nb.doctor (check the machine; --selftest), python -m resnext_nb.predict,
+python -m resnext_nb.export, python -m resnext_nb.bench; each takes --help"""
+
+def make_parser() -> OneLineParser:
+    "The launcher's argument parser, built from the config fields, in `HELP_GROUPS`."
+    return build_parser('python -m resnext_nb.launch', 'Train or evaluate ResNeXt on NPUs, GPUs or the CPU.\nWithout '
+                        '--data-path it trains a small model on the built-in dataset; with it, the Ascend recipe applies.',
+                        groups=HELP_GROUPS, usage=LAUNCH_USAGE, epilog=LAUNCH_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
 
 # %% ../nbs/04_launch.ipynb #8eb36b74
 def external_launcher(env=os.environ) -> str | None:
@@ -212,6 +257,9 @@ def check_values(values:dict, world:int):
     if values['batch_size'] % world:
         raise ValueError(f"--batch-size {values['batch_size']} is the global batch and must divide evenly over {world} processes")
     if values['evaluate'] and not values['resume']: raise ValueError("--evaluate needs --resume PATH: the checkpoint to score")
+    if values['sync_bn'] and values['compile'] and world > 1:  # pytorch#161302 (a graph break per layer), #107372 (errors)
+        raise ValueError("--sync-bn with --compile: torch.compile breaks its graph at every SyncBatchNorm and fails with DDP "
+                         "(pytorch#161302, #107372): drop one of the two")
     parse_loss_scale(values['loss_scale'])
 
 def check_data_path(path:str|None):
@@ -247,12 +295,13 @@ def from_checkpoint(
     path:str, # the checkpoint being resumed
     world:int, # this job's world size
 ):
-    "Take the recipe from the checkpoint at `path`; refuse a flag given now that would change it."
+    "Take every value not given now from the checkpoint at `path`; refuse a flag given now that would change its recipe."
     state = read_checkpoint(path)
     saved = saved_values(state)
     for _, f, flag in flag_fields():
-        if f.name not in saved or flag.on_resume == 'apply' or values[f.name] == saved[f.name]: continue
+        if f.name not in saved or flag.on_resume == 'job' or values[f.name] == saved[f.name]: continue
         if sources[f.name] == 'flag':
+            if flag.on_resume == 'apply': continue  # given again: it takes effect
             raise ValueError(f"{flag_names(f, flag)[0]} {_shown(values[f.name])} differs from the checkpoint's {_shown(saved[f.name])}: "
                              f"a resumed run keeps its recipe; drop the flag, or start a new run in another --output")
         values[f.name], sources[f.name] = saved[f.name], 'checkpoint'
@@ -302,17 +351,27 @@ def run_worker(cfg:RunConfig) -> dict:
         place = resolve_placement(cfg.device, cfg.device_list)
         if place.world_size > 1: dist.init_process_group(dist_backend(place.device.type))
         return (evaluate if cfg.train.evaluate else train)(cfg, place)
-    except (DataError, CheckpointError, TrainingDiverged, DeviceUnavailable, ValueError) as e:
+    except (DataError, CheckpointError, TrainingDiverged, RunFailed, DeviceUnavailable, ValueError) as e:
         rank = f"[rank {place.rank}] " if place and place.world_size > 1 else ''
         print(f"resnext_nb: error: {rank}{e}", file=sys.stderr, flush=True)
         raise UserError(1) from None
     finally:
         if is_distributed(): dist.destroy_process_group()
 
+def die_with_parent(sig:int=signal.SIGTERM):
+    "Ask Linux to send `sig` to this process when its parent (the launcher) dies, so that no rank outlives it."
+    if sys.platform.startswith('linux'):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1: PR_SET_PDEATHSIG
+
 @record
 def elastic_worker(cfg:RunConfig) -> dict:
-    "The entry point torch elastic runs in each process."
-    return run_worker(cfg)
+    "The entry point torch elastic runs in each process; a rank stopped by a signal exits with its code once saved."
+    die_with_parent()
+    summary = run_worker(cfg)
+    if summary.get('stopped_by'):  # torch elastic, stopping too, never collects a result: waiting for it would hang
+        raise SystemExit(128 + signal.Signals[summary['stopped_by']])  # `record` passes it on; the process ends cleanly
+    return summary
 
 # %% ../nbs/04_launch.ipynb #2a1bf619
 def check_port_free(addr:str, port:int):
@@ -323,16 +382,22 @@ def check_port_free(addr:str, port:int):
             raise ValueError(f"--port {port} is already in use on this machine (another job?): choose a free port with --port") from None
 
 # %% ../nbs/04_launch.ipynb #7fa41a2d
+FORWARDED_SIGNALS = (*STOP_SIGNALS, 'SIGQUIT')  # what the launcher takes and passes on to every rank
+SHUTDOWN_TIMEOUT = 120  # seconds the ranks get to save after a forwarded signal, before SIGKILL
+
 def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int) -> LaunchConfig:
-    "A torch elastic `LaunchConfig` for a static rendezvous at `addr:port`."
+    "A torch elastic `LaunchConfig` for a static rendezvous at `addr:port`, forwarding `FORWARDED_SIGNALS`."
+    newer = dict(signals_to_handle=','.join(FORWARDED_SIGNALS), shutdown_timeout=SHUTDOWN_TIMEOUT)  # torch >= 2.9
+    known = {f.name for f in fields(LaunchConfig)}
     return LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=f'resnext_nb-{port}',
                         rdzv_backend='static', rdzv_endpoint=f'{addr}:{port}', rdzv_configs={'rank': node_rank, 'timeout': 900},
-                        max_restarts=0, monitor_interval=0.5, start_method='spawn')
+                        max_restarts=0, monitor_interval=0.5, start_method='spawn', **{k: v for k, v in newer.items() if k in known})
 
 # %% ../nbs/04_launch.ipynb #124b6e57
-def check_device_count(device_type:str, nproc:int, device_list:list[int]|None, available:int):
+def check_device_count(device_type:str, nproc:int, device_list:list[int]|None, available:int, env=os.environ):
     "Raise a clear error when this node cannot give `nproc` processes a device each."
-    need = max(device_list[:nproc]) + 1 if device_list else nproc  # only the first nproc entries are used
+    visible = [i if device_type == 'cpu' else visible_device_index(device_type, i, env) for i in (device_list or [])[:nproc]]
+    need = max(visible) + 1 if visible else nproc  # physical ids become torch's indices under *_VISIBLE_DEVICES
     if nproc > available or need > available:
         unit = 'CPU cores' if device_type == 'cpu' else f'{device_type} devices'
         raise ValueError(f"this run asks for {nproc} processes (devices up to id {need - 1}) but this machine has {available} {unit}: "
@@ -346,6 +411,12 @@ def worker_environment(device_type:str, nproc:int) -> dict[str, str]:
     return env
 
 # %% ../nbs/04_launch.ipynb #e78ad2b4
+def stopped_by_signal(e:ChildFailedError) -> str|None:
+    "The stop signal every failed rank exited with (as 128 + its number, having saved), or None for a real failure."
+    codes = {f.exitcode for f in e.failures.values()}
+    stops = {128 + getattr(signal, n): n for n in STOP_SIGNALS if hasattr(signal, n)}
+    return stops[codes.pop()] if len(codes) == 1 and codes <= stops.keys() else None
+
 def describe_failure(e:ChildFailedError) -> str:
     "One line per failed rank: its rank, exit code and recorded error message."
     lines = []
@@ -368,10 +439,10 @@ def launch_processes(
     check_device_count(device_type, job.nproc, cfg.device_list, available_devices(device_type))
     if job.node_rank == 0: check_port_free(job.addr, job.port)
     for k, v in worker_environment(device_type, job.nproc).items(): os.environ.setdefault(k, v)
-    os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1')  # forwarded to the workers
-    os.environ.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', '120')  # seconds the workers get to save before SIGKILL
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith('torch.distributed.elastic')]:
-        logging.getLogger(name).setLevel(logging.ERROR)  # each sets its own level; failures are reported by `describe_failure`
+    os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', ','.join(FORWARDED_SIGNALS))  # older torch reads these two
+    os.environ.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', str(SHUTDOWN_TIMEOUT))
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith(('torch.distributed.elastic', 'torch.multiprocessing'))]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # each sets its own level; `describe_failure` reports failures, in one line
     results = elastic_launch(launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port), elastic_worker)(cfg)
     return results.get(0, {}) if job.node_rank == 0 else {}
 
@@ -408,6 +479,8 @@ def prepare_output(
             raise ValueError(f"--output {folder} already holds a run (checkpoint.pth.tar): continue it with --resume auto, "
                              f"replace it with --overwrite, or choose another --output")
         for name in RUN_FILES: (folder / name).unlink(missing_ok=True)
+    elif not (folder / 'checkpoint.pth.tar').exists() and not cfg.train.evaluate:  # logs of a run that never saved: it starts again
+        for name in RUN_FILES: (folder / name).unlink(missing_ok=True)
     for tmp in folder.glob('.*.tmp'): tmp.unlink(missing_ok=True)  # a save killed midway; the lock says no save runs now
     return lock
 
@@ -430,6 +503,32 @@ def write_summary(fields:dict, output:str|Path) -> Path:
     path.write_text(''.join(f"{k} = {v}\n" for k, v in fields.items()))
     return path
 
+# %% ../nbs/04_launch.ipynb #1d67393e
+SUMMARY_UNITS = {'BatchSize': 'images per step, all devices', 'ActualFPS': 'images/s, all devices, FPS@all',
+                 'TrainingTime': 'ms per step: BatchSize / ActualFPS', 'TrainAccuracy': '% best validation Acc@1',
+                 'ActualLoss': "the last epoch's training loss", 'E2ETrainingTime': 's, the whole job'}
+
+def summary_lines(fields:dict) -> list[str]:
+    "The summary's `Key = value` lines as printed, each number with its unit."
+    return [f"   {k} = {v}" + (f" ({SUMMARY_UNITS[k]})" if k in SUMMARY_UNITS else '') for k, v in fields.items()]
+
+# %% ../nbs/04_launch.ipynb #14b2f2e9
+def next_steps(
+    cfg:RunConfig, # the finished run
+) -> list[str]:
+    "Where a finished run's files are, and the commands that go on from it."
+    out = Path(cfg.train.output); best = out / 'model_best.pth.tar'
+    data = f" --data_path {cfg.data.data_path}" if cfg.data.data_path else ''
+    model = f" --arch {cfg.train.arch} --image-size {cfg.data.image_size}"
+    images = Path(cfg.data.data_path or builtin_dataset_path()) / 'val'
+    commands = {f"python -m resnext_nb.predict {best} {images}": 'the top-5 classes of images or folders',
+                f"python -m resnext_nb.launch --evaluate --resume {best}{model}{data}": 'score it on the validation set',
+                f"python -m resnext_nb.launch --resume auto --output {out}{data} --epochs N": 'train on, to N epochs',
+                f"python -m resnext_nb.export {best} --format onnx": 'ONNX, checked against PyTorch'}
+    width = max(map(len, commands))
+    return [f"=> plots: {out / 'loss.png'}, accuracy.png, lr.png; reports: {', '.join(REPORT_FILES)}; "
+            f"logs: train.log, metrics.jsonl", "=> next:", *(f"   {c:<{width}}  # {why}" for c, why in commands.items())]
+
 # %% ../nbs/04_launch.ipynb #80b6df5c
 def _start(cfg:RunConfig, job:JobConfig) -> dict:
     "Run the job the way the environment and the flags ask: torchrun/SLURM, in-process, or torch elastic."
@@ -437,6 +536,14 @@ def _start(cfg:RunConfig, job:JobConfig) -> dict:
     if launcher == 'slurm': os.environ.update(slurm_environment(os.environ, job.addr, job.port))
     if launcher or (job.nproc == 1 and job.nnodes == 1): return run_worker(cfg)
     return launch_processes(cfg, job)
+
+def finished_line(cfg:RunConfig) -> str|None:
+    "For a resume whose checkpoint already ends the run (all `epochs` trained): the one line to say so, else None."
+    if not cfg.train.resume or cfg.train.evaluate: return None
+    state = read_checkpoint(cfg.train.resume)
+    if state.get('sampler', {}).get('start_batch', 0) or state.get('epoch', 0) < cfg.train.epochs: return None
+    return (f"resnext_nb: {cfg.train.resume} has finished its {state['epoch']} epochs (step {state.get('step')}); nothing to "
+            f"do, and its summary and reports stay as they are: pass --epochs N (more than {state['epoch']}) to train on")
 
 def stopped_line(name:str, output:str) -> str:
     "The one line a job stopped by signal `name` ends with: what was saved, and how to continue."
@@ -452,10 +559,12 @@ def _leads() -> bool:
 def run_job(cfg:RunConfig, job:JobConfig, start:float) -> int:
     "Run the resolved job; returns the exit code, with every failure as a short message."
     try: summary = _start(cfg, job)
-    except ChildFailedError as e: print(describe_failure(e), file=sys.stderr); return 1
+    except ChildFailedError as e:
+        if name := stopped_by_signal(e): print(stopped_line(name, cfg.train.output), file=sys.stderr); return 128 + signal.Signals[name]
+        print(describe_failure(e), file=sys.stderr); return 1
     except SignalException as e: print(stopped_line(e.sigval.name, cfg.train.output), file=sys.stderr); return 128 + e.sigval
     except ValueError as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 2
-    except DeviceUnavailable as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 1
+    except (DeviceUnavailable, torch.OutOfMemoryError) as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 1
     except UserError as e: return int(e.code)
     except KeyboardInterrupt: print("resnext_nb: interrupted", file=sys.stderr); return 130
     if summary.get('stopped_by'):
@@ -464,7 +573,7 @@ def run_job(cfg:RunConfig, job:JobConfig, start:float) -> int:
     if summary:  # rank 0 alone returns one
         fields_ = summary_fields(summary, cfg, job.world_size, resolve_device_type(cfg.device), job.case_name, time.time() - start)
         path = write_summary(fields_, cfg.train.output)
-        print(f"=> summary {path}:\n" + ''.join(f"   {k} = {v}\n" for k, v in fields_.items()), end='', flush=True)
+        print('\n'.join([f"=> summary {path}:", *summary_lines(fields_), *([] if cfg.train.evaluate else next_steps(cfg))]), flush=True)
     return 0
 
 def main(
@@ -476,12 +585,16 @@ def main(
     try:
         cfg, job = config_from_args(args)
         if job.print_config: print(format_config(cfg, job)); return 0
+        if done := finished_line(cfg): print(done); return 0
         check_data_path(cfg.data.data_path)
         lock = prepare_output(cfg, job) if _leads() and job.node_rank == 0 else None
     except (ValueError, CheckpointError) as e: parser.error(str(e))
+    except OSError as e:  # a path the system refuses, such as a name over 255 bytes (ENAMETOOLONG)
+        parser.error(f"cannot use {e.filename}: {e.strerror}" + (": each part of a path is at most 255 bytes"
+                                                                 if e.errno == errno.ENAMETOOLONG else ''))
     if job.preset == 'quickstart':
         print(f"=> no --data_path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the built-in dataset "
-              f"(pass --data_path DIR for ImageNet; see --help)", flush=True)
+              f"(pass --data-path DIR for ImageNet; see --help)", flush=True)
     try: return run_job(cfg, job, start)
     finally:
         if lock: lock.close()  # the lock is held for the whole job

@@ -6,7 +6,8 @@ Docs: https://resnext-nb.github.io/resnext_nb/loaders.html.md"""
 
 # %% ../nbs/02b_loaders.ipynb #b81685bf
 from __future__ import annotations
-import math
+import math, re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,9 +22,10 @@ from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, BadSample, CifarSource
 from .shapes import builtin_dataset_path
 
 # %% auto #0
-__all__ = ['JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'EncodedImages', 'pack_bytes', 'unpack_bytes', 'EncodedBatch',
-           'collate_encoded', 'decode_jpegs', 'sample_crop_boxes', 'fallback_box', 'ks_statistic', 'center_crop_boxes',
-           'resized_crops', 'GpuLoader', 'resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders',
+__all__ = ['NVJPEG_STATUS_ALLOCATOR_FAILURE', 'JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'EncodedImages', 'pack_bytes',
+           'unpack_bytes', 'EncodedBatch', 'collate_encoded', 'decoder_out_of_memory', 'decode_jpegs',
+           'sample_crop_boxes', 'fallback_box', 'ks_statistic', 'center_crop_boxes', 'resized_crops', 'GpuLoader',
+           'drain_side_stream', 'resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders',
            'check_data_config', 'check_train_size', 'synthetic_loaders', 'build_loaders', 'show_batch']
 
 # %% ../nbs/02b_loaders.ipynb #25f24908
@@ -112,6 +114,17 @@ def collate_encoded(
                         {k: p for k, (p, *_) in enumerate(good) if isinstance(p, torch.Tensor)},
                         [it for it in items if isinstance(it, BadSample)])
 
+# %% ../nbs/02b_loaders.ipynb #92950a6e
+NVJPEG_STATUS_ALLOCATOR_FAILURE = 5  # nvjpeg.h: nvJPEG could not allocate its own device or pinned buffers
+
+def decoder_out_of_memory(
+    e:Exception, # what `torchvision.io.decode_jpeg` raised
+) -> bool:
+    "Whether a decoder error means the device ran out of memory, rather than that nvjpeg refuses a JPEG."
+    msg = str(e)
+    return (isinstance(e, torch.OutOfMemoryError) or 'out of memory' in msg.lower()
+            or re.search(rf'Failed to [a-z ]+: {NVJPEG_STATUS_ALLOCATOR_FAILURE}\b', msg) is not None)
+
 # %% ../nbs/02b_loaders.ipynb #c585e46b
 def decode_jpegs(
     datas:list[torch.Tensor], # each JPEG's bytes, as 1-D `uint8` CPU tensors
@@ -120,16 +133,17 @@ def decode_jpegs(
     "Decode JPEGs to `uint8` RGB (3, H, W) on `device`, batched; `None` for each image the decoder refuses."
     import warnings
     from torchvision.io import ImageReadMode, decode_jpeg
+    def decode(data):
+        try: return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as e:
+            if not decoder_out_of_memory(e): return None
+            fix = 'lower --batch-size, or decode with Pillow (--data-backend pil)'
+            msg = f"{device} ran out of memory decoding a batch of {len(datas)} JPEGs: {fix}"
+            raise torch.OutOfMemoryError(msg) from e
     if not datas: return []
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)  # torchvision 0.29 points to TorchCodec; its decoders still work
-        try: return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError: pass
-        out = []
-        for d in datas:
-            try: out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError: out.append(None)
-        return out
+        return decode(datas) or [decode(d) for d in datas]  # nvjpeg fails a whole batch for one bad image
 
 # %% ../nbs/02b_loaders.ipynb #b671e2dc
 def sample_crop_boxes(
@@ -223,10 +237,19 @@ class GpuLoader(Loader):
         self.bad_images:list[str] = []
         self.cpu_decoded:list[str] = []  # images Pillow decoded this pass (greyscale, CMYK, refused by nvjpeg)
         self.batches_done, self.side = batches.batches_done, SideStream(device)
+        self.decoder:ThreadPoolExecutor|None = None  # the current pass's decode thread
         self.dataloader = DataLoader(EncodedImages(source), batch_sampler=batches, collate_fn=collate_encoded, num_workers=cfg.workers,
                                      persistent_workers=cfg.persistent_workers and cfg.workers > 0,
                                      prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
                                      generator=seeded_generator(cfg.seed), worker_init_fn=ignore_stop_signals)
+
+# %% ../nbs/02b_loaders.ipynb #2bfc6ed5
+def drain_side_stream(
+    side:SideStream, # the stream whose queued work must finish
+):
+    "Block the calling thread until everything queued on `side` so far has run (a no-op on the CPU)."
+    marker = side.record()
+    if marker is not None: marker.synchronize()
 
 # %% ../nbs/02b_loaders.ipynb #bb767940
 @patch
@@ -234,6 +257,7 @@ def _decode(self:GpuLoader, batch:EncodedBatch) -> tuple[list[torch.Tensor], lis
     "The batch's images on the device, the positions they came from, and the images that could not be read."
     views = unpack_bytes(batch.data, batch.offsets)
     on_device = [k for k in range(len(views)) if k not in batch.decoded]
+    drain_side_stream(self.side)  # nvjpeg writes at once, maybe into blocks queued crops still read (above)
     images = dict(zip(on_device, decode_jpegs([views[k] for k in on_device], self.device)))
     images.update({k: im.to(self.device, non_blocking=True) for k, im in batch.decoded.items()})
     self.cpu_decoded += [self.source.samples[int(batch.indices[k])][0] for k in batch.decoded]
@@ -259,6 +283,13 @@ def _prepare(self:GpuLoader, batch:EncodedBatch):
         labels = batch.labels[keep].to(self.device, non_blocking=True)
     return x, labels, self.side.record(), bad
 
+# %% ../nbs/02b_loaders.ipynb #6d7c8ab7
+@patch
+def _prepare_next(self:GpuLoader, batches) -> tuple|None:
+    "Take the next batch from `batches` (the pass's `DataLoader` iterator) and prepare it; None at the end."
+    batch = next(batches, None)
+    return None if batch is None else self._prepare(batch)
+
 # %% ../nbs/02b_loaders.ipynb #004c4d46
 @patch
 def _hand_over(self:GpuLoader, prepared) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,17 +300,29 @@ def _hand_over(self:GpuLoader, prepared) -> tuple[torch.Tensor, torch.Tensor]:
     self.batches_done += 1
     return x, labels
 
+# %% ../nbs/02b_loaders.ipynb #e3e6d257
 @patch
 def __iter__(self:GpuLoader):
     "Yield `(images, labels)` on the device from the current position to the end of the epoch, one batch ahead."
     self.bad_images, self.cpu_decoded, self.batches_done = [], [], self.batches.batches_done
-    ahead = None
-    for batch in self.dataloader:
-        ready, ahead = ahead, self._prepare(batch)
-        if ready is not None: yield self._hand_over(ready)
-    if ahead is not None: yield self._hand_over(ahead)
+    self.pass_iter = batches = iter(self.dataloader)  # kept for `close`
+    self.decoder = decoder = ThreadPoolExecutor(1, thread_name_prefix=f'{self.name}-decode')
+    try:
+        ahead = decoder.submit(self._prepare_next, batches)
+        while (ready := ahead.result()) is not None:  # what the thread raised is raised here, unchanged
+            ahead = decoder.submit(self._prepare_next, batches)  # batch k + 1 decodes while batch k trains
+            yield self._hand_over(ready)
+    finally: decoder.shutdown(cancel_futures=True)  # after the batch in hand: no thread outlives its pass
     if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
     if self.cpu_decoded: log.info(f"{self.name}: {len(self.cpu_decoded)} images decoded on the CPU (greyscale, CMYK or refused by nvjpeg)")
+
+# %% ../nbs/02b_loaders.ipynb #f6ea7104
+@patch
+def close(self:GpuLoader):
+    "End the pass's decode thread (after the batch in hand), then its loader processes (`Loader.close`)."
+    if self.decoder is not None: self.decoder.shutdown(cancel_futures=True)
+    self.decoder = None
+    Loader.close(self)
 
 # %% ../nbs/02b_loaders.ipynb #e2580e02
 def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|None]:
@@ -332,6 +375,13 @@ class Loaders:
     kind:str='' # 'imagefolder', 'cifar10', 'builtin' or 'synthetic'
     root:Path|None=None # the folder the images come from
     backend:str='pil' # 'pil' or 'gpu': where the images are decoded and cropped
+
+# %% ../nbs/02b_loaders.ipynb #b6e6591a
+@patch
+def close(self:Loaders):
+    "End the processes of both loaders, so that none outlives the run (see `Loader.close`)."
+    for loader in (self.train, self.val):
+        if loader is not None: loader.close()
 
 # %% ../nbs/02b_loaders.ipynb #7f7bdda9
 def check_data_config(cfg:DataConfig, rank:int, world_size:int):

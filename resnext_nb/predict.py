@@ -6,15 +6,15 @@ Docs: https://resnext-nb.github.io/resnext_nb/predict.html.md"""
 
 # %% ../nbs/07_predict.ipynb #270e42b2
 from __future__ import annotations
-import csv, json, sys
+import csv, io, json, sys
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
 from .device import DEVICE_TYPES, AmpConfig, Precision, get_device, opt, positive, non_negative, resolve_precision, to_memory_format
 from .model import create_model, load_weights
-from .data import IMG_EXTENSIONS, DataError, crop_sizes, normalize, read_image, val_transform
-from .checkpoints import CheckpointError, first_line, read_checkpoint
+from .data import IMG_EXTENSIONS, DataError, crop_sizes, normalize, printable, read_image, val_transform
+from .checkpoints import CheckpointError, atomic_write, first_line, read_checkpoint
 from .launch import build_parser, field_checks, parse_config
 
 # %% auto #0
@@ -43,9 +43,10 @@ def checkpoint_image_size(state:dict) -> tuple[int, int]:
 def load_predictor(
     checkpoint:str|Path, # a checkpoint written by training
     device:str|torch.device='auto', # `--device`, or a device
+    state:dict|None=None, # its contents, when the caller has read them already (None: read `checkpoint`)
 ) -> Predictor:
     "Build the checkpoint's model, load its weights and move it to `device` in eval mode."
-    state = read_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint) if state is None else state
     if not isinstance(state.get('arch'), str) or not isinstance(state.get('classes'), list):
         raise CheckpointError(f"checkpoint {checkpoint} does not record its arch and class names: pass a checkpoint written by resnext_nb's training")
     device = device if isinstance(device, torch.device) else get_device(device)
@@ -57,7 +58,9 @@ def load_predictor(
     return Predictor(model, list(state['classes']), *checkpoint_image_size(state), device, precision, state['arch'])
 
 # %% ../nbs/07_predict.ipynb #84206805
-def is_image(path:Path) -> bool: return path.suffix.lower() in IMG_EXTENSIONS
+def is_image(path:Path) -> bool:
+    "Whether `path`'s extension is an image's (`IMG_EXTENSIONS`, any case)."
+    return path.suffix.lower() in IMG_EXTENSIONS
 
 def find_images(
     paths:list[str|Path], # images, folders and list files
@@ -114,7 +117,7 @@ def predict(
                      'pred': [pr.classes[j] for j in ix.tolist()], 'prob': [round(q, 6) for q in pb.tolist()]}
                     for p, pb, ix in zip(good, probs, idx)]
     if report is not None:
-        for line in problems: print(line, file=report)
+        for line in problems: print(printable(line), file=report)
     return records
 
 # %% ../nbs/07_predict.ipynb #59b5bbce
@@ -125,14 +128,16 @@ def flat_record(r:dict) -> dict:
     return row
 
 def write_predictions(records:list[dict], path:str|Path) -> Path:
-    "Write records as CSV (`.csv`) or JSON lines (`.jsonl`, `.json`), by the file's extension."
+    """Write records as CSV (`.csv`) or JSON lines (`.jsonl`, `.json`), by the file's extension, all at once (`atomic_write`).
+    A file name that is not UTF-8 keeps its bytes in the CSV, and its escapes (`\\udcff`) in JSON, so it names the same file."""
     path = Path(path)
     if path.suffix.lower() not in ('.csv', '.jsonl', '.json'): raise ValueError(f"--out {path}: use a .csv or .jsonl file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w', newline='') as f:
-        if path.suffix.lower() != '.csv': f.writelines(json.dumps(r) + '\n' for r in records); return path
+    text = io.StringIO(newline='')
+    if path.suffix.lower() != '.csv': text.writelines(json.dumps(r) + '\n' for r in records)
+    else:
         rows = [flat_record(r) for r in records]
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ['path', 'true']); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ['path', 'true']); w.writeheader(); w.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode('utf-8', 'surrogateescape')))
     return path
 
 # %% ../nbs/07_predict.ipynb #89295707
@@ -140,7 +145,7 @@ def format_predictions(records:list[dict], n:int=10) -> str:
     "A short table of the first `n` records: the file, its true class, and the top classes with probabilities."
     lines = [f"{'image':<32} {'true':<12} top classes"]
     for r in records[:n]:
-        name = r['path'] if len(r['path']) <= 32 else '...' + r['path'][-29:]
+        name = printable(r['path']) if len(printable(r['path'])) <= 32 else '...' + printable(r['path'])[-29:]
         lines.append(f"{name:<32} {r['true'] or '-':<12} " + '  '.join(f"{c} {p:.3f}" for c, p in zip(r['pred'][:3], r['prob'][:3])))
     if len(records) > n: lines.append(f"... and {len(records) - n} more")
     return '\n'.join(lines)
@@ -193,7 +198,7 @@ def main(
         records = predict(given['checkpoint'], given['paths'], cfg.topk, cfg.device, cfg.batch_size)
         if cfg.out: write_predictions(records, cfg.out)
     except (ValueError, CheckpointError, RuntimeError) as e:
-        print(f"resnext_nb.predict: error: {e}", file=sys.stderr); return 2
+        print(printable(f"resnext_nb.predict: error: {e}"), file=sys.stderr); return 2
     if not records: print("resnext_nb.predict: error: no readable images in the paths given", file=sys.stderr); return 1
     print(format_predictions(records, cfg.show) + (f"\nwrote {len(records)} predictions to {cfg.out}" if cfg.out else ''))
     return 0

@@ -70,12 +70,20 @@ def describe_recipe(name:str, values:dict) -> str:
 # %% ../nbs/02d_recipes.ipynb #ff698085
 OPTIMIZERS = ('sgd', 'sgd-nesterov', 'adamw', 'rmsprop')
 
-def param_groups(model:nn.Module, weight_decay:float, no_bn_weight_decay:bool=False) -> list[dict]:
-    "Parameter groups; with `no_bn_weight_decay`, 1-D parameters (norms, biases) get no decay."
+def param_groups(
+    model:nn.Module, # its trainable parameters are grouped
+    weight_decay:float, # the decay of the decayed group(s)
+    no_bn_weight_decay:bool=False, # 1-D parameters (norms, biases) get no decay
+    split_head:bool=False, # the head (`fc`) and the body in groups of their own, the body's marked `body: True`
+) -> list[dict]:
+    "Parameter groups by weight decay and, for fine-tuning, by head and body."
+    head = {id(p) for p in unwrap_model(model).fc.parameters()} if split_head else set()
     params = [p for p in model.parameters() if p.requires_grad]
-    if not no_bn_weight_decay: return [{'params': params, 'weight_decay': weight_decay}]
-    return [{'params': [p for p in params if p.ndim > 1], 'weight_decay': weight_decay},
-            {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.0}]
+    decays = [(lambda p: p.ndim > 1, weight_decay), (lambda p: p.ndim <= 1, 0.0)] if no_bn_weight_decay else [(lambda p: True, weight_decay)]
+    parts = [(lambda p: id(p) not in head, True), (lambda p: id(p) in head, False)] if split_head else [(lambda p: True, False)]
+    groups = [{'params': [p for p in params if keep(p) and part(p)], 'weight_decay': wd, **({'body': body} if split_head else {})}
+              for part, body in parts for keep, wd in decays]
+    return [g for g in groups if g['params']]
 
 def make_optimizer(
     model:nn.Module, # its trainable parameters are optimised
@@ -83,7 +91,8 @@ def make_optimizer(
     opt_class:type=torch.optim.SGD, # SGD, or a drop-in such as torch_npu's fused SGD (`sgd_class` in the device chapter)
 ) -> torch.optim.Optimizer:
     "The optimiser `cfg.optimizer` names: SGD with momentum (the Ascend recipe), Nesterov SGD, AdamW or RMSprop."
-    groups, name = param_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay), cfg.optimizer
+    groups = param_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay, split_head=getattr(cfg, 'freeze_epochs', 0) > 0)
+    name = cfg.optimizer
     if name == 'sgd': return opt_class(groups, lr=cfg.lr, momentum=cfg.momentum)
     if name == 'sgd-nesterov': return opt_class(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if name == 'adamw': return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #36ddb126
 from __future__ import annotations
-import json, math, signal, sys, threading, time, warnings
+import json, math, os, signal, sys, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,7 +22,7 @@ from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, Np
                                positive, resolve_placement, resolve_precision, rng_state, seed_everything, set_rng_state,
                                synchronize, to_memory_format)
 from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
-from .data import STOP_SIGNALS, DataConfig, normalize
+from .data import STOP_SIGNALS, DataConfig, DataError, normalize
 from .loaders import build_loaders
 from .recipes import (OPTIMIZERS, RECIPES, BatchMixer, batch_seed, describe_recipe, ema_decay, make_optimizer, model_ema,
                                 param_groups, recipe_values, run_notes)
@@ -32,18 +32,19 @@ from .interpret import REPORT_FILES, Interpretation, write_report
 
 # %% auto #0
 __all__ = ['LR_SCHEDULES', 'RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'lr_factor', 'make_scheduler',
-           'CancelFitException', 'Callback', 'StopRequest', 'stop_on_signals', 'Learner', 'clear_body_grads',
-           'freeze_batchnorm', 'TrainingDiverged', 'score', 'LogCB', 'CheckpointCB', 'ProgressCB', 'plot_history',
-           'LivePlotCB', 'PlotsCB', 'InterpretCB', 'default_callbacks', 'build_model', 'build_learner', 'train',
-           'evaluate']
+           'CancelFitException', 'Callback', 'StopRequest', 'stop_on_signals', 'Learner', 'zero_grads', 'hold_body',
+           'freeze_batchnorm', 'TrainingDiverged', 'held_sigchld', 'RunFailed', 'data_failure', 'score', 'console_line',
+           'LogCB', 'CheckpointCB', 'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB',
+           'default_callbacks', 'build_model', 'build_learner', 'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
 LR_SCHEDULES = ('cosine', 'step')
 RUN_FILES = ('checkpoint.pth.tar', 'model_best.pth.tar', 'train.log', 'metrics.jsonl', 'loss.png', 'accuracy.png', 'lr.png', *REPORT_FILES)  # what a run writes
 
 def default_output(arch:str) -> str:
-    "The run folder when `--output` is not given: `output/<arch>-<date>-<time>`."
-    return f"output/{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    "The run folder when `--output` is not given: `output/<arch>-<date>-<time>`, with `-2`, `-3`... if that is taken."
+    base = f"output/{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return next(f"{base}-{k}" if k > 1 else base for k in range(1, 10_000) if not Path(f"{base}-{k}" if k > 1 else base).exists())
 
 @dataclass
 class TrainConfig:
@@ -54,8 +55,8 @@ class TrainConfig:
     momentum:float=opt(0.9, check=non_negative, ascend=True, help='SGD momentum')
     weight_decay:float=opt(1e-4, '--wd', '--weight-decay', check=non_negative, help='weight decay')
     no_bn_weight_decay:bool=opt(False, '--no-bn-wd', help='no weight decay on norm and bias parameters')
-    schedule:str=opt('cosine', '--lr-schedule', choices=LR_SCHEDULES, help='per-epoch cosine (the Ascend recipe) or ÷10 every `step_size` epochs')
-    step_size:int=30 # epochs between the ÷10 drops of the 'step' schedule
+    schedule:str=opt('cosine', '--lr-schedule', choices=LR_SCHEDULES, help='per-epoch cosine (the Ascend recipe) or ÷10 every --lr-step-size epochs')
+    step_size:int=opt(30, '--lr-step-size', check=positive, help="epochs between the ÷10 drops of --lr-schedule step")
     warmup_epochs:float=opt(0.0, check=non_negative, help='linear warmup, per optimiser update, from 0 to --lr')
     label_smoothing:float=opt(0.0, check=non_negative, help='label smoothing (off in the Ascend recipe)')
     recipe:str=opt('ascend', choices=tuple(RECIPES), help="where the flags not given take their values: the Ascend recipe, the built-in dataset's quick one, or torchvision's IMAGENET1K_V2 (see the recipes chapter)")
@@ -75,12 +76,12 @@ class TrainConfig:
     freeze_bn:bool=opt(False, help='keep batch-norm statistics frozen (eval mode) while training')
     print_freq:int=opt(10, '--print-freq', '-p', on_resume='apply', check=positive, ascend=True, help='steps between log lines')
     checkpoint_every:int=opt(0, on_resume='apply', check=non_negative, help='also checkpoint every N steps (0: once per epoch)')
-    max_steps:int=opt(0, on_resume='apply', check=non_negative, help='stop after N training steps in all (0: no budget)')
+    max_steps:int=opt(0, on_resume='job', check=non_negative, help='stop after N training steps in all, in this job (0: no budget)')
     max_overflow_steps:int=50 # stop when this many fp16 steps in a row overflow
-    output:str|None=opt(None, on_resume='apply', metavar='DIR', help='run folder for checkpoints, logs and plots (none: output/<arch>-<date>-<time>)')
+    output:str|None=opt(None, on_resume='job', metavar='DIR', help='run folder for checkpoints, logs and plots (none: output/<arch>-<date>-<time>)')
     seed:int|None=opt(None, ascend=True, help='seed every RNG (the 8-device recipe uses 49)')
-    resume:str|None=opt(None, on_resume='apply', metavar='PATH', help="checkpoint to resume from, mid-epoch included; 'auto': <output>/checkpoint.pth.tar if it exists, else start fresh")
-    evaluate:bool=opt(False, '--evaluate', '-e', on_resume='apply', ascend=True, help='score the --resume checkpoint on the validation set, train nothing')
+    resume:str|None=opt(None, on_resume='job', metavar='PATH', help="checkpoint to resume from, mid-epoch included; 'auto': <output>/checkpoint.pth.tar if it exists, else start fresh")
+    evaluate:bool=opt(False, '--evaluate', '-e', on_resume='job', ascend=True, help='score the --resume checkpoint on the validation set, train nothing')
     deterministic:bool=opt(False, on_resume='apply', help='deterministic kernels only')
     tensorboard:bool=opt(False, on_resume='apply', help='also log to TensorBoard in <output>/tb')
 
@@ -91,8 +92,8 @@ class RunConfig:
     data:DataConfig=field(default_factory=DataConfig)
     amp:AmpConfig=field(default_factory=AmpConfig)
     npu:NpuConfig=field(default_factory=NpuConfig)
-    device:str=opt('auto', on_resume='apply', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
-    device_list:list[int]|None=opt(None, on_resume='apply', parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
+    device:str=opt('auto', on_resume='job', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
+    device_list:list[int]|None=opt(None, on_resume='job', parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
 
 # %% ../nbs/03_train.ipynb #d66f8806
 def lr_factor(cfg:TrainConfig, step:int, steps_per_epoch:int) -> float:
@@ -113,7 +114,7 @@ class CancelFitException(Exception):
     "Raise from a callback to end `fit` early; `after_fit` still runs."
 
 class Callback:
-    "Base class for callbacks: define any of `before_fit`, `before_epoch`, `after_batch`, `after_train`, `after_epoch`, `after_fit`."
+    "Base class for callbacks: define any of `before_fit`, `before_epoch`, `after_batch`, `after_train`, `after_epoch`, `after_fit`, `after_failure`."
     order, learn = 0, None
 
 # %% ../nbs/03_train.ipynb #585af92e
@@ -145,6 +146,9 @@ class Learner:
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch, self.classes = len(loaders.train), list(getattr(loaders, 'classes', []))
         self.accum = cfg.grad_accum_steps  # batches per optimiser update; the schedule counts updates
+        if self.accum > self.steps_per_epoch:  # an epoch ends an update: it would hold fewer batches than the lr was scaled for
+            raise ValueError(f"--grad-accum-steps {self.accum} is more than the {self.steps_per_epoch} batches of an epoch, and an epoch "
+                             f"ends an update: use --grad-accum-steps {self.steps_per_epoch} or fewer, or a larger --batch-size")
         self.global_batch = loaders.train.batches.batch_size * get_world_size() * self.accum  # images per update
         self.opt = make_optimizer(model, cfg, opt_class)
         self.sched = make_scheduler(self.opt, cfg, math.ceil(self.steps_per_epoch / self.accum))
@@ -154,6 +158,8 @@ class Learner:
         self.epoch, self.batches_done, self.step, self.best_acc1, self.best_model = 0, 0, 0, 0.0, 'model'
         self.history, self.summary, self.stop, self.config, self.notes, self.recipe = [], {}, False, None, [], None
         self.stop_request, self.stopped_by, self.interp, self.ema_metrics = StopRequest(), None, None, None
+        self.log_sizes = {}  # bytes of each log file at the last record: a resume cuts them back to this
+        self.fit_start, self.time_before = None, 0.0  # when this `fit` began; seconds of training in the jobs before a resume
         self.train_sums, self.throughput, self.lr = MetricSums(device), Throughput(untimed), self.opt.param_groups[0]['lr']
         self.cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self.cbs: cb.learn = self
@@ -164,11 +170,23 @@ class Learner:
             if hasattr(cb, event): getattr(cb, event)()
 
 # %% ../nbs/03_train.ipynb #9c84fac4
-def clear_body_grads(model:nn.Module):
-    "Drop the gradient of every parameter outside the head (`fc`), so that the optimiser leaves them as they are."
-    head = {id(p) for p in unwrap_model(model).fc.parameters()}
-    for p in model.parameters():
-        if id(p) not in head: p.grad = None
+def zero_grads(opt:torch.optim.Optimizer):
+    "Zero the gradients in place, as every optimiser accepts (a fused one refuses `set_to_none=True`)."
+    opt.zero_grad(set_to_none=False)
+
+@contextmanager
+def hold_body(opt:torch.optim.Optimizer):
+    "Inside the block, the groups marked `body` step with zero gradients, no learning rate and no decay."
+    body = [g for g in opt.param_groups if g.get('body')]
+    kept = [(g['lr'], g['weight_decay']) for g in body]
+    for g in body:
+        g['lr'] = g['weight_decay'] = 0.0
+        for p in g['params']:
+            if p.grad is None: p.grad = torch.zeros_like(p)  # a fused optimiser must see it now, to train it later
+            else: p.grad.zero_()
+    try: yield
+    finally:
+        for g, (lr, wd) in zip(body, kept): g['lr'], g['weight_decay'] = lr, wd
 
 @patch(as_prop=True)
 def frozen(self:Learner) -> bool:
@@ -202,12 +220,12 @@ def train_step(self:Learner, images:torch.Tensor, labels:torch.Tensor):
 @patch
 def update(self:Learner):
     "Step the optimiser on the accumulated gradients (the head's only while frozen; clipped when asked), then the schedule and the EMA."
-    if self.frozen: clear_body_grads(self.model)
-    if self.cfg.clip_grad_norm:
-        self.scaler.unscale_(self.opt)
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-    self.scaler.step(self.opt)
-    self.opt.zero_grad(set_to_none=True)
+    with hold_body(self.opt) if self.frozen else nullcontext():
+        if self.cfg.clip_grad_norm:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.scaler.step(self.opt)
+    zero_grads(self.opt)
     self.sched.step()
     if self.ema is not None and self.sched.last_epoch % self.cfg.model_ema_steps == 0:
         if self.epoch + self.batches_done / self.steps_per_epoch <= self.cfg.warmup_epochs: self.ema.n_averaged.zero_()  # in warmup: copy the model
@@ -258,6 +276,26 @@ def record_step(self:Learner):
     self.history.append({'kind': 'step', 'epoch': self.epoch, 'step': self.step, 'lr': self.lr, 'loss': m['loss'],
                          'acc1': m['acc1'], 'acc5': m['acc5'], 'loss_scale': self.scaler.current_scale})
 
+# %% ../nbs/03_train.ipynb #5a7d41e0
+@contextmanager
+def held_sigchld():
+    "Hold back SIGCHLD's Python handler in the block, then run it: torch raises a dead loader's error after the block, not inside it."
+    if not hasattr(signal, 'SIGCHLD') or threading.current_thread() is not threading.main_thread(): yield; return
+    held = []
+    before = signal.signal(signal.SIGCHLD, lambda signum, frame: held.append(signum))
+    try: yield
+    finally: signal.signal(signal.SIGCHLD, before)
+    if held and callable(before): before(signal.SIGCHLD, None)  # torch's handler: it raises if a loader process died
+
+class RunFailed(RuntimeError):
+    "The run ended on a data failure; the message says what failed and which checkpoint continues the run."
+
+def data_failure(e:BaseException) -> str|None:
+    "What went wrong, in one line, when `e` comes from the data (an unreadable image, a dead loader process); else None."
+    if isinstance(e, DataError): return first_line(e)
+    if isinstance(e, RuntimeError) and 'DataLoader worker' in str(e):
+        return f"a loader process died ({first_line(e).strip()}): if the system ran out of memory, lower --workers or --batch-size"
+
 # %% ../nbs/03_train.ipynb #f60daf96
 @patch
 def train_epoch(self:Learner):
@@ -265,18 +303,19 @@ def train_epoch(self:Learner):
     self.model.train()
     if self.cfg.freeze_bn or self.frozen: freeze_batchnorm(self.model)
     if self.batches_done == 0: self.train_sums = MetricSums(self.device)
-    self.opt.zero_grad(set_to_none=True)
+    zero_grads(self.opt)
     self.loaders.train.set_epoch(self.epoch, self.batches_done)
     self.dl = self.loaders.train
     self.throughput.start_epoch()
     self.callback('before_epoch')
     for images, labels in self.dl:
-        self.train_step(images, labels)
-        self.throughput.after_step(self.device)
-        if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
-        if self.at_update: self.agree_to_stop()  # a stop waits for the update its batch belongs to
-        self.callback('after_batch')
-        if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update: self.stop = True
+        with held_sigchld():  # a loader's death is raised after the step and its records, never inside them
+            self.train_step(images, labels)
+            self.throughput.after_step(self.device)
+            if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
+            if self.at_update: self.agree_to_stop()  # a stop waits for the update its batch belongs to
+            self.callback('after_batch')
+            if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update: self.stop = True
         if self.stop: break
     self.throughput.end_epoch(self.device, self.xb.shape[0] * get_world_size())
     self.check_health()
@@ -326,22 +365,37 @@ def record_epoch(self:Learner):
                          'val_loss': v['loss'], 'val_acc1': v['acc1'], 'val_acc5': v['acc5'], 'val_count': v['count'],
                          **({'ema_val_loss': e['loss'], 'ema_val_acc1': e['acc1'], 'ema_val_acc5': e['acc5']} if e else {}),
                          'fps': self.throughput.epoch_fps, 'skipped_steps': self.scaler.skipped_steps,
+                         'skipped_images': self.skipped_images(),
                          'peak_memory_mb': peak_memory_bytes(self.device) / 2**20})
 
 # %% ../nbs/03_train.ipynb #0bc81024
+@patch
+def skipped_images(self:Learner) -> int:
+    "Unreadable images skipped (`--skip-bad-images`) by the loaders of every rank since they were built, train and val."
+    n = torch.tensor([sum(getattr(l, 'skipped_total', 0) for l in (self.loaders.train, self.loaders.val) if l is not None)])
+    if is_distributed(): dist.all_reduce(n := n.to(self.device))  # every rank calls this, at the same places
+    return int(n.item())
+
+@patch(as_prop=True)
+def train_time_s(self:Learner) -> float:
+    "Seconds spent in `fit` over the whole run: the jobs before a resume (from the checkpoint), and this one so far."
+    return self.time_before + (time.perf_counter() - self.fit_start if self.fit_start is not None else 0.0)
+
 @patch
 def record_summary(self:Learner):
     "The run's `summary`: the last epoch's record, the best Acc@1, `FPS@all`, the steps and the time."
     last = next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
     self.summary = {**{k: v for k, v in last.items() if k not in ('kind', 'fps')}, 'best_acc1': self.best_acc1,
-                    'fps': self.throughput.fps, 'steps': self.step, 'train_time_s': time.perf_counter() - self.fit_start,
+                    'fps': self.throughput.fps, 'steps': self.step, 'train_time_s': self.train_time_s,
+                    'skipped_images': self.skipped_images(),
                     'stopped_by': self.stopped_by, **({'best_model': self.best_model} if self.ema is not None else {})}
 
 # %% ../nbs/03_train.ipynb #d7801217
 @patch
 def resume_position(self:Learner) -> tuple[int, int]:
-    "(epoch, batches done in it) that a run resumed from a checkpoint written now would start at."
-    if self.batches_done >= self.steps_per_epoch: return self.epoch + 1, 0
+    "(epoch, batches done in it) that a run resumed from a checkpoint written now would start at; a trained epoch not yet validated resumes at its validation."
+    last = next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
+    if self.batches_done >= self.steps_per_epoch and last.get('epoch') == self.epoch: return self.epoch + 1, 0
     return self.epoch, self.batches_done
 
 @patch
@@ -351,7 +405,8 @@ def fit(self:Learner, epochs:int|None=None) -> dict:
     try:
         self.callback('before_fit')
         while self.epoch < self.n_epochs and not self.stop:
-            self.train_epoch()
+            if self.batches_done < self.steps_per_epoch: self.train_epoch()
+            else: self.check_health()  # trained, not validated: the run had failed in validation, and resumes there
             if self.stopped_by and self.batches_done < self.steps_per_epoch: break  # mid-epoch: saved in `after_batch`
             self.validate()
             self.record_epoch()
@@ -359,9 +414,25 @@ def fit(self:Learner, epochs:int|None=None) -> dict:
             self.epoch, self.batches_done = self.resume_position()
             if not self.stop: self.agree_to_stop(now=True)  # a signal during validation
     except CancelFitException: pass
+    except Exception as e:
+        if (what := data_failure(e)) is None: raise
+        self.callback('after_failure')  # `CheckpointCB` saves the steps done
+        raise RunFailed(f"{what}; {self.failure_saved()}") from None
+    finally: self.loaders.close()  # no loader process outlives `fit` (see `Loader.close`); the next `fit` starts new ones
     self.record_summary()
     self.callback('after_fit')
     return next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
+
+# %% ../nbs/03_train.ipynb #68a2ed7b
+@patch
+def failure_saved(self:Learner) -> str:
+    "What a run that failed at this step can continue from, and how: the second half of `RunFailed`'s line."
+    ckpt = Path(self.cfg.output or '.') / 'checkpoint.pth.tar'
+    try: saved = read_checkpoint(ckpt).get('step')
+    except CheckpointError: return "no checkpoint had been written yet: fix it, then start the run again"
+    fix = "fix it, then run the same command with --resume auto"
+    if saved == self.step: return f"{ckpt} (step {saved}) keeps every step done: {fix}"
+    return f"the steps since step {saved} are lost, and {ckpt} (step {saved}) continues the run: {fix}"
 
 # %% ../nbs/03_train.ipynb #70fc2a93
 @patch
@@ -373,8 +444,9 @@ def state_dict(self:Learner, weights:str='model') -> dict:
             'best_acc1': self.best_acc1, 'best_model': self.best_model, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
             'scheduler': self.sched.state_dict(), 'rng': rng_state(self.device),
             'sampler': {'epoch': epoch, 'start_batch': batches_done}, 'step': self.step,
-            'train_sums': self.train_sums.sums.cpu(), 'history': self.history, 'config': self.config, 'recipe': self.recipe,
-            'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size(),
+            'train_sums': self.train_sums.sums.cpu(), 'history': self.history, 'train_time_s': self.train_time_s,
+            'throughput': {'images': self.throughput.total_images, 'seconds': self.throughput.total_time}, 'config': self.config, 'recipe': self.recipe,
+            'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size(), 'log_sizes': self.log_sizes,
             **({'model_ema': self.ema.state_dict()} if self.ema is not None else {})}
 
 # %% ../nbs/03_train.ipynb #f6317524
@@ -394,9 +466,19 @@ def load_state_dict(self:Learner, state:dict):
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs): group['lr'] = base * lr_factor(self.cfg, self.step, self.steps_per_epoch)
     if 'rng' in state: set_rng_state(state['rng'], self.device)
     if 'train_sums' in state: self.train_sums.sums.copy_(state['train_sums'])
-    self.history = list(state.get('history', []))
+    if 'throughput' in state: self.throughput.total_images, self.throughput.total_time = state['throughput']['images'], state['throughput']['seconds']
+    self.time_before = state.get('train_time_s', 0.0)  # a resumed run's summary covers the whole run
+    self.history, self.log_sizes = list(state.get('history', [])), dict(state.get('log_sizes', {}))
     if self.ema is not None and 'model_ema' in state: self.ema.load_state_dict(state['model_ema'])
     self.best_model = state.get('best_model', 'model')
+
+# %% ../nbs/03_train.ipynb #4d857905
+def console_line(
+    line:str, # a log line
+    tty:bool|None=None, # whether stdout is a terminal (None: ask it)
+) -> str:
+    "`line` as printed to the console: on a terminal, it first erases the line a progress bar may be drawn on."
+    return '\r\x1b[K' + line if (sys.stdout.isatty() if tty is None else tty) else line
 
 # %% ../nbs/03_train.ipynb #a4959371
 class LogCB(Callback):
@@ -404,12 +486,19 @@ class LogCB(Callback):
     order = 20
     def __init__(self, echo:bool=True): self.echo = echo # also print to the console
     def before_fit(self):
-        self.out = Path(self.learn.cfg.output); self.out.mkdir(parents=True, exist_ok=True)
+        self.out, self.skipped, resumed = Path(self.learn.cfg.output), 0, bool(self.learn.log_sizes)
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, size in self.learn.log_sizes.items():  # what was logged after the checkpoint is logged again: cut it
+            if (self.out / name).is_file() and (self.out / name).stat().st_size > size: os.truncate(self.out / name, size)
         self.log_file, self.jsonl = open(self.out / 'train.log', 'a'), open(self.out / 'metrics.jsonl', 'a')
         self.tb = None
         if self.learn.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
             self.tb = SummaryWriter(self.out / 'tb')
+        if resumed:  # the log goes on as if never stopped; only the console says where it picks up
+            if self.echo: print(console_line(f"=> resumed at epoch {self.learn.epoch}, step {self.learn.step}: "
+                                             f"the logs in {self.out} go on from there"), flush=True)
+            return
         self.write(f"=> training {self.learn.cfg.arch} on {device_name(self.learn.device)} x {get_world_size()}, "
                    f"precision {self.learn.precision}, {self.learn.steps_per_epoch} steps per epoch")
         for line in self.learn.notes: self.write(line)
@@ -420,12 +509,14 @@ class LogCB(Callback):
     def write(self, line:str, record:dict|None=None):
         "One line to the log (and the console), and optionally one JSON record."
         print(line, file=self.log_file, flush=True)
-        if self.echo: print(line, flush=True)
+        if self.echo: print(console_line(line), flush=True)
         if record is not None: print(json.dumps(record), file=self.jsonl, flush=True)
+        self.learn.log_sizes = {'train.log': self.log_file.tell(), 'metrics.jsonl': self.jsonl.tell()}
 
 # %% ../nbs/03_train.ipynb #e46bb8bc
 @patch
 def after_batch(self:LogCB):
+    "Every `print_freq` steps: the step line and record (and the NPU warm-up line once)."
     learn, tp = self.learn, self.learn.throughput
     if tp.skip > SEED_UNTIMED_STEPS and tp.steps == tp.skip:  # a longer warm-up (NPU): say what it cost
         self.write(warmup_message(tp.skip, tp.t0 - tp.started, tp.skip * learn.xb.shape[0] * get_world_size()))
@@ -439,6 +530,7 @@ def after_batch(self:LogCB):
 # %% ../nbs/03_train.ipynb #a5bc7c5f
 @patch
 def before_epoch(self:LogCB):
+    "Say when the body unfreezes."
     learn = self.learn
     if learn.cfg.freeze_epochs and learn.epoch == learn.cfg.freeze_epochs and learn.batches_done == 0:
         self.write(f"=> epoch {learn.epoch}: the body is unfrozen, the whole model trains from here")
@@ -446,21 +538,28 @@ def before_epoch(self:LogCB):
 # %% ../nbs/03_train.ipynb #bb4e0cad
 @patch
 def after_epoch(self:LogCB):
+    "The epoch's FPS and validation lines and record."
     learn, rec = self.learn, self.learn.history[-1]
     if rec['fps'] is not None: self.write(f"[gpu id: {learn.device}] FPS@all {rec['fps']:.3f}")
     self.write(f" * Epoch {learn.epoch} Acc@1 {rec['val_acc1']:.3f} Acc@5 {rec['val_acc5']:.3f} val loss {rec['val_loss']:.4f} "
                f"({rec['val_count']} images) train loss {rec['train_loss']:.4f}", rec)
     if 'ema_val_acc1' in rec: self.write(f" * Epoch {learn.epoch} EMA Acc@1 {rec['ema_val_acc1']:.3f} Acc@5 {rec['ema_val_acc5']:.3f} val loss {rec['ema_val_loss']:.4f}")
+    if rec['skipped_images'] > self.skipped:  # --skip-bad-images: how many, in the log too (the paths go to stderr)
+        self.write(f"=> epoch {learn.epoch}: skipped {rec['skipped_images'] - self.skipped} unreadable images "
+                   f"({rec['skipped_images']} in all, over every rank; --skip-bad-images)")
+        self.skipped = rec['skipped_images']
     if self.tb:
         for k in ('val_loss', 'val_acc1', 'val_acc5'): self.tb.add_scalar(k.replace('_', '/', 1), rec[k], learn.epoch)
 
 @patch
 def after_fit(self:LogCB):
+    "The run's last line and its summary record; close the files."
     s = self.learn.summary
     end = f"stopped by {s['stopped_by']} at step {s['steps']}" if s.get('stopped_by') else 'done'
     which = f" ({'the EMA' if s['best_model'] == 'ema' else 'the model, not the EMA'})" if 'best_model' in s else ''
-    self.write(f"=> {end}: best Acc@1 {s['best_acc1']:.3f}{which}, FPS@all {s['fps'] or 0:.3f}, "
-               f"{self.learn.scaler.skipped_steps} skipped overflow steps", {'kind': 'summary', **s})
+    skipped = f", {s['skipped_images']} unreadable images skipped" if s['skipped_images'] else ''
+    self.write(f"=> {end}: best Acc@1 {s['best_acc1']:.3f}%{which}, FPS@all {s['fps'] or 0:.1f} images/s, "
+               f"{self.learn.scaler.skipped_steps} skipped overflow steps{skipped}", {'kind': 'summary', **s})
     self.log_file.close(); self.jsonl.close()
     if self.tb: self.tb.close()
 
@@ -483,6 +582,12 @@ class CheckpointCB(Callback):
         if learn.stopped_by or (every and learn.step % every == 0): self.save()
 
     def after_epoch(self): self.save(self.learn.is_best)
+
+    def after_failure(self):
+        "After a data failure (`fit`), save the steps done, if the run stands between two updates; no collective, as other ranks may be gone."
+        learn = self.learn
+        if learn.step == 0 or not learn.at_update or not is_main_process(): return
+        save_checkpoint(learn.state_dict(), Path(learn.cfg.output) / 'checkpoint.pth.tar')
 
 # %% ../nbs/03_train.ipynb #4b4c3a2e
 class ProgressCB(Callback):
@@ -507,7 +612,8 @@ def plot_history(history:list[dict], fig=None):
     axs[1].plot([r['step'] for r in steps], [r['acc1'] for r in steps], label='train Acc@1')
     axs[1].plot([r['step'] for r in epochs], [r['val_acc1'] for r in epochs], 'o-', label='val Acc@1')
     axs[2].plot([r['step'] for r in steps], [r['lr'] for r in steps])
-    for ax, t in zip(axs, ('loss', 'accuracy (%)', 'learning rate')): ax.set(title=t, xlabel='step')
+    for ax, t in zip(axs, ('loss (log scale)', 'accuracy (%)', 'learning rate')): ax.set(title=t, xlabel='step')
+    axs[0].set_yscale('log')  # an early validation spike (46.9 against 2.3) would squash the training curve flat
     axs[0].legend(); axs[1].legend(); fig.tight_layout()
     return fig
 
@@ -528,11 +634,11 @@ class LivePlotCB(Callback):
 
 # %% ../nbs/03_train.ipynb #b8d93d03
 class PlotsCB(Callback):
-    "Save loss, accuracy and learning-rate plots as PNGs in the output folder at the end of `fit`."
+    "Save loss, accuracy and learning-rate plots as PNGs in the output folder at the end of `fit` (not on a stop)."
     order = 50
     def after_fit(self):
+        if not self.learn.history or self.learn.stopped_by: return  # a stopped job must end fast; its resume plots
         import matplotlib.pyplot as plt
-        if not self.learn.history: return
         fig = plot_history(self.learn.history)
         for ax, name in zip(fig.axes, ('loss', 'accuracy', 'lr')):
             extent = ax.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans.inverted())
@@ -631,7 +737,8 @@ def evaluate(
     try: load_weights(model, state)
     except (RuntimeError, ValueError) as e: raise CheckpointError(f"checkpoint {cfg.train.resume}: {first_line(e)}") from None
     interp = Interpretation(len(loaders.classes), place.device)
-    metrics = score(model, loaders.val, place.device, precision, interp)
+    try: metrics = score(model, loaders.val, place.device, precision, interp)
+    finally: loaders.close()
     whole, out = interp.reduce(), Path(cfg.train.output or Path(cfg.train.resume).parent)
     if is_main_process():
         print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} ({metrics['count']} images)")

@@ -43,3 +43,20 @@ def read_records(output: Path, kind=None):
 
 
 TINY = ['--arch', 'resnext_tiny', '--device', 'cpu', '--workers', '0', '--seed', '0']
+
+
+def last_step(out: Path) -> int:
+    "The highest step a run in `out` has logged (0 before its first record)."
+    try: return max((r['step'] for r in read_records(out, 'step')), default=0)
+    except (FileNotFoundError, ValueError): return 0
+
+
+def wait_for_step(out: Path, step: int, proc, timeout=240) -> int:
+    "Wait until the run in `out` (process `proc`) has logged `step`; fail if it ends or times out first."
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (got := last_step(out)) >= step: return got
+        if proc.poll() is not None: raise AssertionError(f"the run ended with {proc.returncode} before step {step}")
+        time.sleep(0.02)
+    raise AssertionError(f"the run never reached step {step} in {timeout} s")

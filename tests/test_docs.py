@@ -4,8 +4,9 @@ The browser part drives Debian's `chromium` through the DevTools protocol (a web
 For each page it checks the title, the navigation, the API entries of the chapter's module and their signatures
 (no `*args, **kwargs` a class does not take; every field of a NamedTuple or dataclass, with its comment), the
 notebook's saved outputs and plots, the console (no errors) and the network (nothing but local files), and saves a
-screenshot. It also checks that search indexes every word of every page, and that at a phone's width long output
-lines scroll sideways and inline code breaks only at its spaces.
+screenshot. It also checks that every API entry has a description, that search indexes every word of every page,
+that at a phone's width long output lines scroll sideways, commands in prose wrap at their spaces and inline code
+breaks only at its spaces, and that at 390 px the first screen is the page, with the navigation behind a button.
 """
 import base64, importlib, inspect, json, re, shutil, subprocess, sys, time, urllib.request
 from pathlib import Path
@@ -91,6 +92,39 @@ def test_pages_fetch_nothing_from_the_internet(site):
             if re.match(r'(?:[a-z][a-z0-9+.-]*:)?//', url, re.I) or url.lower().startswith(('http:', 'https:')):
                 bad.append(f'{f.relative_to(site)}: {m.group(0)[:120]}')
     assert not bad, 'pages load resources from the network:\n' + '\n'.join(bad)
+
+
+def test_every_api_entry_has_a_description(site):
+    "Each show_doc entry (a rule, the name, the signature) says in words what it is: its docstring's line."
+    from bs4 import BeautifulSoup
+    bare = []
+    for page in PAGES:
+        soup = BeautifulSoup((site/page['href']).read_text(encoding='utf-8'), 'html.parser')
+        for out in soup.select('main div[data-mime-type="text/markdown"]'):
+            h = out.find(['h3', 'h4'])
+            if h is None or out.find('hr') is None: continue  # not a show_doc entry
+            words = [t.get_text(' ', strip=True) for t in out.find_all(['p', 'table', 'ul'])
+                     if t.get_text(strip=True) != 'source']  # show_doc's link to the source is not a description
+            if not any(words): bare.append(f"{page['href']}: {h.get_text(strip=True).rstrip('¶')}")
+    assert not bare, 'API entries with no description (give each a one-line docstring):\n' + '\n'.join(bare)
+
+
+def test_links_lead_somewhere(site):
+    """Every relative link on the site opens a page or file of the site, and every relative link in README.md a file
+    of the repository (the chapter and tutorial tables link to their pages there, and to the notebooks here)."""
+    from urllib.parse import unquote, urlsplit
+    dead = []
+    for f in site.rglob('*.html'):
+        for href in re.findall(r'<a\b[^>]*\shref="([^"]+)"', f.read_text(encoding='utf-8')):
+            u = urlsplit(href)
+            if u.scheme or u.netloc or not u.path: continue  # another site, or an anchor on this page
+            if not (f.parent/unquote(u.path)).exists(): dead.append(f'{f.relative_to(site)}: {href}')
+    readme = (ROOT/'README.md').read_text(encoding='utf-8')
+    for href in re.findall(r'\]\(([^)\s]+)\)', readme):
+        u = urlsplit(href)
+        if u.scheme or u.netloc or not u.path: continue
+        if not (ROOT/unquote(u.path)).exists(): dead.append(f'README.md: {href}')
+    assert not dead, 'links to nothing:\n' + '\n'.join(dead[:30])
 
 
 # ---------------------------------------------------------------- the browser
@@ -314,29 +348,46 @@ def test_search_finds_a_flag_late_in_a_section(site, browser):
     assert pages <= found, f'searching {term!r} misses {sorted(pages - found)}'
 
 
-# Rendered at a phone's width, where long lines must wrap somewhere: output and code blocks keep their lines and
-# scroll sideways; inline code wraps only at its spaces (never `--` / `lr`, never `persistent_work` / `ers`).
+# Rendered at a phone's width, where long lines must wrap somewhere: output blocks, code cells and signatures keep
+# their lines and scroll sideways; code blocks in prose (commands) wrap at their spaces; inline code wraps only at
+# its spaces (never `--` / `lr`, never `persistent_work` / `ers`) unless one word is wider than the whole line.
 _WRAPPING = '''(() => {
   const bad = [], range = document.createRange();
   const scrolls = el => ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
+  const brokenWords = (root, allowed) => {
+    const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode())
+      for (const m of n.data.matchAll(/\\S+/g)) {
+        range.setStart(n, m.index);
+        range.setEnd(n, m.index + m[0].length);
+        if (new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1 && !allowed(n))
+          bad.push(`${root.tagName.toLowerCase()} broken inside ${JSON.stringify(m[0])}`);
+      }
+  };
   for (const pre of document.querySelectorAll('main pre')) {
     const ws = getComputedStyle(pre).whiteSpace;
+    if (pre.closest('.jp-MarkdownCell')) {  // a command in prose: wrapped at its spaces; a longer word scrolls
+      const start = pre.textContent.slice(0, 50);
+      if (!['pre-wrap', 'break-spaces'].includes(ws)) bad.push(`prose code block with white-space ${ws}: ${start}`);
+      else if (pre.scrollWidth > pre.clientWidth + 1 && !scrolls(pre)) bad.push(`prose code block cut off: ${start}`);
+      brokenWords(pre, () => false);
+      continue;
+    }
     let box = pre;  // the <pre> itself, or the block around it (a code cell's editor area), scrolls sideways
     while (box.tagName !== 'MAIN' && !scrolls(box)) box = box.parentElement;
     if (!['pre', 'nowrap'].includes(ws) || box.tagName === 'MAIN')
       bad.push(`<pre> with white-space ${ws}, ${box.tagName === 'MAIN' ? 'in nothing that scrolls' : 'scrolling'}: `
                + pre.textContent.slice(0, 50));
   }
-  for (const code of document.querySelectorAll('main :not(pre) > code')) {
-    const walk = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
-    for (let n = walk.nextNode(); n; n = walk.nextNode())
-      for (const m of n.data.matchAll(/\\S+/g)) {
-        range.setStart(n, m.index);
-        range.setEnd(n, m.index + m[0].length);
-        if (new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1)
-          bad.push(`inline code broken inside ${JSON.stringify(m[0])}`);
-      }
-  }
+  // a word may break only when it is wider than its whole line: its .nobr box is then as wide as the line
+  const fillsLine = n => {
+    const word = n.parentElement.closest('.nobr'), line = word && word.parentElement.closest('p, li, td, th, div');
+    if (!word || !line) return false;
+    const cs = getComputedStyle(line);
+    const inner = line.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    return word.getBoundingClientRect().width >= inner - 1;
+  };
+  for (const code of document.querySelectorAll('main :not(pre) > code')) brokenWords(code, fillsLine);
   const scrolling = [...document.querySelectorAll('main .jp-OutputArea-output pre')]
     .filter(p => p.scrollWidth > p.clientWidth).length;
   return {bad: bad.slice(0, 20), scrolling};
@@ -356,3 +407,58 @@ def test_long_lines_scroll_instead_of_breaking(site, browser):
             scrolling += r['scrolling']
     finally: dt.send('Emulation.clearDeviceMetricsOverride')
     assert scrolling, 'no printed output is wider than a 480 px page: the check above proved nothing'
+
+
+# At a phone's width (390 px) the first screen is the page, not the navigation: the navigation is folded behind the
+# bar's Menu button, which opens and closes it, and no block (code, output, table, plot) is wider than the screen.
+_PHONE = '''(() => {
+  const vw = window.innerWidth, vh = window.innerHeight;
+  const nav = document.querySelector('nav.site-nav'), toggle = document.querySelector('.nav-toggle');
+  const shown = el => !!el && getComputedStyle(el).display !== 'none' && el.getBoundingClientRect().height > 0;
+  const title = document.querySelector('main h1');
+  const wide = [...document.querySelectorAll(
+      'main pre, main .jp-InputArea-editor, main .jp-OutputArea-output, main table, main img, '
+      + 'main .jp-RenderedHTMLCommon > *')]
+    .filter(el => el.getBoundingClientRect().right > vw + 1)
+    .map(el => `${el.tagName.toLowerCase()}.${el.className}: right edge at ${Math.round(el.getBoundingClientRect().right)}`);
+  const facts = {
+    navFolded: !shown(nav), toggleShown: shown(toggle), expanded: toggle && toggle.getAttribute('aria-expanded'),
+    titleTop: title ? Math.round(title.getBoundingClientRect().top) : null, vh,
+    pageWidth: document.scrollingElement.scrollWidth, vw, wide: wide.slice(0, 10),
+    proseBlocks: [...document.querySelectorAll('main .jp-MarkdownCell pre')]
+      .map(p => [p.textContent.trim(), p.scrollWidth <= p.clientWidth + 1]),  // the text, and whether all of it shows
+  };
+  if (toggle) {
+    toggle.click(); facts.opens = shown(nav) && toggle.getAttribute('aria-expanded') === 'true';
+    toggle.click(); facts.closes = !shown(nav) && toggle.getAttribute('aria-expanded') === 'false';
+  }
+  return facts;
+})()'''
+
+
+def test_phone_shows_the_page_first(site, browser):
+    dt, problems = browser, []
+    dt.send('Emulation.setDeviceMetricsOverride', width=390, height=844, deviceScaleFactor=1, mobile=True)
+    try:
+        for page in PAGES:
+            dt.events.clear()
+            dt.send('Page.navigate', url=(site/page['href']).as_uri())
+            dt.wait_for('Page.loadEventFired')
+            f = dt.js(_PHONE)
+            where = f"{page['href']} at 390 px"
+            if not (f['navFolded'] and f['toggleShown'] and f['expanded'] == 'false'):
+                problems.append(f'{where}: the navigation is not folded behind a Menu button ({f})')
+            if f['titleTop'] is None or not 0 <= f['titleTop'] < f['vh'] / 3:
+                problems.append(f"{where}: the page title is not high on the first screen (top {f['titleTop']})")
+            if not (f.get('opens') and f.get('closes')):
+                problems.append(f'{where}: the Menu button does not open and close the navigation')
+            if f['pageWidth'] > f['vw'] + 1:
+                problems.append(f"{where}: the page is {f['pageWidth']} px wide, so it scrolls sideways")
+            problems += [f'{where}: wider than the screen: {w}' for w in f['wide']]
+            if page['href'] == 'index.html':  # the quick start's two commands, whole on the screen
+                quick_start = ('pip install -e . && python -m resnext_nb.launch', "pip install -e '.[dev]' && nbdev-test && pytest")
+                for cmd in quick_start:
+                    if not any(' '.join(b.split()) == cmd and whole for b, whole in f['proseBlocks']):
+                        problems.append(f'{where}: no code block shows all of {cmd!r}')
+    finally: dt.send('Emulation.clearDeviceMetricsOverride')
+    assert not problems, '\n'.join(problems[:30])

@@ -1,24 +1,20 @@
-"""The real `torch-npu` wheel on a machine without CANN (issue 16). Opt-in, as it needs the 44 MB wheel:
-RESNEXT_NB_NPU_WHEEL=/path/to/torch_npu-*.whl (or a folder holding one), or RESNEXT_NB_NPU_WHEEL=pypi to download
-torch-npu==2.14.0 with pip. The wheel is installed with --no-deps into a temporary folder put first on PYTHONPATH."""
-import os, subprocess, sys
-from pathlib import Path
+"""The real `torch-npu` wheel on a machine without CANN (issue 16). The wheel is the one the NPU stand-in uses
+(tests/npu_standin.py): ~/.cache/resnext_nb/wheels, RESNEXT_NB_NPU_WHEEL (a wheel or a folder), or downloaded there with
+pip; without it and without a package index these skip with one line (on CI they fail). It is installed with --no-deps
+into a temporary folder put first on PYTHONPATH."""
+import subprocess, sys
 import pytest
+import npu_standin
 from test_doctor import assert_runs_with_one_warning_or_stops_with_one_line, doctor, env_with, launch_without_cann, lines
 
-WHEEL = os.environ.get('RESNEXT_NB_NPU_WHEEL')
-pytestmark = pytest.mark.skipif(not WHEEL, reason='opt-in: set RESNEXT_NB_NPU_WHEEL to a torch_npu wheel, a folder, or "pypi"')
+WHEEL = npu_standin.wheel_or_skip()  # else one line: a skip here, a failure on CI
 
 
 @pytest.fixture(scope='module')
 def npu_site(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp('npu')
-    source = Path(WHEEL) if WHEEL != 'pypi' else tmp / 'dl'
-    if WHEEL == 'pypi':
-        subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--no-deps', 'torch-npu==2.14.0', '-d', source], check=True, timeout=600)
-    wheel = source if source.is_file() else next(source.glob('torch_npu-*.whl'))
-    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target', tmp / 'site', wheel], check=True, timeout=600)
-    return tmp / 'site'
+    site = tmp_path_factory.mktemp('npu') / 'site'
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target', site, WHEEL], check=True, timeout=600)
+    return site
 
 
 def test_plain_import_torch_fails_with_the_wheel(npu_site):

@@ -60,7 +60,7 @@ def test_the_recipe_is_stated_and_stored(straight):
     assert [r['val_count'] for r in epochs] == [9, 9] and all('ema_val_acc1' in r for r in epochs)
     summary = read_records(straight, 'summary')[-1]
     assert summary['best_model'] in ('model', 'ema')
-    assert f"best Acc@1 {summary['best_acc1']:.3f} (the {'EMA' if summary['best_model'] == 'ema' else 'model, not the EMA'})" in log
+    assert f"best Acc@1 {summary['best_acc1']:.3f}% (the {'EMA' if summary['best_model'] == 'ema' else 'model, not the EMA'})" in log
 
 
 @pytest.mark.parametrize('workers', [0, 2])

@@ -1,0 +1,100 @@
+"""Every stop signal saves (issue 22): SIGTERM, SIGUSR1 and SIGHUP sent to the `--nproc 2` launcher reach every
+rank; the ranks save, and the whole job is gone within seconds with one line and the signal's exit code. A
+launcher killed outright leaves no rank behind. All with the default loader processes (no `--workers 0`)."""
+import os, signal, subprocess, time
+import pytest, torch
+from conftest import ROOT, cli_env, launch_cmd, make_image_folder, read_records, run_cli, wait_for_step
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('data'), {'train': {'a': 40, 'b': 40}, 'val': {'a': 4, 'b': 4}}, size=20)
+
+
+def job(data, out, *extra):
+    "20 steps an epoch on each of 2 ranks, deterministic, the stop agreed at every step."
+    return ['--data-path', data, '--arch', 'resnext_tiny', '--image-size', 16, '--batch-size', 8, '--epochs', 1,
+            '--lr', 0.05, '--seed', 0, '--deterministic', '--print-freq', 1, '--device', 'cpu', '--output', out, *extra]
+
+
+def start(args):
+    return subprocess.Popen(launch_cmd(*args), cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def alive(pids):
+    return [p for p in pids if os.path.exists(f'/proc/{p}') and 'Z' not in open(f'/proc/{p}/stat').read().split()[2]]
+
+
+def job_pids(out):
+    "The launcher (its command line names the output folder) and all its descendants: ranks and loader processes."
+    pids = [int(p) for p in subprocess.run(['pgrep', '-f', str(out)], capture_output=True, text=True).stdout.split()]
+    for p in pids: pids += [int(c) for c in subprocess.run(['pgrep', '-P', str(p)], capture_output=True, text=True).stdout.split()]
+    return pids
+
+
+@pytest.fixture(scope='module')
+def straight(data, tmp_path_factory, ):
+    out = tmp_path_factory.mktemp('straight') / 'run'
+    port = _port()
+    r = run_cli(*job(data, out, '--nproc', 2, '--port', port), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
+
+
+def _port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('name', ['SIGTERM', 'SIGUSR1', 'SIGHUP'])
+def test_a_signal_to_the_launcher_saves_and_ends_the_job_in_seconds(data, tmp_path, straight, name):
+    out = tmp_path / 'run'
+    proc = start(job(data, out, '--nproc', 2, '--port', _port()))
+    wait_for_step(out, 4, proc)
+    pids = job_pids(out)
+    sent = time.time()
+    proc.send_signal(getattr(signal, name))
+    proc.wait(timeout=60)
+    took = time.time() - sent
+    _, err = proc.communicate()
+    assert proc.returncode == 128 + getattr(signal, name), err[-3000:]
+    assert took < 15, f"the job took {took:.1f} s to end after {name}"  # 4-6 s measured; the margin is for a loaded CI
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f'resnext_nb: stopped by {name};') and 'Traceback' not in err, err[-3000:]
+    time.sleep(0.5)
+    assert not alive(pids), f"processes left after {name}: {alive(pids)}"
+    ckpt = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
+    assert 4 <= ckpt['step'] < 20 and f"(step {ckpt['step']})" in lines[0]
+    if name == 'SIGUSR1':  # the resume is exact (the other signals take the same path)
+        r = run_cli(*job(data, out, '--nproc', 2, '--port', _port(), '--resume', 'auto'), timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
+        for k, v in straight['state_dict'].items(): assert torch.equal(v, got['state_dict'][k]), k
+
+
+def test_sighup_saves_a_single_process_run(data, tmp_path):
+    "A closed terminal (SIGHUP) stops a 1-process run like SIGTERM: saved, one line, exit 129."
+    out = tmp_path / 'run'
+    proc = start(job(data, out, '--epochs', 2))
+    wait_for_step(out, 3, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129, err[-3000:]
+    assert [l for l in err.splitlines() if l.strip()][-1].startswith('resnext_nb: stopped by SIGHUP;'), err
+    assert torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)['step'] >= 3
+
+
+def test_no_rank_outlives_a_killed_launcher(data, tmp_path):
+    "SIGKILL to the launcher cannot be forwarded: each rank learns of it from Linux (PR_SET_PDEATHSIG), saves and exits."
+    out = tmp_path / 'run'
+    proc = start(job(data, out, '--nproc', 2, '--port', _port(), '--epochs', 3))
+    wait_for_step(out, 3, proc)
+    pids = job_pids(out)
+    assert len(pids) >= 3, pids  # the launcher and two ranks (and their loader processes)
+    proc.kill(); proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while alive(pids) and time.time() < deadline: time.sleep(0.2)
+    assert not alive(pids), f"ranks outlived the launcher: {alive(pids)}"
+    assert torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)['step'] >= 3
