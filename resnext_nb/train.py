@@ -436,15 +436,19 @@ def failure_saved(self:Learner) -> str:
 
 # %% ../nbs/03_train.ipynb #70fc2a93
 @patch
-def state_dict(self:Learner, weights:str='model') -> dict:
-    "The run's full state, as a checkpoint dict; `weights='ema'` puts the EMA's weights under `state_dict` (for `model_best`)."
+def state_dict(
+    self:Learner,
+    weights:str='model', # 'ema': the EMA's weights under `state_dict` (for `model_best`)
+    train_sums:MetricSums|None=None, # the epoch's training sums over every rank (None: this rank's, all of them in one process)
+) -> dict:
+    "The run's full state, as a checkpoint dict."
     epoch, batches_done = self.resume_position()
     model = self.ema.module if weights == 'ema' else unwrap_model(self.model)
     return {'epoch': epoch, 'arch': self.cfg.arch, 'state_dict': model.state_dict(), 'weights': weights,
             'best_acc1': self.best_acc1, 'best_model': self.best_model, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
             'scheduler': self.sched.state_dict(), 'rng': rng_state(self.device),
             'sampler': {'epoch': epoch, 'start_batch': batches_done}, 'step': self.step,
-            'train_sums': self.train_sums.sums.cpu(), 'history': self.history, 'train_time_s': self.train_time_s,
+            'train_sums': (train_sums or self.train_sums).sums.cpu(), 'history': self.history, 'train_time_s': self.train_time_s,
             'throughput': {'images': self.throughput.total_images, 'seconds': self.throughput.total_time}, 'config': self.config, 'recipe': self.recipe,
             'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size(), 'log_sizes': self.log_sizes,
             **({'model_ema': self.ema.state_dict()} if self.ema is not None else {})}
@@ -465,7 +469,8 @@ def load_state_dict(self:Learner, state:dict):
         self.sched.last_epoch = self.step
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs): group['lr'] = base * lr_factor(self.cfg, self.step, self.steps_per_epoch)
     if 'rng' in state: set_rng_state(state['rng'], self.device)
-    if 'train_sums' in state: self.train_sums.sums.copy_(state['train_sums'])
+    if 'train_sums' in state:  # the sums of every rank: rank 0 carries them on, so the epoch's all-reduce counts them once
+        self.train_sums.sums.copy_(state['train_sums'] if get_rank() == 0 else torch.zeros_like(state['train_sums']))
     if 'throughput' in state: self.throughput.total_images, self.throughput.total_time = state['throughput']['images'], state['throughput']['seconds']
     self.time_before = state.get('train_time_s', 0.0)  # a resumed run's summary covers the whole run
     self.history, self.log_sizes = list(state.get('history', [])), dict(state.get('log_sizes', {}))
@@ -570,10 +575,12 @@ class CheckpointCB(Callback):
     def save(self, is_best:bool=False):
         "Check health, then (rank 0) write the checkpoint, and copy it to `model_best` when `is_best`."
         self.learn.check_health()
+        sums = self.learn.train_sums.all_reduce()  # every rank's share of the epoch so far, for a mid-epoch resume
         if not is_main_process(): return
         out = Path(self.learn.cfg.output)
-        save_checkpoint(self.learn.state_dict(), out / 'checkpoint.pth.tar')
-        if is_best and self.learn.best_model == 'ema': save_checkpoint(self.learn.state_dict(weights='ema'), out / 'model_best.pth.tar')
+        save_checkpoint(self.learn.state_dict(train_sums=sums), out / 'checkpoint.pth.tar')
+        if is_best and self.learn.best_model == 'ema':
+            save_checkpoint(self.learn.state_dict(weights='ema', train_sums=sums), out / 'model_best.pth.tar')
         elif is_best: atomic_write(out / 'model_best.pth.tar', lambda f: f.write((out / 'checkpoint.pth.tar').read_bytes()))
 
     def after_batch(self):

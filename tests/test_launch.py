@@ -118,7 +118,9 @@ def test_seed_performance_script_writes_the_summary(data, tmp_path):
     env = cli_env(PYTHON=sys.executable, RUN_NAME='perf', PYTHONPATH=ROOT)
     r = subprocess.run(['bash', ROOT / 'scripts' / 'train_performance_1p.sh', f'--data_path={data}', '--device', 'cpu',
                         '--arch', 'resnext_tiny', '--image-size', '16', '--batch-size', '4', '--max-steps', '5',
-                        '--workers', '0', '--print-freq', '1'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                        '--workers', '0', '--print-freq', '1', '--no-amp'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # --no-amp: on the CPU the recipe's amp is bf16 autocast, whose grouped-convolution backward in torch 2.14.1 now and then
+    # gives non-finite weight gradients (resnext_tiny, one fixed batch: layer4.0.conv2 in 26 of 200 backward passes)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     summary = next(p for p in (tmp_path / 'output' / 'perf').glob('*.log') if p.name != 'train.log').read_text()
     fields = dict(line.split(' = ', 1) for line in summary.splitlines())

@@ -93,6 +93,11 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(data, tmp_path, free_port, 
     resumed = run_cli(*job(data, out, *extra, '--resume', 'auto'), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     same_weights(tmp_path / 'straight' / 'checkpoint.pth.tar', out / 'checkpoint.pth.tar')
+    # the epoch's training loss and accuracy count every rank's steps once, as in the run that never stopped
+    train = lambda o: [(r['step'], r['train_loss'], r['train_acc1'], r['val_acc1'], r['val_count']) for r in read_records(o, 'epoch')]
+    assert train(out) == train(tmp_path / 'straight')
+    # (not val_loss: with the same weights it has differed from the 5th digit on between the two jobs under --nproc 2,
+    # by up to about 1e-4 relative on this tiny run's loss of ~300; not yet explained, so not asserted)
 
 
 def test_ctrl_c_in_the_foreground_saves_too(data, tmp_path):
