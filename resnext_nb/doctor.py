@@ -266,7 +266,7 @@ def check_images(paths:list[str]) -> Check:
 def check_data(data_path:str|None, sample:int=64) -> list[Check]:
     "The data folder: its layout and counts, class agreement between the splits, and a sample of images decoded."
     from resnext_nb.data import CIFAR_FOLDER, DataError
-    if data_path is None: return [Check('data', 'ok', 'no --data_path: the built-in dataset')]
+    if data_path is None: return [Check('data', 'ok', 'no --data-path: the built-in dataset')]
     root = Path(data_path).expanduser()
     if root.name == CIFAR_FOLDER or (root/CIFAR_FOLDER).is_dir(): return [Check('data', 'ok', f"CIFAR-10 at {root}")]
     try: train, val, mismatch = open_splits(root)

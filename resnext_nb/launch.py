@@ -593,7 +593,7 @@ def main(
         parser.error(f"cannot use {e.filename}: {e.strerror}" + (": each part of a path is at most 255 bytes"
                                                                  if e.errno == errno.ENAMETOOLONG else ''))
     if job.preset == 'quickstart':
-        print(f"=> no --data_path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the built-in dataset "
+        print(f"=> no --data-path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the built-in dataset "
               f"(pass --data-path DIR for ImageNet; see --help)", flush=True)
     try: return run_job(cfg, job, start)
     finally:
