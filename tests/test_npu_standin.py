@@ -1,10 +1,10 @@
 """The branch an NPU run takes, on torch_npu's own optimizer and scaler code (issue 21): real training steps through
 `python -m resnext_nb.launch` with the NPU stand-in (tests/npu_standin.py) in every process. Without the wheel and
 without a reachable package index these skip with one line; on CI they fail instead."""
-import os, signal, subprocess, sys, time
+import os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from conftest import TINY, cli_env, launch_cmd, make_image_folder, read_records
+from conftest import TINY, wait_for_step, cli_env, launch_cmd, make_image_folder
 import npu_standin
 
 WHEEL = npu_standin.wheel_or_skip()  # the cached torch_npu wheel; else one line: a skip here, a failure on CI
@@ -128,16 +128,6 @@ def test_freeze_epochs_keep_the_body_then_train_it(standin, data, tmp_path):
     assert [k for k in body if torch.equal(params(after1)[k], start[k])] == [], "some of the body never trained"
 
 
-def _wait_for_step(out, step, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if any(r['step'] >= step for r in read_records(out, 'step')): return True
-        except (FileNotFoundError, ValueError): pass
-        time.sleep(0.01)
-    return False
-
-
 def test_sigkill_mid_epoch_then_resume_auto_is_exact(standin, tmp_path):
     "The fused optimizer's state (momentum in its flat buffers) and the scaler's survive a checkpoint exactly."
     data = make_image_folder(tmp_path / 'data', {'train': {'a': 24, 'b': 24}, 'val': {'a': 4, 'b': 4}}, size=20)
@@ -148,7 +138,7 @@ def test_sigkill_mid_epoch_then_resume_auto_is_exact(standin, tmp_path):
     out = tmp_path / 'killed'
     proc = subprocess.Popen(launch_cmd(*args(out)), cwd=tmp_path, env=npu_env(standin),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert _wait_for_step(out, 7, proc), "the job never reached step 7"
+    wait_for_step(out, 7, proc)  # fails if the job ends or never gets there
     proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
     killed = checkpoint(out)
     assert 0 < killed['sampler']['start_batch'] < 12 and killed['sampler']['epoch'] == 0, killed['sampler']

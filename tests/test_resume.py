@@ -1,23 +1,14 @@
 """Exact resume: a job killed with SIGKILL in the middle of an epoch, then resumed, ends with the same weights
 as a job that never stopped (chapter 3's must-show 1)."""
-import signal, subprocess, time
+import signal, subprocess
 import torch
-from conftest import TINY, cli_env, launch_cmd, make_image_folder, read_records, run_cli, ROOT
+from conftest import TINY, wait_for_step, cli_env, launch_cmd, make_image_folder, read_records, run_cli, ROOT
 
 
 def _job(data, out, *extra):
     return [*TINY, '--data_path', data, '--image-size', 16, '--batch-size', 4, '--epochs', 2, '--lr', 0.05,
             '--deterministic', '--print-freq', 1, '--checkpoint-every', 2, '--output', out, *extra]
 
-
-def _wait_for_step(out, step, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if any(r['step'] >= step for r in read_records(out, 'step')): return True
-        except (FileNotFoundError, ValueError): pass
-        time.sleep(0.01)
-    return False
 
 
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
@@ -30,7 +21,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     killed_out = tmp_path / 'killed'
     proc = subprocess.Popen(launch_cmd(*_job(data, killed_out)), cwd=ROOT, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert _wait_for_step(killed_out, 9, proc), "the job never reached step 9"
+    wait_for_step(killed_out, 9, proc)  # fails if the job ends or never gets there
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
