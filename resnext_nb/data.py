@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #2b1022f8
 from __future__ import annotations
-import hashlib, logging, math, os, pickle, random, signal, threading
+import gc, hashlib, logging, math, os, pickle, random, signal, threading
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from collections import Counter
@@ -32,8 +32,8 @@ __all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'IMG_EXTENSIONS'
            'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image', 'write_image_folder',
            'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'val_resize_size', 'CropSizes',
            'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset',
-           'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'Loader', 'bad_images_summary',
-           'SyntheticLoader', 'normalize']
+           'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'init_loader_process', 'Loader',
+           'bad_images_summary', 'SyntheticLoader', 'normalize']
 
 # %% ../nbs/02_data.ipynb #19705041
 def printable(
@@ -549,6 +549,11 @@ def ignore_stop_signals(worker_id:int=0):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_end_on_parents_sigterm, daemon=True, name='sigterm-from-parent').start()
 
+def init_loader_process(worker_id:int=0):
+    "The `DataLoader` `worker_init_fn`: stop signals go to the training process, and the heap so far is frozen."
+    ignore_stop_signals(worker_id)
+    gc.freeze()  # torch and the dataset live until exit; Python's last collection of them took a second per process
+
 # %% ../nbs/02_data.ipynb #f4d1aae1
 class Loader:
     "A resumable `DataLoader` for one split on one rank, yielding `uint8` images and `int64` labels."
@@ -565,7 +570,7 @@ class Loader:
         self.dataloader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_samples, num_workers=cfg.workers,
                                      pin_memory=pin_memory, persistent_workers=cfg.persistent_workers and cfg.workers > 0,
                                      prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
-                                     generator=seeded_generator(cfg.seed), worker_init_fn=ignore_stop_signals)
+                                     generator=seeded_generator(cfg.seed), worker_init_fn=init_loader_process)
 
 # %% ../nbs/02_data.ipynb #08c77453
 @patch

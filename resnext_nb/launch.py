@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
 # %% ../nbs/04_launch.ipynb #34f49fa7
 from __future__ import annotations
-import argparse, errno, fcntl, logging, math, os, re, signal, socket, sys, time
+import argparse, errno, fcntl, gc, logging, math, os, re, signal, socket, sys, time
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from .device import (AmpConfig, DeviceUnavailable, Flag, NpuConfig, available_devices, device_environment,
@@ -31,10 +31,11 @@ __all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', '
            'field_default', 'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'parse_config', 'make_parser',
            'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'field_checks',
            'check_values', 'check_data_path', 'resume_path', 'saved_values', 'from_checkpoint', 'make_config',
-           'config_from_args', 'format_config', 'UserError', 'run_worker', 'die_with_parent', 'elastic_worker',
-           'check_port_free', 'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal',
-           'describe_failure', 'launch_processes', 'lock_output', 'prepare_output', 'summary_fields', 'write_summary',
-           'summary_lines', 'next_steps', 'finished_line', 'stopped_line', 'run_job', 'main']
+           'config_from_args', 'format_config', 'leave_process_group', 'UserError', 'run_worker', 'die_with_parent',
+           'elastic_worker', 'check_port_free', 'launch_config', 'check_device_count', 'worker_environment',
+           'stopped_by_signal', 'describe_failure', 'launch_processes', 'lock_output', 'prepare_output',
+           'summary_fields', 'write_summary', 'summary_lines', 'next_steps', 'finished_line', 'stopped_line', 'run_job',
+           'main']
 
 # %% ../nbs/04_launch.ipynb #dea0a756
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
@@ -341,23 +342,32 @@ def format_config(cfg:RunConfig, job:JobConfig) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/04_launch.ipynb #a6f2d7fc
+def leave_process_group():
+    "Free what holds this rank's process group, then destroy the group, while the interpreter is still whole."
+    gc.collect()  # the Learner and its callbacks form a cycle that holds DDP, and DDP holds the process group
+    if is_distributed(): dist.destroy_process_group()
+
+
+# %% ../nbs/04_launch.ipynb #30b7b86e
 class UserError(SystemExit):
     "A one-line error a user can fix; the process exits with code 1."
 
 def run_worker(cfg:RunConfig) -> dict:
     "Train or evaluate in this process, inside the process group the environment describes (if any)."
-    place = None
+    place, failed = None, None
     try:
         place = resolve_placement(cfg.device, cfg.device_list)
         if place.world_size > 1: dist.init_process_group(dist_backend(place.device.type))
         return (evaluate if cfg.train.evaluate else train)(cfg, place)
     except (DataError, CheckpointError, TrainingDiverged, RunFailed, DeviceUnavailable, ValueError) as e:
         rank = f"[rank {place.rank}] " if place and place.world_size > 1 else ''
-        print(f"resnext_nb: error: {rank}{e}", file=sys.stderr, flush=True)
-        raise UserError(1) from None
-    finally:
-        if is_distributed(): dist.destroy_process_group()
+        failed = f"resnext_nb: error: {rank}{e}"  # kept as text: `e` and the frames it holds go with this block
+    finally: leave_process_group()
+    print(failed, file=sys.stderr, flush=True)
+    raise UserError(1)
 
+
+# %% ../nbs/04_launch.ipynb #b277d285
 def die_with_parent(sig:int=signal.SIGTERM):
     "Ask Linux to send `sig` to this process when its parent (the launcher) dies, so that no rank outlives it."
     if sys.platform.startswith('linux'):
@@ -369,9 +379,11 @@ def elastic_worker(cfg:RunConfig) -> dict:
     "The entry point torch elastic runs in each process; a rank stopped by a signal exits with its code once saved."
     die_with_parent()
     summary = run_worker(cfg)
+    gc.freeze()  # what is left goes with the process: Python's last collection of it at exit takes a second
     if summary.get('stopped_by'):  # torch elastic, stopping too, never collects a result: waiting for it would hang
         raise SystemExit(128 + signal.Signals[summary['stopped_by']])  # `record` passes it on; the process ends cleanly
     return summary
+
 
 # %% ../nbs/04_launch.ipynb #2a1bf619
 def check_port_free(addr:str, port:int):
@@ -396,7 +408,7 @@ def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int) -> L
 # %% ../nbs/04_launch.ipynb #124b6e57
 def check_device_count(device_type:str, nproc:int, device_list:list[int]|None, available:int, env=os.environ):
     "Raise a clear error when this node cannot give `nproc` processes a device each."
-    visible = [i if device_type == 'cpu' else visible_device_index(device_type, i, env) for i in (device_list or [])[:nproc]]
+    visible = [visible_device_index(device_type, i, env) for i in (device_list or [])[:nproc]]
     need = max(visible) + 1 if visible else nproc  # physical ids become torch's indices under *_VISIBLE_DEVICES
     if nproc > available or need > available:
         unit = 'CPU cores' if device_type == 'cpu' else f'{device_type} devices'
@@ -600,4 +612,5 @@ def main(
         if lock: lock.close()  # the lock is held for the whole job
 
 # %% ../nbs/04_launch.ipynb #995c54f0
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
+if __name__ == '__main__' and '__file__' in globals():
+    code = main(); gc.freeze(); sys.exit(code)  # no last collection of a heap that goes with the process

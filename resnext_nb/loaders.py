@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from fastcore.basics import patch
 from .device import SideStream, gpu_jpeg_unavailable_reason, seeded_generator, wants_pinned_memory
 from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, BadSample, CifarSource, DataConfig, DataError, EpochBatches,
-                             ImageFolderSource, Loader, ignore_stop_signals, open_val_folder, SampleDataset, SyntheticLoader, bad_images_summary, find_cifar10, log,
+                             ImageFolderSource, Loader, init_loader_process, open_val_folder, SampleDataset, SyntheticLoader, bad_images_summary, find_cifar10, log,
                              crop_sizes, open_image_folder, read_image, train_transform, val_resize_size, val_transform)
 from .shapes import builtin_dataset_path
 
@@ -241,7 +241,7 @@ class GpuLoader(Loader):
         self.dataloader = DataLoader(EncodedImages(source), batch_sampler=batches, collate_fn=collate_encoded, num_workers=cfg.workers,
                                      persistent_workers=cfg.persistent_workers and cfg.workers > 0,
                                      prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
-                                     generator=seeded_generator(cfg.seed), worker_init_fn=ignore_stop_signals)
+                                     generator=seeded_generator(cfg.seed), worker_init_fn=init_loader_process)
 
 # %% ../nbs/02b_loaders.ipynb #2bfc6ed5
 def drain_side_stream(

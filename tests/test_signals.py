@@ -60,7 +60,7 @@ def test_a_signal_to_the_launcher_saves_and_ends_the_job_in_seconds(data, tmp_pa
     took = time.time() - sent
     _, err = proc.communicate()
     assert proc.returncode == 128 + getattr(signal, name), err[-3000:]
-    assert took < 15, f"the job took {took:.1f} s to end after {name}"  # 4-6 s measured; the margin is for a loaded CI
+    assert took < 15, f"the job took {took:.1f} s to end after {name}"  # about 1 s measured, 2 s with two busy loops beside it; the margin is for a loaded CI
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith(f'resnext_nb: stopped by {name};') and 'Traceback' not in err, err[-3000:]
     time.sleep(0.5)
