@@ -32,8 +32,8 @@ __all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'IMG_EXTENSIONS'
            'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image', 'write_image_folder',
            'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'val_resize_size', 'CropSizes',
            'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset',
-           'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'init_loader_process', 'Loader',
-           'bad_images_summary', 'SyntheticLoader', 'normalize']
+           'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'init_loader_process',
+           'make_dataloader', 'Loader', 'bad_images_summary', 'SyntheticLoader', 'normalize', 'image_grid']
 
 # %% ../nbs/02_data.ipynb #19705041
 def printable(
@@ -94,7 +94,7 @@ class DataConfig:
     random_erase:float=opt(0.0, check=between(0, 1), help='probability of erasing a random box of each train image, after the policy')
     ra_sampler:bool=opt(False, help='repeated augmentation: each image --ra-reps times per epoch, each copy augmented differently')
     ra_reps:int=opt(3, check=positive, help='copies of each image per epoch with --ra-sampler')
-    batch_size:int=256 # images per batch on *each* rank (the launcher's `--batch-size` is the global batch)
+    batch_size:int=opt(256, '--batch-size', '-b', check=positive, ascend=True, help='GLOBAL batch size, split evenly across ranks')
     workers:int=opt(None, '--workers', '-j', on_resume='apply', factory=default_workers, check=non_negative, ascend=True, help='data-loading processes per rank (0: in the training process)')
     pin_memory:bool=True # page-locked batches, for asynchronous copies to an accelerator (ignored on the CPU)
     persistent_workers:bool=True # keep the loader processes alive from one epoch to the next
@@ -554,6 +554,20 @@ def init_loader_process(worker_id:int=0):
     ignore_stop_signals(worker_id)
     gc.freeze()  # torch and the dataset live until exit; Python's last collection of them took a second per process
 
+# %% ../nbs/02_data.ipynb #cd34c2a0
+def make_dataloader(
+    dataset:Dataset, # what one index loads
+    batches:EpochBatches, # the batch sampler: this rank's batches of the epoch
+    cfg:DataConfig, # workers, prefetching, seed
+    collate_fn:Callable, # how samples become a batch
+    pin_memory:bool=False, # page-locked batches (for an accelerator)
+) -> DataLoader:
+    "The library's one `DataLoader` construction, for every loader: seeded, with `init_loader_process` in each worker."
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=cfg.workers, pin_memory=pin_memory,
+                      persistent_workers=cfg.persistent_workers and cfg.workers > 0,
+                      prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
+                      generator=seeded_generator(cfg.seed), worker_init_fn=init_loader_process)
+
 # %% ../nbs/02_data.ipynb #f4d1aae1
 class Loader:
     "A resumable `DataLoader` for one split on one rank, yielding `uint8` images and `int64` labels."
@@ -567,10 +581,7 @@ class Loader:
         self.batches, self.skip_bad_images, self.name = batches, cfg.skip_bad_images, name
         self.bad_images:list[str] = []
         self.batches_done = batches.batches_done
-        self.dataloader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_samples, num_workers=cfg.workers,
-                                     pin_memory=pin_memory, persistent_workers=cfg.persistent_workers and cfg.workers > 0,
-                                     prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
-                                     generator=seeded_generator(cfg.seed), worker_init_fn=init_loader_process)
+        self.dataloader = make_dataloader(dataset, batches, cfg, collate_samples, pin_memory)
 
 # %% ../nbs/02_data.ipynb #08c77453
 @patch
@@ -670,3 +681,22 @@ def normalize(
     "Move a `uint8` batch to `device` and normalise it with ImageNet's mean and std, as `float32`."
     x = images.to(device, non_blocking=True).contiguous(memory_format=memory_format).float()
     return TF.normalize(x, [255 * m for m in IMAGENET_MEAN], [255 * s for s in IMAGENET_STD], inplace=True)
+
+# %% ../nbs/02_data.ipynb #156b66e0
+def image_grid(
+    images:Sequence[torch.Tensor], # `uint8` CHW images, on any device
+    titles:Sequence[str], # one per image
+    cols:int=4, # images per row
+    colours:Sequence[str]|None=None, # one title colour per image (None: black)
+    title:str|None=None, # the figure's title
+    size:tuple[float, float]=(2.4, 2.6), # inches per image: width, height
+):
+    "A matplotlib grid of `images`, each under its title; returns the figure."
+    import matplotlib.pyplot as plt
+    rows = max(1, math.ceil(len(images) / cols))
+    fig, axs = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, layout='constrained')
+    for ax in axs.flat: ax.axis('off')
+    for ax, im, t, c in zip(axs.flat, images, titles, colours or ['black'] * len(titles)):
+        ax.imshow(im.cpu().permute(1, 2, 0).numpy()); ax.set_title(t, fontsize=8, color=c)
+    if title: fig.suptitle(title)
+    return fig

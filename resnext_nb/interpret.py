@@ -13,7 +13,7 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from .device import is_distributed
 from .checkpoints import atomic_write
-from .data import printable
+from .data import image_grid, printable
 
 # %% auto #0
 __all__ = ['REPORT_FILES', 'Interpretation', 'per_class', 'top_confused', 'write_per_class', 'plot_confusion', 'plot_mistakes',
@@ -153,15 +153,9 @@ def plot_mistakes(
     cols:int=4, # images per row
 ):
     "A grid of the most confident mistakes, each titled with its prediction, confidence and true class."
-    import matplotlib.pyplot as plt
-    rows = max(1, -(-len(mistakes) // cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False, layout='constrained')
-    for ax in axs.flat: ax.axis('off')
-    for ax, m in zip(axs.flat, mistakes):
-        ax.imshow(m['image'].permute(1, 2, 0).numpy())
-        ax.set_title(f"{classes[m['pred']]} ({m['confidence']:.2f})\ntrue: {classes[m['true']]}", fontsize=8)
-    if not mistakes: axs[0, 0].text(0.5, 0.5, 'no mistakes', ha='center')
-    fig.suptitle('most confident mistakes: predicted (confidence), true')
+    titles = [f"{classes[m['pred']]} ({m['confidence']:.2f})\ntrue: {classes[m['true']]}" for m in mistakes]
+    fig = image_grid([m['image'] for m in mistakes], titles, cols, title='most confident mistakes: predicted (confidence), true')
+    if not mistakes: fig.axes[0].text(0.5, 0.5, 'no mistakes', ha='center')
     return fig
 
 # %% ../nbs/02c_interpret.ipynb #6a5c4717

@@ -54,8 +54,7 @@ PRESETS = {
 # %% ../nbs/04_launch.ipynb #e4d38664
 @dataclass
 class JobConfig:
-    "How the job is started: processes, machines, the rendezvous, the global batch and the preset."
-    batch_size:int=opt(256, '--batch-size', '-b', check=positive, ascend=True, help='GLOBAL batch size, split evenly across ranks')
+    "How the job is started: processes, machines, the rendezvous and the preset."
     addr:str=opt('127.0.0.1', on_resume='job', ascend=True, help='master address (the rendezvous host)')
     port:int=opt(ASCEND_PORT, on_resume='job', check=tcp_port, help='rendezvous port on --addr')
     nproc:int|None=opt(None, on_resume='job', check=positive, help='processes (devices) per node (none: 1, or one per --device-list entry with --multiprocessing-distributed)')
@@ -67,7 +66,6 @@ class JobConfig:
     preset:str|None=opt(None, on_resume='job', choices=tuple(PRESETS), help='values for the flags not given (none: quickstart without data, else the field defaults)')
     overwrite:bool=opt(False, on_resume='job', help="replace the run already in --output (its checkpoints and logs) instead of refusing")
     print_config:bool=opt(False, on_resume='job', help='print the resolved configuration, with where each value came from, and exit')
-    world_size:int=1 # processes in the whole job, resolved from the flags or the launcher's environment
     sources:dict=field(default_factory=dict) # where each flag's value came from: 'flag', 'preset NAME' or 'default'
 
 CONFIGS = {'launch': JobConfig, 'device': RunConfig, 'training': TrainConfig, 'data': DataConfig, 'precision': AmpConfig, 'npu': NpuConfig}
@@ -281,12 +279,13 @@ def resume_path(
     return str(ckpt) if (ckpt := Path(output) / 'checkpoint.pth.tar').is_file() else None
 
 def saved_values(state:dict) -> dict:
-    "The flag-bearing values a checkpoint's run used, by field name (the global batch from its per-rank batch)."
+    "The flag-bearing values a checkpoint's run used, by field name."
     config, saved = state.get('config') or {}, {}
     for _, f, _ in flag_fields():
         for section in (config.get('train', {}), config.get('data', {}), config.get('amp', {}), config.get('npu', {}), config):
-            if isinstance(section, dict) and f.name in section and f.name != 'batch_size': saved[f.name] = section[f.name]; break
-    if 'batch_size' in config.get('data', {}): saved['batch_size'] = config['data']['batch_size'] * state.get('world_size', 1)
+            if isinstance(section, dict) and f.name in section: saved[f.name] = section[f.name]; break
+    if 'batch_size' in saved and 'world_size' not in config:  # written before the config held the world size: per rank
+        saved['batch_size'] *= state.get('world_size', 1)
     return saved
 
 # %% ../nbs/04_launch.ipynb #b764575e
@@ -323,18 +322,18 @@ def config_from_args(args, env=os.environ) -> tuple[RunConfig, JobConfig]:
     check_values(values, world)
     values['resume'] = resume_path(values['resume'], values['output'])
     if values['resume'] and not values['evaluate']: from_checkpoint(values, sources, values['resume'], world)
-    job = replace(make_config(JobConfig, {**values, 'nproc': nproc}), preset=values['preset'], world_size=world, sources=sources)
+    job = replace(make_config(JobConfig, {**values, 'nproc': nproc}), preset=values['preset'], sources=sources)
     tr = make_config(TrainConfig, values)
     output = tr.output or (str(Path(values['resume']).parent) if values['resume'] else default_output(tr.arch))
     tr = replace(tr, output=output)  # named once, here, so that every rank agrees; a resumed run stays in its folder
-    data = replace(make_config(DataConfig, values), dataset='synthetic' if job.dummy else values['dataset'], batch_size=job.batch_size // world, seed=tr.seed or 0)
+    data = replace(make_config(DataConfig, values), dataset='synthetic' if job.dummy else values['dataset'], seed=tr.seed or 0)
     return RunConfig(train=tr, data=data, amp=make_config(AmpConfig, values), npu=make_config(NpuConfig, values),
-                     device=values['device'], device_list=values['device_list']), job
+                     device=values['device'], device_list=values['device_list'], world_size=world), job
 
 # %% ../nbs/04_launch.ipynb #92cb7201
 def format_config(cfg:RunConfig, job:JobConfig) -> str:
     "The resolved configuration, one `section.field = value  (source)` line each, for `--print-config`."
-    lines = [f"preset: {job.preset or 'none'}; recipe: {cfg.train.recipe}; world size {job.world_size}, {job.nproc} per node"]
+    lines = [f"preset: {job.preset or 'none'}; recipe: {cfg.train.recipe}; world size {cfg.world_size}, {job.nproc} per node"]
     for section, conf in (('job', job), ('run', cfg), ('train', cfg.train), ('data', cfg.data), ('amp', cfg.amp)):
         for f in fields(conf):
             if f.name in ('train', 'data', 'amp', 'sources', 'world_size'): continue
@@ -497,9 +496,9 @@ def prepare_output(
     return lock
 
 # %% ../nbs/04_launch.ipynb #3cf31508
-def summary_fields(summary:dict, cfg:RunConfig, world:int, device_type:str, case_name:str|None, wall_s:float) -> dict:
+def summary_fields(summary:dict, cfg:RunConfig, device_type:str, case_name:str|None, wall_s:float) -> dict:
     "The Ascend recipe's summary fields for a finished run."
-    global_batch = cfg.data.batch_size * world
+    global_batch, world = cfg.data.batch_size, cfg.world_size
     fps = summary.get('fps') or 0.0
     kind = 'eval' if cfg.train.evaluate else ('perf' if cfg.train.max_steps or cfg.train.epochs == 1 else 'acc')
     return {'Network': cfg.train.arch, 'RankSize': world, 'BatchSize': global_batch, 'DeviceType': device_type,
@@ -583,7 +582,7 @@ def run_job(cfg:RunConfig, job:JobConfig, start:float) -> int:
         print(stopped_line(summary['stopped_by'], cfg.train.output), file=sys.stderr)
         return 128 + signal.Signals[summary['stopped_by']]
     if summary:  # rank 0 alone returns one
-        fields_ = summary_fields(summary, cfg, job.world_size, resolve_device_type(cfg.device), job.case_name, time.time() - start)
+        fields_ = summary_fields(summary, cfg, resolve_device_type(cfg.device), job.case_name, time.time() - start)
         path = write_summary(fields_, cfg.train.output)
         print('\n'.join([f"=> summary {path}:", *summary_lines(fields_), *([] if cfg.train.evaluate else next_steps(cfg))]), flush=True)
     return 0

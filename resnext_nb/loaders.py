@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from fastcore.basics import patch
-from .device import SideStream, gpu_jpeg_unavailable_reason, seeded_generator, wants_pinned_memory
+from .device import SideStream, gpu_jpeg_unavailable_reason, wants_pinned_memory
 from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, BadSample, CifarSource, DataConfig, DataError, EpochBatches,
-                             ImageFolderSource, Loader, init_loader_process, open_val_folder, SampleDataset, SyntheticLoader, bad_images_summary, find_cifar10, log,
+                             ImageFolderSource, Loader, image_grid, make_dataloader, open_val_folder, SampleDataset, SyntheticLoader, bad_images_summary, find_cifar10, log,
                              crop_sizes, open_image_folder, read_image, train_transform, val_resize_size, val_transform)
 from .shapes import builtin_dataset_path
 
@@ -25,7 +25,7 @@ from .shapes import builtin_dataset_path
 __all__ = ['NVJPEG_STATUS_ALLOCATOR_FAILURE', 'JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'EncodedImages', 'pack_bytes',
            'unpack_bytes', 'EncodedBatch', 'collate_encoded', 'decoder_out_of_memory', 'decode_jpegs',
            'sample_crop_boxes', 'fallback_box', 'ks_statistic', 'center_crop_boxes', 'resized_crops', 'GpuLoader',
-           'drain_side_stream', 'resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders',
+           'drain_side_stream', 'resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders', 'rank_batch',
            'check_data_config', 'check_train_size', 'synthetic_loaders', 'build_loaders', 'show_batch']
 
 # %% ../nbs/02b_loaders.ipynb #25f24908
@@ -238,10 +238,7 @@ class GpuLoader(Loader):
         self.cpu_decoded:list[str] = []  # images Pillow decoded this pass (greyscale, CMYK, refused by nvjpeg)
         self.batches_done, self.side = batches.batches_done, SideStream(device)
         self.decoder:ThreadPoolExecutor|None = None  # the current pass's decode thread
-        self.dataloader = DataLoader(EncodedImages(source), batch_sampler=batches, collate_fn=collate_encoded, num_workers=cfg.workers,
-                                     persistent_workers=cfg.persistent_workers and cfg.workers > 0,
-                                     prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
-                                     generator=seeded_generator(cfg.seed), worker_init_fn=init_loader_process)
+        self.dataloader = make_dataloader(EncodedImages(source), batches, cfg, collate_encoded)
 
 # %% ../nbs/02b_loaders.ipynb #2bfc6ed5
 def drain_side_stream(
@@ -375,6 +372,7 @@ class Loaders:
     kind:str='' # 'imagefolder', 'cifar10', 'builtin' or 'synthetic'
     root:Path|None=None # the folder the images come from
     backend:str='pil' # 'pil' or 'gpu': where the images are decoded and cropped
+    batch_size:int=0 # images per step over all ranks: the global batch (`DataConfig.batch_size`)
 
 # %% ../nbs/02b_loaders.ipynb #b6e6591a
 @patch
@@ -384,27 +382,34 @@ def close(self:Loaders):
         if loader is not None: loader.close()
 
 # %% ../nbs/02b_loaders.ipynb #7f7bdda9
+def rank_batch(cfg:DataConfig, world_size:int) -> int:
+    "Images per batch on each rank: the global batch `cfg.batch_size` split evenly, the one place it is divided."
+    if cfg.batch_size % world_size:
+        raise DataError(f"batch_size {cfg.batch_size} is the global batch and must divide evenly over {world_size} ranks")
+    return cfg.batch_size // world_size
+
 def check_data_config(cfg:DataConfig, rank:int, world_size:int):
     "Raise a `DataError` for settings the loaders cannot honour."
     for name in ('image_size', 'batch_size', 'prefetch_factor'):
         if getattr(cfg, name) < 1: raise DataError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.workers < 0: raise DataError(f"workers must be 0 or more, got {cfg.workers}")
     if not 0 <= rank < world_size: raise DataError(f"rank {rank} is not in 0..{world_size - 1}")
+    rank_batch(cfg, world_size)
 
 def check_train_size(n:int, cfg:DataConfig, world_size:int, where):
     "Raise a `DataError` when `n` train images cannot fill one batch on each of `world_size` ranks."
-    if n // world_size < cfg.batch_size:
-        raise DataError(f"{where} has {n} train images, too few for one batch of {cfg.batch_size} on each of {world_size} "
+    if n // world_size < (per_rank := rank_batch(cfg, world_size)):
+        raise DataError(f"{where} has {n} train images, too few for one batch of {per_rank} on each of {world_size} "
                         f"rank(s): lower --batch-size", where)
 
 # %% ../nbs/02b_loaders.ipynb #e679d9cc
 def synthetic_loaders(cfg:DataConfig, rank:int, world_size:int, device:torch.device) -> Loaders:
     "Synthetic train and val loaders on `device`, sized like ImageNet unless `cfg` says otherwise."
     check_train_size(cfg.synthetic_size, cfg, world_size, 'synthetic data')
-    make = lambda n, train: SyntheticLoader(EpochBatches(n, cfg.batch_size, rank, world_size, train, cfg.seed),
+    make = lambda n, train: SyntheticLoader(EpochBatches(n, rank_batch(cfg, world_size), rank, world_size, train, cfg.seed),
                                             cfg.image_size, cfg.num_classes, device, cfg.seed + (0 if train else 1))
     return Loaders(make(cfg.synthetic_size, True), make(cfg.synthetic_val_size, False),
-                   [f'class {i}' for i in range(cfg.num_classes)], 'synthetic', None)
+                   [f'class {i}' for i in range(cfg.num_classes)], 'synthetic', None, batch_size=cfg.batch_size)
 
 # %% ../nbs/02b_loaders.ipynb #a0c120d3
 def build_loaders(
@@ -426,12 +431,12 @@ def build_loaders(
     if train: check_train_size(len(train_src), cfg, world_size, root)
     pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
-        batches = EpochBatches(len(source), cfg.batch_size, rank, world_size, is_train, cfg.seed, reps)
+        batches = EpochBatches(len(source), rank_batch(cfg, world_size), rank, world_size, is_train, cfg.seed, reps)
         if backend == 'gpu': return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')
         tfm = (train_transform(sizes.train, cfg.auto_augment, cfg.random_erase, cfg.crop_scale, cfg.crop_ratio, cfg.hflip) if is_train
                else val_transform(sizes.val_crop, sizes.val_resize))
         return Loader(SampleDataset(source, tfm), batches, cfg, pin, 'train' if is_train else 'val')
-    return Loaders(loader(train_src, True) if train else None, loader(val_src, False), list(val_src.classes), kind, root, backend)
+    return Loaders(loader(train_src, True) if train else None, loader(val_src, False), list(val_src.classes), kind, root, backend, cfg.batch_size)
 
 # %% ../nbs/02b_loaders.ipynb #78c80322
 def show_batch(
@@ -443,14 +448,6 @@ def show_batch(
     title:str|None=None, # a title for the figure
     scale:float=1.3, # inches per image
 ):
-    "A matplotlib grid of the first `n` images of a batch, each titled with its class name; returns the figure."
-    import matplotlib.pyplot as plt
-    n = min(n, len(images)); ncols = min(ncols, n); nrows = math.ceil(n / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + (0.3 if title else 0)), squeeze=False)
-    for ax in axs.flat: ax.axis('off')
-    for ax, im, lbl in zip(axs.flat, images[:n].cpu(), labels[:n].cpu()):
-        ax.imshow(im.permute(1, 2, 0).numpy())
-        ax.set_title(classes[int(lbl)], fontsize=8)
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    "A grid of the first `n` images of a batch, each titled with its class name; returns the figure."
+    n = min(n, len(images))
+    return image_grid(images[:n], [classes[int(l)] for l in labels[:n]], min(ncols, n), title=title, size=(scale, scale))

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from .device import DEVICE_TYPES, AmpConfig, Precision, get_device, opt, positive, non_negative, resolve_precision, to_memory_format
 from .model import create_model, load_weights
-from .data import IMG_EXTENSIONS, DataError, crop_sizes, normalize, printable, read_image, val_transform
+from .data import IMG_EXTENSIONS, DataError, crop_sizes, image_grid, normalize, printable, read_image, val_transform
 from .checkpoints import CheckpointError, atomic_write, first_line, read_checkpoint
 from .launch import build_parser, field_checks, parse_config
 
@@ -157,17 +157,10 @@ def show_predictions(
     cols:int=4, # per row
 ):
     "A grid of the images with their top class and probability; the title is green when it matches the true class, red when not."
-    import matplotlib.pyplot as plt
     records = records[:n]
-    rows = max(1, -(-len(records) // cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
-    for ax in axs.flat: ax.axis('off')
-    for ax, r in zip(axs.flat, records):
-        ax.imshow(read_image(r['path']).permute(1, 2, 0).numpy())
-        colour = 'black' if not r['true'] else 'green' if r['true'] == r['pred'][0] else 'red'
-        ax.set_title(f"{r['pred'][0]} ({r['prob'][0]:.2f})" + (f"\ntrue: {r['true']}" if r['true'] else ''), fontsize=8, color=colour)
-    fig.tight_layout()
-    return fig
+    titles = [f"{r['pred'][0]} ({r['prob'][0]:.2f})" + (f"\ntrue: {r['true']}" if r['true'] else '') for r in records]
+    colours = ['black' if not r['true'] else 'green' if r['true'] == r['pred'][0] else 'red' for r in records]
+    return image_grid([read_image(r['path']) for r in records], titles, cols, colours)
 
 # %% ../nbs/07_predict.ipynb #02105408
 @dataclass

@@ -139,9 +139,9 @@ def model_ema(model:nn.Module, decay:float) -> AveragedModel:
     return AveragedModel(unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 # %% ../nbs/02d_recipes.ipynb #30145a02
-def run_notes(cfg, world_size:int, steps_per_epoch:int|None=None) -> list[str]:
+def run_notes(cfg, steps_per_epoch:int|None=None) -> list[str]:
     "The log's lines, for a `RunConfig`, on how batches become updates: accumulation, sync BN and the EMA, when they are on."
-    t, batch = cfg.train, cfg.data.batch_size * world_size
+    t, batch, world_size = cfg.train, cfg.data.batch_size, cfg.world_size
     notes = [f"=> gradient accumulation: {t.grad_accum_steps} batches of {batch} per update, as one batch of {batch * t.grad_accum_steps}"] * (t.grad_accum_steps > 1)
     if t.sync_bn: notes.append(f"=> sync BN: batch-norm statistics over all {world_size} ranks" if world_size > 1 else "=> sync BN: one process, nothing to sync")
     if t.model_ema:

@@ -94,6 +94,7 @@ class RunConfig:
     npu:NpuConfig=field(default_factory=NpuConfig)
     device:str=opt('auto', on_resume='job', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
     device_list:list[int]|None=opt(None, on_resume='job', parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
+    world_size:int=1 # processes in the job, resolved once by the launcher; each loads data.batch_size // world_size a step
 
 # %% ../nbs/03_train.ipynb #d66f8806
 def lr_factor(cfg:TrainConfig, step:int, steps_per_epoch:int) -> float:
@@ -140,8 +141,12 @@ class Learner:
     "The training loop: model, data, optimiser and callbacks, with the state needed to resume exactly and the run's records."
     def __init__(self, model:nn.Module, loaders, cfg:TrainConfig, device:torch.device=torch.device('cpu'),
                  precision:Precision|None=None, cbs=(), opt_class:type=torch.optim.SGD,
-                 untimed:int=SEED_UNTIMED_STEPS):
+                 untimed:int=SEED_UNTIMED_STEPS,
+                 config:dict|None=None, # the whole run's config, as a dict, saved in every checkpoint
+                 notes:list[str]|tuple=(), # lines the log starts with: the recipe, accumulation, sync BN, the EMA
+                 recipe:dict|None=None): # the recipe's name and resolved values, saved in every checkpoint
         self.model, self.loaders, self.cfg, self.device = model, loaders, cfg, device
+        self.config, self.notes, self.recipe = config, list(notes), recipe
         self.precision = precision or resolve_precision(AmpConfig(), device.type)
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch, self.classes = len(loaders.train), list(getattr(loaders, 'classes', []))
@@ -149,14 +154,14 @@ class Learner:
         if self.accum > self.steps_per_epoch:  # an epoch ends an update: it would hold fewer batches than the lr was scaled for
             raise ValueError(f"--grad-accum-steps {self.accum} is more than the {self.steps_per_epoch} batches of an epoch, and an epoch "
                              f"ends an update: use --grad-accum-steps {self.steps_per_epoch} or fewer, or a larger --batch-size")
-        self.global_batch = loaders.train.batches.batch_size * get_world_size() * self.accum  # images per update
+        self.global_batch = loaders.batch_size * self.accum  # images per update, over all ranks
         self.opt = make_optimizer(model, cfg, opt_class)
         self.sched = make_scheduler(self.opt, cfg, math.ceil(self.steps_per_epoch / self.accum))
         self.scaler = LossScaler(self.precision)
         self.mixer = BatchMixer(len(self.classes), cfg.mixup_alpha, cfg.cutmix_alpha) if cfg.mixup_alpha or cfg.cutmix_alpha else None
         self.ema = model_ema(model, ema_decay(cfg.model_ema_decay, self.global_batch, cfg.model_ema_steps, cfg.epochs)) if cfg.model_ema else None
         self.epoch, self.batches_done, self.step, self.best_acc1, self.best_model = 0, 0, 0, 0.0, 'model'
-        self.history, self.summary, self.stop, self.config, self.notes, self.recipe = [], {}, False, None, [], None
+        self.history, self.summary, self.stop = [], {}, False
         self.stop_request, self.stopped_by, self.interp, self.ema_metrics = StopRequest(), None, None, None
         self.log_sizes = {}  # bytes of each log file at the last record: a resume cuts them back to this
         self.fit_start, self.time_before = None, 0.0  # when this `fit` began; seconds of training in the jobs before a resume
@@ -317,7 +322,7 @@ def train_epoch(self:Learner):
             self.callback('after_batch')
             if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update: self.stop = True
         if self.stop: break
-    self.throughput.end_epoch(self.device, self.xb.shape[0] * get_world_size())
+    self.throughput.end_epoch(self.device, self.loaders.batch_size)
     self.check_health()
     self.callback('after_train')
 
@@ -524,7 +529,7 @@ def after_batch(self:LogCB):
     "Every `print_freq` steps: the step line and record (and the NPU warm-up line once)."
     learn, tp = self.learn, self.learn.throughput
     if tp.skip > SEED_UNTIMED_STEPS and tp.steps == tp.skip:  # a longer warm-up (NPU): say what it cost
-        self.write(warmup_message(tp.skip, tp.t0 - tp.started, tp.skip * learn.xb.shape[0] * get_world_size()))
+        self.write(warmup_message(tp.skip, tp.t0 - tp.started, tp.skip * learn.loaders.batch_size))
     if learn.step % learn.cfg.print_freq: return
     rec = learn.history[-1]
     self.write(f"Epoch: [{learn.epoch}][{learn.batches_done}/{learn.steps_per_epoch}] step {learn.step} "
@@ -708,13 +713,12 @@ def build_learner(
     state = load_resumable(cfg.train.resume) if cfg.train.resume else None
     if state: check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)  # before the model exists
     model = build_model(cfg, len(loaders.classes), place.device, precision)
-    values = {**asdict(cfg.train), **asdict(cfg.data), 'batch_size': cfg.data.batch_size * place.world_size}
-    notes = [describe_recipe(cfg.train.recipe, values)] + run_notes(cfg, place.world_size, len(loaders.train))
+    values = {**asdict(cfg.train), **asdict(cfg.data)}
+    notes = [describe_recipe(cfg.train.recipe, values)] + run_notes(cfg, len(loaders.train))
     if cfg.train.pretrained and not state: notes.append(load_pretrained(model, cfg.train.pretrained, cfg.train.arch))
     learn = Learner(model, loaders, cfg.train, place.device, precision, default_callbacks() if cbs is None else cbs,
-                    sgd_class(place.device.type, cfg.npu.fused_sgd), untimed_steps(cfg.npu, place.device.type))
-    learn.config, learn.classes, learn.notes = asdict(cfg), loaders.classes, notes
-    learn.recipe = {'name': cfg.train.recipe, 'values': recipe_values(cfg.train.recipe, values)}
+                    sgd_class(place.device.type, cfg.npu.fused_sgd), untimed_steps(cfg.npu, place.device.type), config=asdict(cfg),
+                    notes=notes, recipe={'name': cfg.train.recipe, 'values': recipe_values(cfg.train.recipe, values)})
     if state: learn.load_state_dict(state)
     return learn
 

@@ -25,7 +25,8 @@ def test_two_processes_train_validate_and_checkpoint(data, tmp_path, free_port):
     assert (out / 'checkpoint.pth.tar').exists() and (out / 'model_best.pth.tar').exists()
     assert 'FPS@all' in r.stdout and 'Acc@1' in r.stdout
     ckpt = torch.load(out / 'checkpoint.pth.tar', weights_only=True)
-    assert ckpt['config']['data']['batch_size'] == 4  # global 8 over 2 ranks
+    assert (ckpt['config']['data']['batch_size'], ckpt['config']['world_size']) == (8, 2)  # the global batch, stored once
+    assert 'BatchSize = 8 (' in r.stdout and 'RankSize = 2' in r.stdout
     assert not any(k.startswith('module.') for k in ckpt['state_dict'])
 
 
