@@ -14,20 +14,20 @@ import torch
 import torch.nn as nn
 import torchvision
 from PIL import Image
-from .device import (DEVICE_TYPES, AmpConfig, non_negative, opt, positive, Precision, device_name, get_device, gpu_jpeg_unavailable_reason,
-                               resolve_precision, synchronize, to_memory_format)
+from .config import build_parser, field_checks, non_negative, opt, parse_config, positive
+from .device import (DEVICE_TYPES, AmpConfig, Precision, device_name, get_device,
+                               gpu_jpeg_unavailable_reason, resolve_precision, synchronize, to_memory_format)
 from .model import ARCHS, create_model
 from .data import DataConfig, normalize, write_image_folder
 from .loaders import build_loaders
 from .train import Callback, RunConfig, TrainConfig, build_learner
-from .launch import build_parser, field_checks, parse_config
 
 # %% auto #0
 __all__ = ['KIND_COLOURS', 'parse_size', 'parse_counts', 'BenchConfig', 'bench_defaults', 'resolve_bench_config', 'time_steps',
            'StepTimerCB', 'make_row', 'plain_model', 'plain_step', 'bench_plain', 'precision_label', 'project_config',
            'bench_project', 'input_label', 'cpu_decoded_note', 'photo_like', 'write_photo_folder', 'bench_input',
            'bench_eval', 'real_data_plan', 'data_rows', 'loader_rows', 'measure_rows', 'run_bench', 'synthetic_config',
-           'add_ratios', 'row_line', 'machine_info', 'cpu_model', 'check_targets', 'format_table', 'plot_result',
+           'add_ratios', 'row_line', 'cpu_model', 'machine_info', 'check_targets', 'format_table', 'plot_result',
            'make_parser', 'main']
 
 # %% ../nbs/05_bench.ipynb #4b4200df
@@ -380,6 +380,12 @@ def row_line(
     if r['img_s'] is None: return f"{r['name']:<32} {r['notes']}"
     return f"{r['name']:<32} {r['img_s']:10.1f} img/s {r['ms_per_step']:10.1f} ms/step  ({r['notes']})"
 
+# %% ../nbs/05_bench.ipynb #7b2a26a8
+def cpu_model() -> str:
+    "The host CPU's model name (from /proc/cpuinfo on Linux)."
+    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): return platform.processor() or platform.machine()
+
 # %% ../nbs/05_bench.ipynb #e2785738
 def machine_info(
     device:torch.device, # the device measured
@@ -392,12 +398,6 @@ def machine_info(
             'python': platform.python_version(),
             'torch': torch.__version__, 'torchvision': torchvision.__version__,
             'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'config': asdict(bc)}
-
-# %% ../nbs/05_bench.ipynb #7b2a26a8
-def cpu_model() -> str:
-    "The host CPU's model name (from /proc/cpuinfo on Linux)."
-    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
 
 # %% ../nbs/05_bench.ipynb #98038b8c
 def check_targets(

@@ -21,7 +21,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from PIL import Image
 from fastcore.basics import patch
-from .device import at_least, between, is_main_process, non_negative, opt, positive, seeded_generator
+from .config import at_least, between, non_negative, opt, positive
+from .device import is_main_process, seeded_generator
 
 log = logging.getLogger(__name__)  # one-line warnings: files reached twice, images skipped
 

@@ -7,10 +7,10 @@ Docs: https://resnext-nb.github.io/resnext_nb/device.html.md"""
 # %% ../nbs/00_device.ipynb #a53c10e7
 from __future__ import annotations
 import contextlib, importlib.metadata, importlib.util, os, random, re, resource, sys
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from fastcore.basics import patch
+from .config import non_negative, opt
 
 # %% auto #0
 __all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'VISIBLE_DEVICES', 'DIST_BACKENDS', 'OPT_LEVELS', 'AMP_DTYPES',
@@ -20,12 +20,11 @@ __all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'VISIBLE_DEVICES', 
            'wants_pinned_memory', 'get_device', 'Placement', 'resolve_placement', 'synchronize', 'peak_memory_bytes',
            'reset_peak_memory', 'seeded_generator', 'seed_everything', 'rng_state', 'set_rng_state', 'device_name',
            'dist_backend', 'device_environment', 'set_device_environment', 'is_distributed', 'get_rank',
-           'get_world_size', 'is_main_process', 'parse_loss_scale', 'Flag', 'opt', 'positive', 'non_negative',
-           'at_least', 'between', 'AmpConfig', 'Precision', 'supports_channels_last', 'autocast_dtype',
-           'resolve_precision', 'to_memory_format', 'npu_branch', 'npu_saturates_fp16', 'make_grad_scaler',
-           'LossScaler', 'AllReduceBatchNorm', 'sync_batchnorm', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg',
-           'SideStream', 'release', 'npu_version_mismatch', 'NpuConfig', 'apply_npu_config', 'sgd_class',
-           'untimed_steps', 'warmup_message']
+           'get_world_size', 'is_main_process', 'parse_loss_scale', 'AmpConfig', 'Precision', 'supports_channels_last',
+           'autocast_dtype', 'resolve_precision', 'to_memory_format', 'npu_branch', 'npu_saturates_fp16',
+           'make_grad_scaler', 'LossScaler', 'AllReduceBatchNorm', 'sync_batchnorm', 'gpu_jpeg_unavailable_reason',
+           'supports_gpu_jpeg', 'SideStream', 'release', 'npu_version_mismatch', 'NpuConfig', 'apply_npu_config',
+           'sgd_class', 'untimed_steps', 'warmup_message']
 
 # %% ../nbs/00_device.ipynb #d1c8951e
 CANN_SET_ENV = ('/usr/local/Ascend/ascend-toolkit/set_env.sh', '/usr/local/Ascend/cann/set_env.sh',
@@ -323,47 +322,6 @@ def parse_loss_scale(value) -> float | str | None:
     if not scale > 0 or scale == float('inf'):
         raise ValueError(f"--loss-scale {value!r}: expected a positive number such as 1024, or 'dynamic'")
     return scale
-
-# %% ../nbs/00_device.ipynb #0c36c867
-@dataclass(frozen=True)
-class Flag:
-    "How a config field appears on the command line."
-    names:tuple[str, ...]=() # its spellings, e.g. `('--batch-size', '-b')`; empty: `--` and the field's name with hyphens
-    help:str='' # one line for `--help`
-    choices:tuple|None=None # the allowed values, from the constant that defines them
-    parse:Callable|None=None # turns the flag's text into the value; None: from the field's type
-    check:Callable|None=None # returns a complaint such as 'must be positive' for a bad value, else None
-    metavar:str|None=None # the placeholder `--help` shows
-    ascend:bool=False # one of the Ascend recipe's own flags (listed first in `--help`)
-    on_resume:str='keep' # with `--resume`: 'keep' the checkpoint's value (refuse another), 'apply' a value given again, or 'job' (this invocation's, never the checkpoint's)
-
-# %% ../nbs/00_device.ipynb #3ffe6893
-def opt(
-    default=MISSING, # the field's default (the Ascend recipe's value, where it has one)
-    *names:str, # the flag's spellings; none: `--field-name`
-    factory:Callable|None=None, # instead of `default`: a function that makes it
-    **flag, # the other `Flag` attributes: help, choices, parse, check, metavar, ascend
-):
-    "A dataclass field that is also a command-line flag, declared once."
-    meta = {'flag': Flag(names, **flag)}
-    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
-
-# %% ../nbs/00_device.ipynb #64584988
-def positive(v) -> str|None:
-    "A `Flag.check`: None for a value above 0, else the complaint."
-    return None if v > 0 else 'must be positive'
-
-def non_negative(v) -> str|None:
-    "A `Flag.check`: None for 0 or more, else the complaint."
-    return None if v >= 0 else 'must be 0 or more'
-
-def at_least(n) -> Callable:
-    "A `Flag.check` that accepts values of `n` or more."
-    return lambda v: None if v >= n else f'must be at least {n}'
-
-def between(lo, hi) -> Callable:
-    "A `Flag.check` that accepts values from `lo` to `hi`, both included."
-    return lambda v: None if lo <= v <= hi else f'must be between {lo} and {hi}'
 
 # %% ../nbs/00_device.ipynb #4ae120c7
 AMP_DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}

@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['STATUSES', 'SELFTEST_STATUSES', 'NUMERICS_TOLERANCES', 'Check', 'format_checks', 'exit_code', 'package_version',
-           'check_python', 'Stack', 'import_stack', 'check_torch', 'check_torchvision', 'missing_libraries',
-           'torch_npu_extension', 'check_torch_npu', 'check_cann', 'Holder', 'parse_npu_chips', 'parse_npu_smi',
-           'parse_nvidia_smi', 'device_holders', 'used_devices', 'check_devices', 'check_port', 'checkpoint_bytes',
-           'free_bytes', 'check_disk', 'usable_cores', 'check_workers', 'open_splits', 'sample_images', 'check_images',
-           'check_data', 'Outcome', 'format_outcomes', 'failure_line', 'numerics_dtype', 'relative_error',
-           'param_layers', 'layer_values', 'numerics_batches', 'seeded_model', 'hook_layers', 'trace_steps',
-           'LayerError', 'layer_errors', 'first_beyond', 'numerics_outcome', 'check_numerics', 'optimizer_name',
-           'step_together', 'check_fused_sgd', 'scaler_step', 'check_loss_scaler', 'free_port', 'wait_processes',
-           'collective_worker', 'check_collective', 'sample_jpegs', 'pillow_rgb', 'compare_decoded', 'check_gpu_decode',
-           'selftest_precisions', 'guarded', 'run_selftest', 'write_selftest', 'make_parser', 'check_versions',
-           'run_checks', 'selftest_main', 'main']
+__all__ = ['STATUSES', 'SMI_TOOLS', 'SELFTEST_STATUSES', 'NUMERICS_TOLERANCES', 'Check', 'format_checks', 'exit_code',
+           'package_version', 'check_python', 'Stack', 'import_stack', 'check_torch', 'check_torchvision',
+           'missing_libraries', 'torch_npu_extension', 'check_torch_npu', 'check_cann', 'Holder', 'parse_npu_chips',
+           'parse_npu_smi', 'parse_nvidia_smi', 'device_holders', 'used_devices', 'check_devices', 'check_port',
+           'checkpoint_bytes', 'free_bytes', 'check_disk', 'usable_cores', 'check_workers', 'open_splits',
+           'sample_images', 'check_images', 'check_data', 'Outcome', 'format_outcomes', 'failure_line',
+           'numerics_dtype', 'relative_error', 'param_layers', 'layer_values', 'numerics_batches', 'seeded_model',
+           'hook_layers', 'trace_steps', 'LayerError', 'layer_errors', 'first_beyond', 'numerics_outcome',
+           'check_numerics', 'optimizer_name', 'step_together', 'check_fused_sgd', 'scaler_step', 'check_loss_scaler',
+           'free_port', 'wait_processes', 'collective_worker', 'check_collective', 'sample_jpegs', 'pillow_rgb',
+           'compare_decoded', 'check_gpu_decode', 'selftest_precisions', 'guarded', 'run_selftest', 'write_selftest',
+           'make_parser', 'check_versions', 'run_checks', 'selftest_main', 'main']
 
 # %% ../nbs/06_doctor.ipynb #1400d2bd
 STATUSES = ('ok', 'warn', 'fail')
@@ -157,9 +157,11 @@ def parse_nvidia_smi(apps:str, gpus:str) -> list[Holder]:
     return [Holder(index.get(bus.lower(), -1), int(pid), name) for pid, name, bus in rows if pid.isdigit()]
 
 # %% ../nbs/06_doctor.ipynb #66238984
+SMI_TOOLS = {'npu': 'npu-smi', 'cuda': 'nvidia-smi'}  # the tool that lists a device type's processes
+
 def device_holders(device_type:str, run=subprocess.run) -> list[Holder] | None:
     "Processes holding `device_type` devices, from npu-smi or nvidia-smi; None when the tool is not here."
-    tool = {'npu': 'npu-smi', 'cuda': 'nvidia-smi'}.get(device_type)
+    tool = SMI_TOOLS.get(device_type)
     if tool is None or shutil.which(tool) is None: return None
     call = lambda *a: run([tool, *a], capture_output=True, text=True, timeout=60).stdout
     if device_type == 'npu': return parse_npu_smi(call('info'), parse_npu_chips(call('info', '-m')))
@@ -184,7 +186,7 @@ def check_devices(device_type:str, available:int, nproc:int, device_list:list[in
     unit = 'CPU cores' if device_type == 'cpu' else f'{device_type} devices'
     checks = [Check('devices', 'ok', f"{available} {unit} for {nproc} process{'es' * (nproc > 1)}")]
     if device_type == 'cpu': return checks
-    if holders is None: return checks + [Check('busy', 'warn', f"cannot see other processes: {dict(npu='npu-smi', cuda='nvidia-smi')[device_type]} not found")]
+    if holders is None: return checks + [Check('busy', 'warn', f"cannot see other processes: {SMI_TOOLS[device_type]} not found")]
     used = set(used_devices(device_type, nproc, device_list, env))
     busy = [h for h in holders if h.device in used]
     if not busy: return checks + [Check('busy', 'ok', f"no other process holds {device_type} {', '.join(map(str, sorted(used)))}")]

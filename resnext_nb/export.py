@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .device import opt
+from .config import build_parser, opt, parse_config
 from .model import ARCHS
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .checkpoints import CheckpointError, checkpoint_bytes, read_checkpoint
-from .launch import build_parser, parse_config
 from .predict import Predictor, load_predictor
 
 # %% auto #0

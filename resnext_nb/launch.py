@@ -6,13 +6,14 @@ Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
 # %% ../nbs/04_launch.ipynb #34f49fa7
 from __future__ import annotations
-import argparse, errno, fcntl, gc, logging, math, os, re, signal, socket, sys, time
-from dataclasses import MISSING, dataclass, field, fields, replace
+import argparse, errno, fcntl, gc, logging, os, signal, socket, sys, time
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from .device import (AmpConfig, DeviceUnavailable, Flag, NpuConfig, available_devices, device_environment,
-                               visible_device_index,
-                               dist_backend, is_distributed, non_negative, opt, parse_loss_scale, positive,
-                               resolve_device_type, resolve_placement)  # first: it imports torch with a guard for torch_npu
+from .device import (AmpConfig, DeviceUnavailable, NpuConfig, available_devices, device_environment,
+                               dist_backend, is_distributed, parse_loss_scale, resolve_device_type, resolve_placement,
+                               visible_device_index)  # first: it imports torch with a guard for torch_npu
+from .config import (OneLineParser, build_parser, field_checks, field_default, flag_fields, flag_names,
+                               non_negative, opt, positive, shown)
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -20,22 +21,20 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from .data import STOP_SIGNALS, DataConfig, DataError
 from .checkpoints import CheckpointError, read_checkpoint
-from .recipes import RECIPES, Scaled
+from .recipes import PRESETS, RECIPES, Scaled
 from .shapes import builtin_dataset_path
 from .interpret import REPORT_FILES
 from .train import RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverged, default_output, evaluate, train
 
 # %% auto #0
-__all__ = ['ASCEND_PORT', 'PRESETS', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'FORWARDED_SIGNALS',
-           'SHUTDOWN_TIMEOUT', 'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'JobConfig', 'flag_fields', 'flag_names',
-           'field_default', 'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'parse_config', 'make_parser',
-           'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'field_checks',
-           'check_values', 'check_data_path', 'resume_path', 'saved_values', 'from_checkpoint', 'make_config',
-           'config_from_args', 'format_config', 'leave_process_group', 'UserError', 'run_worker', 'die_with_parent',
-           'elastic_worker', 'check_port_free', 'launch_config', 'check_device_count', 'worker_environment',
-           'stopped_by_signal', 'describe_failure', 'launch_processes', 'lock_output', 'prepare_output',
-           'summary_fields', 'write_summary', 'summary_lines', 'next_steps', 'finished_line', 'stopped_line', 'run_job',
-           'main']
+__all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'FORWARDED_SIGNALS', 'SHUTDOWN_TIMEOUT',
+           'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'JobConfig', 'make_parser', 'external_launcher',
+           'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'check_values', 'check_data_path',
+           'resume_path', 'saved_values', 'from_checkpoint', 'make_config', 'config_from_args', 'format_config',
+           'leave_process_group', 'UserError', 'run_worker', 'die_with_parent', 'elastic_worker', 'check_port_free',
+           'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal', 'describe_failure',
+           'launch_processes', 'lock_output', 'prepare_output', 'summary_fields', 'write_summary', 'summary_lines',
+           'next_steps', 'finished_line', 'stopped_line', 'run_job', 'main']
 
 # %% ../nbs/04_launch.ipynb #dea0a756
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
@@ -44,12 +43,6 @@ def tcp_port(v) -> str|None:
     "A `Flag.check`: None for a TCP port number (1-65535), else the complaint."
     return None if 0 < v < 65536 else 'not a TCP port'
 
-_ASCEND_1P = dict(amp=True, loss_scale='1024', seed=49)
-PRESETS = {
-    'quickstart': dict(recipe='quick', arch='resnext_tiny', image_size=64, batch_size=64, workers=2),
-    'ascend-1p': _ASCEND_1P,
-    'ascend-8p': {**_ASCEND_1P, 'nproc': 8, 'device_list': list(range(8)), 'batch_size': 2048},  # lr 0.8: the ascend recipe's rule
-}
 
 # %% ../nbs/04_launch.ipynb #e4d38664
 @dataclass
@@ -69,96 +62,6 @@ class JobConfig:
     sources:dict=field(default_factory=dict) # where each flag's value came from: 'flag', 'preset NAME' or 'default'
 
 CONFIGS = {'launch': JobConfig, 'device': RunConfig, 'training': TrainConfig, 'data': DataConfig, 'precision': AmpConfig, 'npu': NpuConfig}
-
-# %% ../nbs/04_launch.ipynb #94f6d915
-def flag_fields(configs:dict|None=None) -> list[tuple[str, object, Flag]]:
-    "(group, field, flag) for every field of `configs` ({group: dataclass}, default `CONFIGS`) that has a flag."
-    return [(g, f, f.metadata['flag']) for g, cls in (CONFIGS if configs is None else configs).items()
-            for f in fields(cls) if 'flag' in f.metadata]
-
-def flag_names(f, flag:Flag) -> tuple[str, ...]:
-    "The flag's spellings: its own, or `--` and the field's name with hyphens."
-    return flag.names or ('--' + f.name.replace('_', '-'),)
-
-def field_default(f):
-    "A field's default value (calling its factory)."
-    return f.default_factory() if f.default_factory is not MISSING else f.default
-
-# %% ../nbs/04_launch.ipynb #add30e7e
-def _shown(v) -> str:
-    "A value as `--help` shows it."
-    if isinstance(v, bool) or v is None: return {True: 'on', False: 'off', None: 'none'}[v]
-    if isinstance(v, Scaled): return str(v)
-    return ','.join(f'{x:g}' if isinstance(x, float) else str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)  # as the flag is typed
-
-def flag_help(f, flag:Flag, presets:dict|None=None) -> str:
-    "The flag's help line: its help, its default once, and the `presets` (default `PRESETS`) and recipes that set it."
-    default = f.default_factory.__doc__.split(': ', 1)[-1].rstrip('.') if f.default_factory is not MISSING else _shown(f.default)
-    presets = ''.join(f"; {name}: {_shown(p[f.name])}" for name, p in (PRESETS if presets is None else presets).items() if f.name in p)
-    recipes = ''.join(f"; recipe {name}: {_shown(r[f.name])}" for name, r in RECIPES.items() if f.name in r)
-    return f"{flag.help} (default: {default}{presets}{recipes})".replace('%', '%%')
-
-# %% ../nbs/04_launch.ipynb #6e4a9525
-class OneLineParser(argparse.ArgumentParser):
-    "An ArgumentParser whose errors are one line: `prog: error: message (see --help)`."
-    def error(self, message):
-        m = re.match(r"argument (-[^/:\s]+)\S*: invalid choice: (.+?) \(choose from (.+)\)$", message)
-        if m: message = f"{m[1]} {m[2]}: choose one of {m[3].replace(chr(39), '')}"  # the same words as every other bad value
-        message = re.sub(r'^argument [^:]+: (?=-)', '', message)  # a field's parser already names its flag
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-def _parse(parse):
-    "Wrap a field's parser so that its `ValueError` becomes argparse's one-line error."
-    def convert(text):
-        try: return parse(text)
-        except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
-    convert.__name__ = parse.__name__
-    return convert
-
-def add_flag(group, f, flag:Flag, presets:dict|None=None):
-    "Add the flag of config field `f` to an argument group; its type follows the field's annotation."
-    kind, kw = str(f.type).replace(' ', ''), dict(dest=f.name, help=flag_help(f, flag, presets))
-    if flag.choices: kw['help'] = f"{kw['help']}; one of {', '.join(map(str, flag.choices))}"
-    if flag.ascend: kw['help'] += " [Ascend recipe]"
-    turned_on = any(p.get(f.name) is True for p in (*PRESETS.values(), *RECIPES.values()))  # --no-x undoes a preset or recipe
-    names = flag_names(f, flag)
-    if kind == 'bool' and f.default is not True and not turned_on: kw['action'] = 'store_true'
-    elif kind == 'bool' and names[0].startswith('--no-'):  # a negative flag: its opposite drops the `no-`, never `--no-no-`
-        group.add_argument(*names, action='store_true', **kw)
-        return group.add_argument('--' + names[0][5:], action='store_false', dest=f.name, help=f"undo {names[0]}")
-    elif kind in ('bool', 'bool|None'): kw['action'] = argparse.BooleanOptionalAction  # --x and --no-x
-    else: kw.update(type=_parse(flag.parse) if flag.parse else {'int': int, 'float': float}.get(kind.replace('|None', ''), str),
-                    choices=flag.choices, metavar=flag.metavar or (f.name.upper() if flag.choices else None))
-    group.add_argument(*names, **kw)
-
-# %% ../nbs/04_launch.ipynb #0bad79af
-def build_parser(
-    prog:str, # the command, for usage and errors
-    description:str, # one paragraph for `--help`
-    configs:dict|None=None, # {group: dataclass} whose flag-bearing fields become flags (default `CONFIGS`)
-    presets:dict|None=None, # presets to show in each flag's help (default `PRESETS`)
-    groups:dict|None=None, # {title: field names}: the `--help` sections by purpose; other flags go under their config's name
-    **kw, # for `argparse.ArgumentParser`: usage, epilog, ...
-) -> OneLineParser:
-    "A parser with one flag per flag-bearing field, in sections by purpose."
-    p = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS, description=description, **kw)
-    where = {name: title for title, names in (groups or {}).items() for name in names}
-    order = {name: k for k, name in enumerate(where)}  # within a section, as `groups` lists them
-    sections = {title: p.add_argument_group(title) for title in (groups or {})}
-    for g, f, flag in sorted(flag_fields(configs), key=lambda t: order.get(t[1].name, len(order))):
-        title = where.get(f.name, g)
-        if title not in sections: sections[title] = p.add_argument_group(title)
-        add_flag(sections[title], f, flag, presets)
-    return p
-
-def parse_config(
-    parser:argparse.ArgumentParser, # from `build_parser`, with any positional arguments added
-    cls, # the config dataclass whose fields the parser's flags fill
-    argv:list[str]|None=None, # the arguments (None: `sys.argv[1:]`)
-) -> tuple[object, dict]:
-    "Parse `argv` into an instance of `cls` (field defaults for flags not given) and the dict of everything parsed."
-    given = vars(parser.parse_args(argv))
-    return cls(**{f.name: given.get(f.name, field_default(f)) for f in fields(cls)}), given
 
 # %% ../nbs/04_launch.ipynb #454e41d3
 HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups its flags
@@ -189,7 +92,7 @@ def make_parser() -> OneLineParser:
     "The launcher's argument parser, built from the config fields, in `HELP_GROUPS`."
     return build_parser('python -m resnext_nb.launch', 'Train or evaluate ResNeXt on NPUs, GPUs or the CPU.\nWithout '
                         '--data-path it trains a small model on the built-in dataset; with it, the Ascend recipe applies.',
-                        groups=HELP_GROUPS, usage=LAUNCH_USAGE, epilog=LAUNCH_EPILOG,
+                        CONFIGS, PRESETS, RECIPES, groups=HELP_GROUPS, usage=LAUNCH_USAGE, epilog=LAUNCH_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 # %% ../nbs/04_launch.ipynb #8eb36b74
@@ -217,7 +120,7 @@ def resolve_values(given:dict) -> tuple[dict, dict]:
     preset, values, sources = PRESETS.get(name, {}), {'preset': name}, {}
     recipe = given.get('recipe', preset.get('recipe', TrainConfig.recipe))
     asked = RECIPES[recipe]
-    for _, f, _ in flag_fields():
+    for _, f, _ in flag_fields(CONFIGS):
         if f.name in given: values[f.name], sources[f.name] = given[f.name], 'flag'
         elif f.name in preset: values[f.name], sources[f.name] = preset[f.name], f'preset {name}'
         elif f.name in asked: values[f.name], sources[f.name] = asked[f.name], f'recipe {recipe}'
@@ -238,21 +141,9 @@ def world_size(values:dict, env=os.environ) -> tuple[int, int]:
     return nproc, nproc * values['nnodes']
 
 # %% ../nbs/04_launch.ipynb #3f4ec657
-def field_checks(
-    values:dict, # field name -> value
-    configs:dict|None=None, # whose fields to check (default `CONFIGS`)
-):
-    "Raise a one-line `ValueError` naming the flag for a value its field refuses: a choice not offered, or its `check`."
-    for _, f, flag in flag_fields(configs):
-        v, name = values.get(f.name), flag_names(f, flag)[0]
-        if v is None: continue
-        if flag.choices and v not in flag.choices: raise ValueError(f"{name} {v!r}: choose one of {', '.join(map(str, flag.choices))}")
-        if isinstance(v, float) and not math.isfinite(v): raise ValueError(f"{name} {v}: must be a finite number")
-        if flag.check and (why := flag.check(v)): raise ValueError(f"{name} {v!r}: {why}" if isinstance(v, str) else f"{name} {v}: {why}")
-
 def check_values(values:dict, world:int):
     "Reject values that cannot work, naming the flag: each field's own check, then the ones that join fields."
-    field_checks(values)
+    field_checks(values, CONFIGS)
     if values['batch_size'] % world:
         raise ValueError(f"--batch-size {values['batch_size']} is the global batch and must divide evenly over {world} processes")
     if values['evaluate'] and not values['resume']: raise ValueError("--evaluate needs --resume PATH: the checkpoint to score")
@@ -281,7 +172,7 @@ def resume_path(
 def saved_values(state:dict) -> dict:
     "The flag-bearing values a checkpoint's run used, by field name."
     config, saved = state.get('config') or {}, {}
-    for _, f, _ in flag_fields():
+    for _, f, _ in flag_fields(CONFIGS):
         for section in (config.get('train', {}), config.get('data', {}), config.get('amp', {}), config.get('npu', {}), config):
             if isinstance(section, dict) and f.name in section: saved[f.name] = section[f.name]; break
     if 'batch_size' in saved and 'world_size' not in config:  # written before the config held the world size: per rank
@@ -298,11 +189,11 @@ def from_checkpoint(
     "Take every value not given now from the checkpoint at `path`; refuse a flag given now that would change its recipe."
     state = read_checkpoint(path)
     saved = saved_values(state)
-    for _, f, flag in flag_fields():
+    for _, f, flag in flag_fields(CONFIGS):
         if f.name not in saved or flag.on_resume == 'job' or values[f.name] == saved[f.name]: continue
         if sources[f.name] == 'flag':
             if flag.on_resume == 'apply': continue  # given again: it takes effect
-            raise ValueError(f"{flag_names(f, flag)[0]} {_shown(values[f.name])} differs from the checkpoint's {_shown(saved[f.name])}: "
+            raise ValueError(f"{flag_names(f, flag)[0]} {shown(values[f.name])} differs from the checkpoint's {shown(saved[f.name])}: "
                              f"a resumed run keeps its recipe; drop the flag, or start a new run in another --output")
         values[f.name], sources[f.name] = saved[f.name], 'checkpoint'
     mid = (state.get('sampler') or {}).get('start_batch', 0)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .device import DEVICE_TYPES, AmpConfig, Precision, get_device, opt, positive, non_negative, resolve_precision, to_memory_format
+from .config import build_parser, field_checks, non_negative, opt, parse_config, positive
+from .device import (DEVICE_TYPES, AmpConfig, Precision, get_device, resolve_precision,
+                               to_memory_format)
 from .model import create_model, load_weights
 from .data import IMG_EXTENSIONS, DataError, crop_sizes, image_grid, normalize, printable, read_image, val_transform
 from .checkpoints import CheckpointError, atomic_write, first_line, read_checkpoint
-from .launch import build_parser, field_checks, parse_config
 
 # %% auto #0
 __all__ = ['Predictor', 'checkpoint_image_size', 'load_predictor', 'is_image', 'find_images', 'read_batch', 'predict_batch',

@@ -1,4 +1,4 @@
-"""The knobs of today's ImageNet recipes (optimisers, MixUp and CutMix, a moving average of the weights) and the recipes themselves, as data.
+"""The recipes and presets as data, and the knobs of today's ImageNet recipes: the optimiser and the learning-rate schedule, MixUp and CutMix, a moving average of the weights.
 
 Docs: https://resnext-nb.github.io/resnext_nb/recipes.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/recipes.html.md"""
 
 # %% ../nbs/02d_recipes.ipynb #e23a26a2
 from __future__ import annotations
-import hashlib
+import hashlib, math
 from typing import NamedTuple
 import torch
 import torch.nn as nn
@@ -15,8 +15,9 @@ from torchvision.transforms import v2
 from .model import unwrap_model
 
 # %% auto #0
-__all__ = ['RECIPES', 'RECIPE_ABOUT', 'OPTIMIZERS', 'Scaled', 'recipe_values', 'describe_recipe', 'param_groups',
-           'make_optimizer', 'batch_seed', 'BatchMixer', 'ema_decay', 'model_ema', 'run_notes']
+__all__ = ['RECIPES', 'PRESETS', 'OPTIMIZERS', 'LR_SCHEDULES', 'Scaled', 'Recipe', 'recipe_values', 'describe_recipe',
+           'preset_table', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'batch_seed', 'BatchMixer',
+           'ema_decay', 'model_ema', 'run_notes']
 
 # %% ../nbs/02d_recipes.ipynb #cdaf14c3
 class Scaled(NamedTuple):
@@ -33,19 +34,20 @@ class Scaled(NamedTuple):
     def __str__(self): return f"{self.value:g} at {'global batch' if self.by == 'batch' else 'image size'} {self.at}, scaled linearly"
 
 # %% ../nbs/02d_recipes.ipynb #698a9bed
+class Recipe(dict):
+    "A recipe in one entry: the field values it sets (a `Scaled` value follows the run), and what it is, in `about`."
+    def __init__(self, about:str, **values): super().__init__(**values); self.about = about
+
 RECIPES = {
-    'ascend': dict(lr=Scaled(0.1, 256)),  # the Ascend ModelZoo recipe: the field defaults, and its lr rule (0.8 at 2048)
-    'quick': dict(epochs=6, lr=0.2, warmup_epochs=0.5),
-    'tv-v2': dict(epochs=600, lr=Scaled(0.5, 1024), warmup_epochs=5.0, weight_decay=2e-5, no_bn_weight_decay=True,
-                  label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0, auto_augment='ta_wide', random_erase=0.1,
-                  train_crop_size=Scaled(176, 224, 'size'), val_resize_size=Scaled(232, 224, 'size'),
-                  val_crop_size=Scaled(224, 224, 'size'), model_ema=True, model_ema_decay=0.99998, model_ema_steps=32,
-                  ra_sampler=True, ra_reps=4),
-}
-RECIPE_ABOUT = {
-    'ascend': "the Ascend ModelZoo recipe (77.22% on ImageNet): crop and flip, SGD, cosine, no warmup",
-    'quick': "the built-in dataset's short run: 6 epochs, half an epoch of warmup",
-    'tv-v2': "torchvision's IMAGENET1K_V2 recipe for ResNeXt-50 32x4d (81.198% on ImageNet)",
+    'ascend': Recipe("the Ascend ModelZoo recipe (77.22% on ImageNet): crop and flip, SGD, cosine, no warmup",
+                     lr=Scaled(0.1, 256)),  # the field defaults are this recipe's; its lr rule gives 0.8 at 2048
+    'quick': Recipe("the built-in dataset's short run: 6 epochs, half an epoch of warmup", epochs=6, lr=0.2, warmup_epochs=0.5),
+    'tv-v2': Recipe("torchvision's IMAGENET1K_V2 recipe for ResNeXt-50 32x4d (81.198% on ImageNet)",
+                    epochs=600, lr=Scaled(0.5, 1024), warmup_epochs=5.0, weight_decay=2e-5, no_bn_weight_decay=True,
+                    label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0, auto_augment='ta_wide', random_erase=0.1,
+                    train_crop_size=Scaled(176, 224, 'size'), val_resize_size=Scaled(232, 224, 'size'),
+                    val_crop_size=Scaled(224, 224, 'size'), model_ema=True, model_ema_decay=0.99998, model_ema_steps=32,
+                    ra_sampler=True, ra_reps=4),
 }
 
 def recipe_values(
@@ -65,7 +67,23 @@ def describe_recipe(name:str, values:dict) -> str:
         text = f"{k} {want:g}" if isinstance(want, float) else f"{k} {want}"
         if isinstance(spec, Scaled) and spec.by == 'batch': text += f" ({spec} to {values['batch_size'] * values.get('grad_accum_steps', 1)})"
         return text if values.get(k, want) == want else f"{text}, overridden: {values[k]}"
-    return f"=> recipe {name}, {RECIPE_ABOUT[name]}" + (': ' + '; '.join(show(k) for k in asked) if asked else '')
+    return f"=> recipe {name}, {RECIPES[name].about}" + (': ' + '; '.join(show(k) for k in asked) if asked else '')
+
+# %% ../nbs/02d_recipes.ipynb #23efeb28
+_ASCEND_1P = dict(amp=True, loss_scale='1024', seed=49)
+PRESETS = {  # the launcher's `--preset`: values for the flags a run does not give
+    'quickstart': dict(recipe='quick', arch='resnext_tiny', image_size=64, batch_size=64, workers=2),
+    'ascend-1p': _ASCEND_1P,
+    'ascend-8p': {**_ASCEND_1P, 'nproc': 8, 'device_list': list(range(8)), 'batch_size': 2048},  # lr 0.8: the recipe's rule
+}
+
+# %% ../nbs/02d_recipes.ipynb #4cc9ce75
+def preset_table():
+    "The presets as a markdown table: a row per field, a column per preset."
+    from IPython.display import Markdown
+    names = [n for p in PRESETS.values() for n in p]
+    rows = [f"| `{n}` | " + ' | '.join(f"`{p[n]}`" if n in p else '' for p in PRESETS.values()) + ' |' for n in dict.fromkeys(names)]
+    return Markdown('| field | ' + ' | '.join(PRESETS) + ' |\n|---|' + '---|' * len(PRESETS) + '\n' + '\n'.join(rows))
 
 # %% ../nbs/02d_recipes.ipynb #ff698085
 OPTIMIZERS = ('sgd', 'sgd-nesterov', 'adamw', 'rmsprop')
@@ -98,6 +116,26 @@ def make_optimizer(
     if name == 'adamw': return torch.optim.AdamW(groups, lr=cfg.lr)
     if name == 'rmsprop': return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, alpha=0.9, eps=0.0316)
     raise ValueError(f"--opt {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+# %% ../nbs/02d_recipes.ipynb #600238ec
+LR_SCHEDULES = ('cosine', 'step')
+
+def lr_factor(
+    cfg, # a `TrainConfig`: its `schedule`, `epochs`, `step_size` and `warmup_epochs`
+    step:int, # the global step (optimiser updates so far)
+    steps_per_epoch:int, # optimiser updates per epoch
+) -> float:
+    "The multiple of `cfg.lr` to use at global step `step`."
+    epoch = step // steps_per_epoch
+    warmup_steps = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup_steps: return (step + 1) / warmup_steps
+    if cfg.schedule == 'cosine': return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    if cfg.schedule == 'step': return 0.1 ** (epoch // cfg.step_size)
+    raise ValueError(f"--lr-schedule {cfg.schedule!r}: choose cosine or step")
+
+def make_scheduler(optimizer:torch.optim.Optimizer, cfg, steps_per_epoch:int):
+    "A per-step `LambdaLR` following `lr_factor`."
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
 
 # %% ../nbs/02d_recipes.ipynb #296352f6
 def batch_seed(seed:int, epoch:int, batch:int, rank:int=0) -> int:

@@ -16,29 +16,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
-from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, NpuConfig, Placement, Precision,
-                               apply_npu_config, between, device_name, get_rank, get_world_size, sgd_class, sync_batchnorm, untimed_steps, warmup_message,
-                               is_distributed, is_main_process, non_negative, opt, parse_device_list, peak_memory_bytes,
-                               positive, resolve_placement, resolve_precision, rng_state, seed_everything, set_rng_state,
-                               synchronize, to_memory_format)
+from .config import between, non_negative, opt, positive
+from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, NpuConfig, Placement,
+                               Precision, apply_npu_config, device_name, get_rank, get_world_size, sgd_class,
+                               sync_batchnorm, untimed_steps, warmup_message, is_distributed, is_main_process,
+                               parse_device_list, peak_memory_bytes, resolve_placement, resolve_precision,
+                               rng_state, seed_everything, set_rng_state, synchronize, to_memory_format)
 from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
 from .data import STOP_SIGNALS, DataConfig, DataError, normalize
 from .loaders import build_loaders
-from .recipes import (OPTIMIZERS, RECIPES, BatchMixer, batch_seed, describe_recipe, ema_decay, make_optimizer, model_ema,
-                                param_groups, recipe_values, run_notes)
+from .recipes import (LR_SCHEDULES, OPTIMIZERS, RECIPES, BatchMixer, batch_seed, describe_recipe, ema_decay, lr_factor,
+                                make_optimizer, make_scheduler, model_ema, param_groups, recipe_values, run_notes)
 from .checkpoints import (CheckpointError, MetricSums, Throughput, atomic_write, check_fits, first_line, load_pretrained, load_resumable,
                                     read_checkpoint, save_checkpoint)
 from .interpret import REPORT_FILES, Interpretation, write_report
 
 # %% auto #0
-__all__ = ['LR_SCHEDULES', 'RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'lr_factor', 'make_scheduler',
-           'CancelFitException', 'Callback', 'StopRequest', 'stop_on_signals', 'Learner', 'zero_grads', 'hold_body',
-           'freeze_batchnorm', 'TrainingDiverged', 'held_sigchld', 'RunFailed', 'data_failure', 'score', 'console_line',
-           'LogCB', 'CheckpointCB', 'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB',
-           'default_callbacks', 'build_model', 'build_learner', 'train', 'evaluate']
+__all__ = ['RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'CancelFitException', 'Callback', 'StopRequest',
+           'stop_on_signals', 'Learner', 'zero_grads', 'hold_body', 'freeze_batchnorm', 'TrainingDiverged',
+           'held_sigchld', 'RunFailed', 'data_failure', 'score', 'console_line', 'LogCB', 'CheckpointCB', 'ProgressCB',
+           'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB', 'default_callbacks', 'build_model', 'build_learner',
+           'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
-LR_SCHEDULES = ('cosine', 'step')
 RUN_FILES = ('checkpoint.pth.tar', 'model_best.pth.tar', 'train.log', 'metrics.jsonl', 'loss.png', 'accuracy.png', 'lr.png', *REPORT_FILES)  # what a run writes
 
 def default_output(arch:str) -> str:
@@ -46,12 +46,13 @@ def default_output(arch:str) -> str:
     base = f"output/{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     return next(f"{base}-{k}" if k > 1 else base for k in range(1, 10_000) if not Path(f"{base}-{k}" if k > 1 else base).exists())
 
+# %% ../nbs/03_train.ipynb #8b83df38
 @dataclass
 class TrainConfig:
     "What and how to train; the defaults are the Ascend recipe's single-device run."
     arch:str=opt('resnext50_32x4d', '--arch', '-a', choices=tuple(ARCHS), ascend=True, help='model')
     epochs:int=opt(90, on_resume='apply', check=positive, ascend=True, help='epochs to train')
-    lr:float=opt(0.1, '--lr', '--learning-rate', check=positive, ascend=True, help='peak learning rate (the recipes scale theirs with the global batch: see --recipe)')
+    lr:float=opt(RECIPES['ascend']['lr'].value, '--lr', '--learning-rate', check=positive, ascend=True, help='peak learning rate (the recipes scale theirs with the global batch: see --recipe)')
     momentum:float=opt(0.9, check=non_negative, ascend=True, help='SGD momentum')
     weight_decay:float=opt(1e-4, '--wd', '--weight-decay', check=non_negative, help='weight decay')
     no_bn_weight_decay:bool=opt(False, '--no-bn-wd', help='no weight decay on norm and bias parameters')
@@ -95,20 +96,6 @@ class RunConfig:
     device:str=opt('auto', on_resume='job', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
     device_list:list[int]|None=opt(None, on_resume='job', parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
     world_size:int=1 # processes in the job, resolved once by the launcher; each loads data.batch_size // world_size a step
-
-# %% ../nbs/03_train.ipynb #d66f8806
-def lr_factor(cfg:TrainConfig, step:int, steps_per_epoch:int) -> float:
-    "The multiple of `cfg.lr` to use at global step `step`."
-    epoch = step // steps_per_epoch
-    warmup_steps = cfg.warmup_epochs * steps_per_epoch
-    if step < warmup_steps: return (step + 1) / warmup_steps
-    if cfg.schedule == 'cosine': return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
-    if cfg.schedule == 'step': return 0.1 ** (epoch // cfg.step_size)
-    raise ValueError(f"--lr-schedule {cfg.schedule!r}: choose cosine or step")
-
-def make_scheduler(optimizer:torch.optim.Optimizer, cfg:TrainConfig, steps_per_epoch:int):
-    "A per-step `LambdaLR` following `lr_factor`."
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
 
 # %% ../nbs/03_train.ipynb #e1584da2
 class CancelFitException(Exception):

@@ -1,5 +1,6 @@
 "Shared helpers for the subprocess tests: tiny image folders, free ports, and running the real CLI."
 import os, socket, subprocess, sys
+from contextlib import contextmanager
 from pathlib import Path
 import pytest
 
@@ -7,10 +8,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_image_folder(root: Path, counts: dict, size: int = 20, seed: int = 0) -> Path:
-    """An ImageNet-layout tree of small JPEGs from the package's one writer: `counts` maps split -> {class: n_images}.
-    Each class has its own colour under strong noise, so the data is learnable but not trivial."""
+    """An ImageNet-layout tree of small JPEGs from the package's one writer: `counts` maps split -> {class: n_images},
+    and the splits may name different classes. Each class has its own colour under strong noise, so the data is
+    learnable but not trivial."""
     from resnext_nb.data import write_image_folder
-    return write_image_folder(root, sorted(counts['train']), counts['train'], counts['val'], size, seed=seed)
+    classes = sorted({*counts['train'], *counts['val']})
+    n = {split: {c: counts[split].get(c, 0) for c in classes} for split in ('train', 'val')}
+    write_image_folder(root, classes, n['train'], n['val'], size, seed=seed)
+    for folder in root.glob('*/*'):  # a class one split lacks has no folder there
+        if folder.is_dir() and not any(folder.iterdir()): folder.rmdir()
+    return root
 
 
 @pytest.fixture
@@ -34,6 +41,23 @@ def launch_cmd(*args):
 def run_cli(*args, timeout=300, cwd=None, env=None):
     "Run `python -m resnext_nb.launch ARGS` to completion; returns the CompletedProcess."
     return subprocess.run(launch_cmd(*args), cwd=cwd or ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args, **kw):
+    "Start `python -m resnext_nb.launch ARGS` in the background, its output piped; returns the Popen."
+    return subprocess.Popen(launch_cmd(*args), cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+@contextmanager
+def tmpfs(path: Path, size: str, *opts):
+    "A tmpfs of `size` mounted at `path` (root only) for the block, or None where it cannot be mounted."
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', ','.join((f'size={size}', *opts)), 'tmpfs', str(path)], capture_output=True).returncode:
+        yield None
+        return
+    try: yield path
+    finally: subprocess.run(['umount', str(path)])
 
 
 def read_records(output: Path, kind=None):

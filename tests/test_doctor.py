@@ -3,19 +3,9 @@ import os, shutil, subprocess, sys
 from pathlib import Path
 from unittest import mock
 import pytest
-from conftest import ROOT, TINY, cli_env, launch_cmd
+from conftest import ROOT, TINY, cli_env, launch_cmd, make_image_folder, tmpfs
 
 AUTOLOAD = 'TORCH_DEVICE_BACKEND_AUTOLOAD'
-
-
-def make_image_folder(root: Path, counts: dict) -> Path:
-    "An ImageNet-layout folder of small JPEGs: `counts` maps split -> {class: n_images}; the splits may differ."
-    from PIL import Image
-    for split, classes in counts.items():
-        for ci, (cls, n) in enumerate(sorted(classes.items())):
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(n): Image.new('RGB', (20, 20), (60 * ci, 40 * i, 90)).save(root / split / cls / f'{cls}_{i}.jpg')
-    return root
 
 
 def doctor(*args, env=None, timeout=300):
@@ -48,13 +38,7 @@ def env_with(path: Path, **extra):
 @pytest.fixture
 def small_tmpfs(tmp_path):
     "A 2 MiB tmpfs (needs root), or None where it cannot be mounted."
-    mnt = tmp_path / 'small'
-    mnt.mkdir()
-    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mnt)], capture_output=True).returncode:
-        yield None
-        return
-    try: yield mnt
-    finally: subprocess.run(['umount', str(mnt)])
+    with tmpfs(tmp_path / 'small', '2m') as mnt: yield mnt
 
 
 def test_doctor_passes_on_this_machine(tmp_path):
@@ -67,7 +51,7 @@ def test_doctor_passes_on_this_machine(tmp_path):
 
 def test_corrupt_jpeg_class_mismatch_and_small_disk_fail_one_line_each(tmp_path, small_tmpfs):
     data = make_image_folder(tmp_path / 'data', {'train': {'a': 3, 'b': 3}, 'val': {'a': 2, 'b': 2, 'c': 1}})
-    jpeg = data / 'train' / 'b' / 'b_1.jpg'
+    jpeg = data / 'train' / 'b' / 'b_0001.jpg'
     jpeg.write_bytes(jpeg.read_bytes()[:60])  # cut short: Pillow cannot decode it
     out = (small_tmpfs or tmp_path) / 'run'
     r = doctor('--data_path', data, '--output', out, '--arch', 'resnext50_32x4d', '--device', 'cpu')

@@ -1,12 +1,12 @@
 """Recipes beyond the Ascend one (issue 14): torchvision's recipe at tiny size, with every piece of state it adds
 (the EMA, MixUp/CutMix draws, TrivialAugment and random erasing, the repeated-augmentation sampler, gradient
 accumulation), survives a SIGKILL mid-epoch bit for bit; and it trains on two CPU processes with sync BN."""
-import os, signal, subprocess, time
+import os, signal, subprocess
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY, ROOT, cli_env, launch_cmd, make_image_folder, read_records, run_cli
+from conftest import TINY, ROOT, cli_env, launch_cmd, make_image_folder, read_records, run_cli, wait_for_step
 
 STEPS_PER_EPOCH = 60 // 4  # batches per epoch; with --grad-accum-steps 2 that is 8 updates, the last of one batch
 
@@ -25,16 +25,6 @@ def tv_job(data, out, *extra):
 
 def load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
-
-
-def wait_for_step(out, step, proc, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if any(r['step'] >= step for r in read_records(out, 'step')): return
-        except (FileNotFoundError, ValueError): pass
-        time.sleep(0.01)
-    raise AssertionError(f"the run never reached step {step}: exit {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}")
 
 
 @pytest.fixture(scope='module')

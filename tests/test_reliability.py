@@ -1,10 +1,10 @@
 """Runs that survive their environment (issue 12): preemption, one run per output folder, a full disk, the wrong
 checkpoint, and bad values, each through the real command line. Every refusal is one line on stderr, with no
 traceback, and the run that was there before still loads with `weights_only=True`."""
-import shutil, signal, subprocess, time
+import shutil, signal
 import pytest
 import torch
-from conftest import TINY, ROOT, cli_env, launch_cmd, make_image_folder, read_records, run_cli
+from conftest import TINY, make_image_folder, read_records, run_cli, start_cli, tmpfs, wait_for_step
 
 STEPS_PER_EPOCH = 120 // 4
 
@@ -45,21 +45,6 @@ def one_line(r, code, says):
     return lines[0]
 
 
-def start(args, **kw):
-    return subprocess.Popen(launch_cmd(*args), cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
-
-
-def wait_for_step(out, step, proc, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if any(r['step'] >= step for r in read_records(out, 'step')): return max(r['step'] for r in read_records(out, 'step'))
-        except (FileNotFoundError, ValueError): pass
-        time.sleep(0.01)
-    raise AssertionError(f"the run never reached step {step}: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}")
-
-
 def same_weights(a, b):
     want, got = loads(a), loads(b)
     assert (got['epoch'], got['step']) == (want['epoch'], want['step'])
@@ -77,7 +62,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(data, tmp_path, free_port, 
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     out = tmp_path / 'cut'
-    proc = start(job(data, out, *extra))
+    proc = start_cli(*job(data, out, *extra))
     seen = wait_for_step(out, 7, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=180)
@@ -102,7 +87,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(data, tmp_path, free_port, 
 
 def test_ctrl_c_in_the_foreground_saves_too(data, tmp_path):
     out = tmp_path / 'run'
-    proc = start(job(data, out))
+    proc = start_cli(*job(data, out))
     wait_for_step(out, 3, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -132,7 +117,7 @@ def test_a_killed_save_leaves_no_temporary_file_for_long(data, tmp_path, previou
 
 def test_a_second_run_into_a_busy_folder_refuses_and_the_first_finishes(data, tmp_path):
     out = tmp_path / 'run'
-    first = start(job(data, out, '--epochs', 8))  # long enough to still be running when the second starts
+    first = start_cli(*job(data, out, "--epochs", 8))  # long enough to still be running when the second starts
     wait_for_step(out, 2, first)
     second = run_cli(*job(data, out))
     one_line(second, 2, f"--output {out} is in use by another run (pid {first.pid} on")
@@ -157,29 +142,21 @@ def test_overwrite_replaces_the_run(data, tmp_path):
 
 # ---------------------------------------------------------------- the disk and the output folder
 
-def _mount_tmpfs(path, size, *opts):
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', ','.join((f'size={size}', *opts)), 'tmpfs', str(path)], capture_output=True)
-    if r.returncode: pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    return path
-
-
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(data, tmp_path):
-    disk = _mount_tmpfs(tmp_path / 'disk', '10m')  # room for one checkpoint and model_best (4.4 MB each), not a third file
-    try:
+    with tmpfs(tmp_path / 'disk', '10m') as disk:  # room for one checkpoint and model_best (4.4 MB each), not a third file
+        if disk is None: pytest.skip("cannot mount a tmpfs here")
         r = run_cli(*job(data, disk / 'run', '--epochs', 3))
         line = one_line(r, 1, f"cannot save checkpoint {disk / 'run' / 'checkpoint.pth.tar'}")
         assert 'MiB free' in line and 'free some space or choose another --output' in line
         epochs_done = len(read_records(disk / 'run', 'epoch'))  # the failed save came after the last of them
         assert 1 < epochs_done <= 3 and loads(disk / 'run' / 'checkpoint.pth.tar')['epoch'] == epochs_done - 1  # the previous one
         assert not list((disk / 'run').glob('.*.tmp'))
-    finally: subprocess.run(['umount', str(disk)])
 
 
 def test_a_read_only_output_or_a_file_is_refused_before_loading(data, tmp_path):
-    ro = _mount_tmpfs(tmp_path / 'ro', '1m', 'ro')
-    try: one_line(run_cli(*job(data, ro / 'run')), 2, f"--output {ro / 'run'} is not writable (Read-only file system)")
-    finally: subprocess.run(['umount', str(ro)])
+    with tmpfs(tmp_path / 'ro', '1m', 'ro') as ro:
+        if ro is None: pytest.skip("cannot mount a tmpfs here")
+        one_line(run_cli(*job(data, ro / 'run')), 2, f"--output {ro / 'run'} is not writable (Read-only file system)")
     (tmp_path / 'afile').write_text('x')
     one_line(run_cli(*job(data, tmp_path / 'afile')), 2, f"--output {tmp_path / 'afile'} is a file: choose a folder")
 

@@ -3,7 +3,7 @@ rank; the ranks save, and the whole job is gone within seconds with one line and
 launcher killed outright leaves no rank behind. All with the default loader processes (no `--workers 0`)."""
 import os, signal, subprocess, time
 import pytest, torch
-from conftest import ROOT, cli_env, launch_cmd, make_image_folder, read_records, run_cli, wait_for_step
+from conftest import make_image_folder, run_cli, start_cli, wait_for_step
 
 
 @pytest.fixture(scope='module')
@@ -18,8 +18,7 @@ def job(data, out, *extra):
 
 
 def start(args):
-    return subprocess.Popen(launch_cmd(*args), cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return start_cli(*args, start_new_session=True)
 
 
 def alive(pids):
