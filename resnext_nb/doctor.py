@@ -693,7 +693,7 @@ def check_gpu_decode(
     "`decode_jpegs` on the loader's side stream, slowed so that a race would show, against Pillow per image."
     import torch
     from resnext_nb.device import SideStream, gpu_jpeg_unavailable_reason, synchronize
-    from resnext_nb.loaders import decode_jpegs
+    from resnext_nb.gpu_jpeg import decode_jpegs
     if reason := gpu_jpeg_unavailable_reason(device): return Outcome('gpu decode', 'skip', '', reason)
     jpegs = sample_jpegs(batches * per_batch, size)
     side, got = SideStream(device), []

@@ -20,6 +20,16 @@ def make_image_folder(root: Path, counts: dict, size: int = 20, seed: int = 0) -
     return root
 
 
+def folder_fixture(train: int, val: tuple, size: int = 20):
+    """A module-scoped `data` fixture: an image folder of classes a and b with `train` images each and `val` = (a, b)
+    validation images, made once for the test module that assigns it (`data = folder_fixture(30, (5, 4))`)."""
+    @pytest.fixture(scope='module')
+    def data(tmp_path_factory):
+        counts = {'train': {'a': train, 'b': train}, 'val': {'a': val[0], 'b': val[1]}}
+        return make_image_folder(tmp_path_factory.mktemp('data'), counts, size=size)
+    return data
+
+
 @pytest.fixture
 def free_port():
     with socket.socket() as s:
@@ -41,6 +51,12 @@ def launch_cmd(*args):
 def run_cli(*args, timeout=300, cwd=None, env=None):
     "Run `python -m resnext_nb.launch ARGS` to completion; returns the CompletedProcess."
     return subprocess.run(launch_cmd(*args), cwd=cwd or ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_module(module, *args, timeout=300):
+    "Run `python -m resnext_nb.<module> ARGS`; returns the CompletedProcess."
+    return subprocess.run([sys.executable, '-m', f'resnext_nb.{module}', *map(str, args)], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def start_cli(*args, **kw):

@@ -112,7 +112,7 @@ def test_gpu_loader_yields_device_batches_and_counts_cpu_fallbacks(tmp_path):
 def test_gpu_crops_match_the_cpu_run_of_the_same_code(tmp_path):
     "Same boxes and flips from the same seeds; nvjpeg and libjpeg-turbo decode a little differently."
     from resnext_nb.data import DataConfig, EpochBatches, ImageFolderSource
-    from resnext_nb.loaders import GpuLoader
+    from resnext_nb.gpu_jpeg import GpuLoader
     root = make_image_folder(tmp_path / 'data', {'train': {'a': 4, 'b': 4}, 'val': {'a': 1, 'b': 1}}, size=48)
     source = ImageFolderSource(root / 'train')
     cfg = DataConfig(image_size=32, batch_size=4, workers=0)

@@ -1,18 +1,12 @@
 """Checkpoints that prove their content (issue 22, item 5), through the real commands: one flipped bit in a tensor is
 refused in one line by every command that loads a checkpoint, while the intact file still loads; `export` reads its
 checkpoint once, and its model card describes exactly the weights it exported."""
-import hashlib, json, os, shutil, struct, subprocess, sys, threading, time, zipfile
+import hashlib, json, os, shutil, struct, threading, time, zipfile
 import pytest
 import torch
-from conftest import TINY, ROOT, cli_env, make_image_folder, run_cli
+from conftest import TINY, make_image_folder, run_cli, run_module
 
 COUNTS = {'train': {'a': 6, 'b': 6, 'c': 6}, 'val': {'a': 5, 'b': 5, 'c': 5}}  # 4 steps an epoch at batch 4
-
-
-def run_module(module, *args, timeout=300):
-    "Run `python -m resnext_nb.<module> ARGS`; returns the CompletedProcess."
-    return subprocess.run([sys.executable, '-m', f'resnext_nb.{module}', *map(str, args)], cwd=ROOT, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def job(data, out, *extra):

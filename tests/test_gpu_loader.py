@@ -16,8 +16,8 @@ from conftest import ROOT, cli_env, make_image_folder
 
 from resnext_nb.data import DataConfig, DataError, EpochBatches, ImageFolderSource
 from resnext_nb.device import gpu_jpeg_unavailable_reason
-import resnext_nb.loaders as loaders
-from resnext_nb.loaders import GpuLoader, decode_jpegs
+import resnext_nb.gpu_jpeg as gpu_jpeg
+from resnext_nb.gpu_jpeg import GpuLoader, decode_jpegs
 
 NO_GPU_JPEG = gpu_jpeg_unavailable_reason('cuda')
 needs_cuda = pytest.mark.skipif(NO_GPU_JPEG is not None, reason=f"needs CUDA with nvjpeg: {NO_GPU_JPEG}")
@@ -128,11 +128,11 @@ class LoggingSideStream:
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'val'])
 def test_every_decode_waits_for_the_side_stream_first(folder, monkeypatch, train):
     log = []
-    real = loaders.decode_jpegs
+    real = gpu_jpeg.decode_jpegs
     def logging_decode(datas, device):
         log.append('decode')
         return real(datas, device)
-    monkeypatch.setattr(loaders, 'decode_jpegs', logging_decode)
+    monkeypatch.setattr(gpu_jpeg, 'decode_jpegs', logging_decode)
     gl = gpu_loader(folder, train=train, hflip=0.0)  # no flips, so no blocking copy hides a missing wait; 3 batches
     gl.side = LoggingSideStream(log)
     n = len(list(gl))
@@ -144,7 +144,7 @@ def test_every_decode_waits_for_the_side_stream_first(folder, monkeypatch, train
 
 def test_batch_n_plus_1_is_decoded_while_batch_n_is_in_use(folder, monkeypatch):
     "The stand-in decoder of batch k + 1 waits until the consumer holds batch k: only a decode thread gets past it."
-    real = loaders.decode_jpegs
+    real = gpu_jpeg.decode_jpegs
     holding = [threading.Event() for _ in range(3)]
     calls, threads = [], []
     def decode_after_handover(datas, device):
@@ -152,7 +152,7 @@ def test_batch_n_plus_1_is_decoded_while_batch_n_is_in_use(folder, monkeypatch):
         if k > 0 and not holding[k - 1].wait(timeout=10):
             raise AssertionError(f"batch {k} was decoded before batch {k - 1} was handed out: the decode blocks the consumer")
         return real(datas, device)
-    monkeypatch.setattr(loaders, 'decode_jpegs', decode_after_handover)
+    monkeypatch.setattr(gpu_jpeg, 'decode_jpegs', decode_after_handover)
     gl = gpu_loader(folder)
     got = []
     for k, (x, y) in enumerate(gl):
@@ -173,12 +173,12 @@ def test_the_thread_keeps_order_resume_and_equality(folder):
 
 def test_an_error_in_the_decode_thread_is_raised_in_the_caller_with_its_message(folder, monkeypatch):
     msg = "cannot read image /data/x.jpg (OSError: broken data stream): replace or delete it, or pass --skip-bad-images"
-    real = loaders.decode_jpegs
+    real = gpu_jpeg.decode_jpegs
     def fail_second(datas, device, calls=[]):
         calls.append(1)
         if len(calls) == 2: raise DataError(msg, '/data/x.jpg')
         return real(datas, device)
-    monkeypatch.setattr(loaders, 'decode_jpegs', fail_second)
+    monkeypatch.setattr(gpu_jpeg, 'decode_jpegs', fail_second)
     gl = gpu_loader(folder)
     got = []
     with pytest.raises(DataError) as e:
@@ -217,7 +217,7 @@ def test_no_thread_is_left_at_interpreter_exit(folder):
     script = textwrap.dedent(f"""
         import torch
         from resnext_nb.data import DataConfig, EpochBatches, ImageFolderSource
-        from resnext_nb.loaders import GpuLoader
+        from resnext_nb.gpu_jpeg import GpuLoader
         source = ImageFolderSource({str(folder / 'train')!r})
         gl = GpuLoader(source, EpochBatches(len(source), 4, seed=0), DataConfig(image_size=24, workers=0), torch.device('cpu'))
         it = iter(gl); x, y = next(it)
@@ -236,7 +236,7 @@ def test_nvjpeg_never_writes_into_memory_the_side_stream_still_reads(folder):
     while a long kernel holds those reads back; the decoder's outputs come from the same pool. Without the wait
     the reductions see decoded pixels; with it, never."""
     gl = gpu_loader(folder, device=torch.device('cuda'))
-    batch = loaders.collate_encoded([loaders.EncodedImages(gl.source)[(i, i)] for i in range(4)])
+    batch = gpu_jpeg.collate_encoded([gpu_jpeg.EncodedImages(gl.source)[(i, i)] for i in range(4)])
     nbytes = 3 * 40 * 40  # one decoded image: the freed blocks fit the decoder's outputs exactly
     def trial(decode):
         with gl.side.use():
@@ -248,7 +248,7 @@ def test_nvjpeg_never_writes_into_memory_the_side_stream_still_reads(folder):
             decode()
         torch.cuda.synchronize()
         return sum(int(s) != 7 * nbytes for s in sums)
-    unguarded = sum(trial(lambda: decode_jpegs(loaders.unpack_bytes(batch.data, batch.offsets), torch.device('cuda'))) for _ in range(30))
+    unguarded = sum(trial(lambda: decode_jpegs(gpu_jpeg.unpack_bytes(batch.data, batch.offsets), torch.device('cuda'))) for _ in range(30))
     guarded = sum(trial(lambda: gl._decode(batch)) for _ in range(30))
     print(f"corrupted reads: {unguarded} without the wait, {guarded} with it")
     assert guarded == 0, f"{guarded} reads corrupted even though the side stream was drained before decoding"
@@ -260,7 +260,7 @@ def test_a_slowed_side_stream_changes_no_pixel(folder, monkeypatch, train, hflip
     """Every batch of a pass whose crops are held back on the side stream (so the next decode runs while they are
     still queued) equals the same pass run with the device drained after every crop. The 12 train images make 3
     batches, validation's centre crops included, so each pass has decodes that could overwrite a batch's images."""
-    real = loaders.resized_crops
+    real = gpu_jpeg.resized_crops
     def crops_then(after):
         def wrapped(*a, **kw):
             if after == 'slow': torch.cuda._sleep(50_000_000)  # hold back this batch's crops on the side stream
@@ -268,10 +268,10 @@ def test_a_slowed_side_stream_changes_no_pixel(folder, monkeypatch, train, hflip
             if after == 'sync': torch.cuda.synchronize()
             return out
         return wrapped
-    monkeypatch.setattr(loaders, 'resized_crops', crops_then('sync'))
+    monkeypatch.setattr(gpu_jpeg, 'resized_crops', crops_then('sync'))
     cuda = torch.device('cuda')
     reference = [(x.cpu(), y.cpu()) for x, y in gpu_loader(folder, device=cuda, train=train, hflip=hflip)]
-    monkeypatch.setattr(loaders, 'resized_crops', crops_then('slow'))
+    monkeypatch.setattr(gpu_jpeg, 'resized_crops', crops_then('slow'))
     for _ in range(3):
         raced = [(x.cpu(), y.cpu()) for x, y in gpu_loader(folder, workers=2, device=cuda, train=train, hflip=hflip)]
         assert len(raced) == len(reference) == 3

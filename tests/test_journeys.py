@@ -7,7 +7,7 @@ is drawn, and checks that no log line starts on the bar's line.
 import os, pty, re, select, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
-from conftest import ROOT, cli_env, launch_cmd, make_image_folder, read_records, wait_for_step
+from conftest import ROOT, cli_env, folder_fixture, launch_cmd, make_image_folder, read_records, wait_for_step
 
 # What a clean command never prints (the user caused none of these).
 DIRTY = re.compile(r'Traceback|Exception ignored|exited unexpectedly|\w*Warning\b|warnings\.warn|Error:')
@@ -27,9 +27,7 @@ def run(module, *args, timeout=300, env=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp('data'), {'train': {'a': 24, 'b': 24}, 'val': {'a': 5, 'b': 4}})
+data = folder_fixture(24, (5, 4))
 
 
 @pytest.fixture(scope='module')

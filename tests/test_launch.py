@@ -2,13 +2,10 @@
 import os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
-from conftest import TINY, ROOT, cli_env, launch_cmd, make_image_folder, read_records, run_cli
+from conftest import ROOT, TINY, cli_env, folder_fixture, launch_cmd, read_records, run_cli
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    # 7 validation images: an odd number, so 2 ranks get 4 and 3.
-    return make_image_folder(tmp_path_factory.mktemp('data'), {'train': {'a': 16, 'b': 16}, 'val': {'a': 4, 'b': 3}})
+data = folder_fixture(16, (4, 3))  # 7 validation images: an odd number, so 2 ranks get 4 and 3
 
 
 def small(data, out, *extra):

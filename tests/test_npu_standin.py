@@ -4,7 +4,7 @@ without a reachable package index these skip with one line; on CI they fail inst
 import os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from conftest import TINY, wait_for_step, cli_env, launch_cmd, make_image_folder
+from conftest import TINY, cli_env, folder_fixture, launch_cmd, make_image_folder, wait_for_step
 import npu_standin
 
 WHEEL = npu_standin.wheel_or_skip()  # the cached torch_npu wheel; else one line: a skip here, a failure on CI
@@ -16,10 +16,7 @@ def standin(tmp_path_factory):
     return npu_standin.sitecustomize_dir(tmp_path_factory.mktemp('standin'), WHEEL)
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    counts = {'train': {'a': 16, 'b': 16}, 'val': {'a': 4, 'b': 4}}
-    return make_image_folder(tmp_path_factory.mktemp('data'), counts, size=20)
+data = folder_fixture(16, (4, 4))
 
 
 def npu_env(standin, **extra):

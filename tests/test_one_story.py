@@ -2,14 +2,12 @@
 after any number of kills and resumes the logs tell one story, identical to an uninterrupted run's but for timings."""
 import json, random, re, signal, subprocess, time
 import pytest, torch
-from conftest import ROOT, TINY, cli_env, last_step, launch_cmd, make_image_folder, read_records, run_cli
+from conftest import ROOT, TINY, cli_env, folder_fixture, last_step, launch_cmd, read_records, run_cli
 
 TIMINGS = {'fps', 'peak_memory_mb', 'train_time_s'}  # what may differ between two runs of the same recipe
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp('data'), {'train': {'a': 30, 'b': 30}, 'val': {'a': 3, 'b': 3}}, size=20)
+data = folder_fixture(30, (3, 3))
 
 
 def job(data, out, *extra):

@@ -1,17 +1,11 @@
 """Issue 13, through the real commands: fine-tuning from a torchvision-format file, the evaluation report exact over
 ranks, `predict` agreeing with `--evaluate` to the image, and exports that load elsewhere with the same outputs."""
-import csv, json, os, re, shutil, subprocess, sys
+import csv, json, os, re, shutil
 import pytest
 import torch
-from conftest import TINY, cli_env, make_image_folder, run_cli, ROOT
+from conftest import TINY, make_image_folder, run_cli, run_module
 
 COUNTS = {'train': {'a': 6, 'b': 6, 'c': 6}, 'val': {'a': 3, 'b': 2, 'c': 2}}  # an odd-sized val/: 7 images
-
-
-def run_module(module, *args, timeout=300):
-    "Run `python -m resnext_nb.<module> ARGS`; returns the CompletedProcess."
-    return subprocess.run([sys.executable, '-m', f'resnext_nb.{module}', *map(str, args)], cwd=ROOT, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def _train(data, out, *extra):

@@ -6,14 +6,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY, ROOT, cli_env, launch_cmd, make_image_folder, read_records, run_cli, wait_for_step
+from conftest import ROOT, TINY, cli_env, folder_fixture, launch_cmd, read_records, run_cli, wait_for_step
 
 STEPS_PER_EPOCH = 60 // 4  # batches per epoch; with --grad-accum-steps 2 that is 8 updates, the last of one batch
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp('data'), {'train': {'a': 30, 'b': 30}, 'val': {'a': 5, 'b': 4}}, size=20)
+data = folder_fixture(30, (5, 4))
 
 
 def tv_job(data, out, *extra):

@@ -4,14 +4,12 @@ traceback, and the run that was there before still loads with `weights_only=True
 import shutil, signal
 import pytest
 import torch
-from conftest import TINY, make_image_folder, read_records, run_cli, start_cli, tmpfs, wait_for_step
+from conftest import TINY, folder_fixture, make_image_folder, read_records, run_cli, start_cli, tmpfs, wait_for_step
 
 STEPS_PER_EPOCH = 120 // 4
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp('data'), {'train': {'a': 60, 'b': 60}, 'val': {'a': 5, 'b': 4}}, size=20)
+data = folder_fixture(60, (5, 4))
 
 
 def job(data, out, *extra):

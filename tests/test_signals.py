@@ -3,12 +3,10 @@ rank; the ranks save, and the whole job is gone within seconds with one line and
 launcher killed outright leaves no rank behind. All with the default loader processes (no `--workers 0`)."""
 import os, signal, subprocess, time
 import pytest, torch
-from conftest import make_image_folder, run_cli, start_cli, wait_for_step
+from conftest import folder_fixture, run_cli, start_cli, wait_for_step
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp('data'), {'train': {'a': 40, 'b': 40}, 'val': {'a': 4, 'b': 4}}, size=20)
+data = folder_fixture(40, (4, 4))
 
 
 def job(data, out, *extra):
