@@ -34,7 +34,8 @@ __all__ = ['KIND_COLOURS', 'parse_size', 'parse_counts', 'BenchConfig', 'bench_d
 def parse_size(text:str) -> tuple[int, int]:
     "'500x375' (or '500,375') as (width, height)."
     try: w, h = (int(v) for v in str(text).lower().replace(',', 'x').split('x'))
-    except ValueError: raise ValueError(f"--jpeg-size {text!r}: expected WIDTHxHEIGHT such as 500x375") from None
+    except ValueError:
+        raise ValueError(f"--jpeg-size {text!r}: expected WIDTHxHEIGHT such as 500x375") from None
     return w, h
 
 def parse_counts(text:str) -> list[int]:
@@ -49,24 +50,33 @@ class BenchConfig:
     "What to measure; None means the device's default (see `bench_defaults`)."
     device:str=opt('auto', choices=DEVICE_TYPES, help='where every row runs')
     arch:str=opt('resnext50_32x4d', choices=tuple(ARCHS), help='the model, the same for every row')
-    batch_size:int|None=opt(None, check=positive, help="images per step (none: the device's, from bench_defaults)")
+    batch_size:int|None=opt(None, check=positive,
+                            help="images per step (none: the device's, from bench_defaults)")
     image_size:int|None=opt(None, check=positive, help="crop side in pixels (none: the device's)")
-    warmup:int|None=opt(None, check=non_negative, help="untimed steps before each timed window (none: the device's)")
+    warmup:int|None=opt(None, check=non_negative,
+                        help="untimed steps before each timed window (none: the device's)")
     steps:int|None=opt(None, check=positive, help="timed steps per row (none: the device's)")
     compile:bool=opt(False, help="torch.compile the best plain step and the project's model")
     workers:int|None=opt(None, check=non_negative, help="loader processes (none: the data chapter's default)")
-    sweep_workers:list[int]|None=opt(None, parse=parse_counts, metavar='N,N', help='also time the Pillow loader alone, train and val, with each of these worker counts')
-    threads:int|None=opt(None, check=positive, help="torch's CPU threads in this process (none: torch's own choice)")
-    repeat:int=opt(1, check=positive, help="run every row this many times and keep each row's fastest (for busy machines)")
-    jpeg_size:tuple[int, int]=opt((500, 375), parse=parse_size, metavar='WxH', help="size of the generated JPEGs (ImageNet's typical)")
-    data:str|None=opt(None, metavar='DIR', help='an existing ImageFolder root to read instead of generated JPEGs')
+    sweep_workers:list[int]|None=opt(None, parse=parse_counts, metavar='N,N',
+                                     help='also time the Pillow loader alone, train and val, with each of '
+                                          'these worker counts')
+    threads:int|None=opt(None, check=positive,
+                         help="torch's CPU threads in this process (none: torch's own choice)")
+    repeat:int=opt(1, check=positive,
+                   help="run every row this many times and keep each row's fastest (for busy machines)")
+    jpeg_size:tuple[int, int]=opt((500, 375), parse=parse_size, metavar='WxH',
+                                  help="size of the generated JPEGs (ImageNet's typical)")
+    data:str|None=opt(None, metavar='DIR',
+                      help='an existing ImageFolder root to read instead of generated JPEGs')
     out:str=opt('bench', metavar='DIR', help='folder for bench-<device>.json and .png')
 
 # %% ../nbs/05_bench.ipynb #b91fe008
 def bench_defaults(
     device_type:str, # 'cpu', 'cuda' or 'npu'
 ) -> dict:
-    "Batch, image size and step counts for `device_type`: the Ascend recipe's on accelerators, small on the CPU."
+    """Batch, image size and step counts for `device_type`: the Ascend recipe's on accelerators, small on the
+    CPU."""
     if device_type == 'cpu': return dict(batch_size=8, image_size=64, warmup=2, steps=10)
     return dict(batch_size=256, image_size=224, warmup=10, steps=30)
 
@@ -76,8 +86,10 @@ def resolve_bench_config(
     device_type:str, # the device it runs on
 ) -> BenchConfig:
     "`bc` with every None replaced by `device_type`'s default, and checked."
-    filled = {k: v if getattr(bc, k) is None else getattr(bc, k) for k, v in bench_defaults(device_type).items()}
-    bc = BenchConfig(**{**asdict(bc), **filled, 'workers': DataConfig().workers if bc.workers is None else bc.workers})
+    filled = {k: v if getattr(bc, k) is None else getattr(bc, k) for k,
+              v in bench_defaults(device_type).items()}
+    bc = BenchConfig(**{**asdict(bc), **filled, 'workers': DataConfig().workers if bc.workers is None
+                        else bc.workers})
     field_checks(asdict(bc), {'bench': BenchConfig})
     return bc
 
@@ -110,7 +122,7 @@ class StepTimerCB(Callback):
         if self.learn.step == self.warmup + self.steps:
             synchronize(self.learn.device)
             self.seconds = (time.perf_counter() - self.t0) / self.steps
-            self.learn.stop = True
+            self.learn.stop_request.ask()
 
 # %% ../nbs/05_bench.ipynb #e38cb22b
 def make_row(
@@ -123,7 +135,8 @@ def make_row(
 ) -> dict:
     "One benchmark row: images per second and milliseconds per step (None when the row was skipped)."
     img_s = None if not seconds else batch / seconds
-    return {'name': name, 'kind': kind, 'img_s': img_s, 'ms_per_step': None if not seconds else 1000 * seconds,
+    return {'name': name, 'kind': kind, 'img_s': img_s, 'ms_per_step': None if not seconds
+            else 1000 * seconds,
             'batch': batch, 'notes': notes, **extra}
 
 # %% ../nbs/05_bench.ipynb #26bfde5d
@@ -141,7 +154,8 @@ def plain_step(
     target:torch.Tensor, # its labels
     precision:Precision, # fp32, or the autocast dtype (fp16 gets a loss scaler)
 ):
-    "pytorch/examples' training step for a fixed batch: forward, loss, zero_grad, backward, step (with a scaler for fp16)."
+    """pytorch/examples' training step for a fixed batch: forward, loss, zero_grad, backward, step (with a
+    scaler for fp16)."""
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.dtype == torch.float16)
@@ -163,17 +177,20 @@ def bench_plain(
     "Time the plain step in `precision` (compiled if asked) on a fixed random batch."
     torch.manual_seed(0)
     model = to_memory_format(plain_model(bc.arch).to(device), precision)
-    images = to_memory_format(torch.randn(bc.batch_size, 3, bc.image_size, bc.image_size, device=device), precision)
+    images = to_memory_format(torch.randn(bc.batch_size, 3, bc.image_size, bc.image_size, device=device),
+                              precision)
     target = torch.randint(0, 1000, (bc.batch_size,), device=device)
     step = plain_step(torch.compile(model) if compile else model, images, target, precision)
-    return make_row(name, 'train', time_steps(step, bc.warmup, bc.steps, device), bc.batch_size, precision_label(precision, compile))
+    return make_row(name, 'train', time_steps(step, bc.warmup, bc.steps, device), bc.batch_size,
+                    precision_label(precision, compile))
 
 def precision_label(
     p:Precision, # a resolved precision
     compiled:bool=False, # whether the model runs under torch.compile
 ) -> str:
     "A short description of a precision, e.g. 'bf16, channels_last, compiled'."
-    parts = [{None: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[p.dtype], 'channels_last' if p.channels_last else 'NCHW']
+    parts = [{None: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[p.dtype], 'channels_last'
+             if p.channels_last else 'NCHW']
     return ', '.join(parts + (['compiled'] if compiled else []))
 
 # %% ../nbs/05_bench.ipynb #4d064588
@@ -182,7 +199,8 @@ def project_config(
     data:DataConfig, # the row's data
     output:str, # a scratch folder for the run
 ) -> RunConfig:
-    "The `RunConfig` the project's rows train with: the Ascend recipe's `--amp` (O2) on `bc`'s model and sizes."
+    """The `RunConfig` the project's rows train with: the Ascend recipe's `--amp` (O2) on `bc`'s model and
+    sizes."""
     train = TrainConfig(arch=bc.arch, epochs=1, max_steps=0, compile=bc.compile, output=output, seed=0)
     return RunConfig(train=train, data=data, amp=AmpConfig(amp=True), device=bc.device)
 
@@ -198,9 +216,11 @@ def bench_project(
         learn = build_learner(project_config(bc, data, out), cbs=[timer])
         learn.train_epoch()
     seconds, done = timer.seconds, learn.step
-    notes = f"{precision_label(learn.precision, bc.compile)}; {input_label(learn.loaders)}" + cpu_decoded_note(learn.loaders.train)
+    notes = (f"{precision_label(learn.precision, bc.compile)}; "
+             f"{input_label(learn.loaders)}" + cpu_decoded_note(learn.loaders.train))
     learn.loaders.close()  # end the loader processes before the next row
-    if seconds is None: raise RuntimeError(f"{name}: the epoch ended after {done} steps, before the timed window closed")
+    if seconds is None:
+        raise RuntimeError(f"{name}: the epoch ended after {done} steps, before the timed window closed")
     return make_row(name, 'train', seconds, bc.batch_size, notes)
 
 def input_label(
@@ -227,7 +247,8 @@ def photo_like(
     "A photo-like image for `write_image_folder`: a smooth random colour field, a gradient and noise."
     g = np.random.default_rng(rng.getrandbits(32))
     w, h = size if index % 4 else size[::-1]
-    field_ = Image.fromarray(g.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    field_ = Image.fromarray(g.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3),
+                                        dtype=np.uint8)).resize((w, h), Image.BICUBIC)
     yy, xx = np.mgrid[0:h, 0:w]
     gradient = (xx / w * g.uniform(-60, 60) + yy / h * g.uniform(-60, 60))[..., None]
     pixels = np.asarray(field_, dtype=np.float32) + gradient + g.normal(0, 18, (h, w, 3))
@@ -242,9 +263,11 @@ def write_photo_folder(
     classes:int=10, # class folders c00, c01, ...
     size:tuple[int, int]=(500, 375), # width and height
 ) -> Path:
-    "An ImageNet-like tree through `write_image_folder`: photo-like JPEGs at quality 90, on every core for large trees."
+    """An ImageNet-like tree through `write_image_folder`: photo-like JPEGs at quality 90, on every core for
+    large trees."""
     names = [f'c{c:02d}' for c in range(classes)]
-    return write_image_folder(root, names, math.ceil(n_train / classes), max(1, math.ceil(n_val / classes)), size, photo_like,
+    return write_image_folder(root, names, math.ceil(n_train / classes), max(1, math.ceil(n_val / classes)),
+                              size, photo_like,
                               seed=0, processes=os.cpu_count() or 1)
 
 # %% ../nbs/05_bench.ipynb #3440b3c6
@@ -275,10 +298,12 @@ def bench_eval(
 ) -> dict:
     "Time the project's model in inference mode on a fixed random batch."
     model = to_memory_format(create_model(bc.arch).to(device).eval(), precision)
-    images = to_memory_format(torch.randn(bc.batch_size, 3, bc.image_size, bc.image_size, device=device), precision)
+    images = to_memory_format(torch.randn(bc.batch_size, 3, bc.image_size, bc.image_size, device=device),
+                              precision)
     def step():
         with torch.inference_mode(), precision.autocast(): model(images)
-    return make_row('eval', 'eval', time_steps(step, bc.warmup, bc.steps, device), bc.batch_size, precision_label(precision))
+    return make_row('eval', 'eval', time_steps(step, bc.warmup, bc.steps, device), bc.batch_size,
+                    precision_label(precision))
 
 # %% ../nbs/05_bench.ipynb #25ef718f
 def real_data_plan(
@@ -298,7 +323,8 @@ def data_rows(
     warmup, _ = real_data_plan(bc)
     rows, gpu_reason = [], gpu_jpeg_unavailable_reason(device)
     for backend in ('pil', 'gpu'):
-        data = DataConfig(data_path=str(root), image_size=bc.image_size, batch_size=bc.batch_size, workers=bc.workers, backend=backend)
+        data = DataConfig(data_path=str(root), image_size=bc.image_size, batch_size=bc.batch_size,
+                          workers=bc.workers, backend=backend)
         if backend == 'gpu' and gpu_reason:
             rows += [make_row(name, kind, None, bc.batch_size, f"skipped: {gpu_reason}")
                      for name, kind in (('project, JPEG folder, gpu', 'train'), ('input only, gpu', 'input'))]
@@ -314,7 +340,8 @@ def loader_rows(
 ) -> list[dict]:
     "The Pillow loader alone, train and val, for each worker count in `bc.sweep_workers`."
     warmup = bc.warmup + max(bc.sweep_workers or [0]) * DataConfig().prefetch_factor
-    return [bench_input(bc, DataConfig(data_path=str(root), image_size=bc.image_size, batch_size=bc.batch_size, workers=w, backend='pil'),
+    return [bench_input(bc, DataConfig(data_path=str(root), image_size=bc.image_size,
+                                       batch_size=bc.batch_size, workers=w, backend='pil'),
                         f'loader pil, {w} workers, {split}', warmup, split)
             for w in bc.sweep_workers or [] for split in ('train', 'val')]
 
@@ -325,7 +352,8 @@ def measure_rows(
     root:Path, # the JPEG folder for the real-data rows
 ):
     "Measure every row once, in order, yielding each as it is done."
-    bare, best = resolve_precision(AmpConfig(channels_last=False), device.type), resolve_precision(AmpConfig(amp=True), device.type)
+    bare, best = (resolve_precision(AmpConfig(channels_last=False), device.type),
+                  resolve_precision(AmpConfig(amp=True), device.type))
     yield bench_plain(bc, device, bare, 'bare step (pytorch/examples)')
     yield bench_plain(bc, device, best, 'best plain step', bc.compile)
     yield bench_project(bc, synthetic_config(bc), 'project, synthetic', bc.warmup)
@@ -336,23 +364,28 @@ def measure_rows(
 # %% ../nbs/05_bench.ipynb #ac28cfab
 def run_bench(
     bc:BenchConfig, # what to measure
-    jpeg_root:str|os.PathLike|None=None, # an ImageFolder root to read; None writes ImageNet-like JPEGs to a temporary folder
+    # an ImageFolder root to read; None writes ImageNet-like JPEGs to a temporary folder
+    jpeg_root:str|os.PathLike|None=None,
     log=print, # called with each row's line as it is measured
 ) -> dict:
     "Measure every row on one device, in one run; returns the results with ratios and the machine's details."
     device = get_device(bc.device)
     bc = resolve_bench_config(bc, device.type)
     if bc.threads: torch.set_num_threads(bc.threads)
-    load_before = os.getloadavg()[0]  # other processes on the machine skew every row; the table says how busy it was
+    # other processes on the machine skew every row; the table says how busy it was
+    load_before = os.getloadavg()[0]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(jpeg_root) if jpeg_root else write_photo_folder(tmp, n := real_data_plan(bc)[1], n if bc.sweep_workers else 10, size=bc.jpeg_size)
+        root = (Path(jpeg_root) if jpeg_root
+                else write_photo_folder(tmp, n := real_data_plan(bc)[1], n if bc.sweep_workers else 10,
+                                        size=bc.jpeg_size))
         for _ in range(bc.repeat):
             for row in measure_rows(bc, device, root):
                 log(row_line(row))
                 old = rows.get(row['name'])
                 if old is None or (row['img_s'] or 0) > (old['img_s'] or 0): rows[row['name']] = row
-    return {'meta': machine_info(device, bc, (load_before, os.getloadavg()[0])), 'rows': add_ratios(list(rows.values()))}
+    return {'meta': machine_info(device, bc, (load_before, os.getloadavg()[0])),
+            'rows': add_ratios(list(rows.values()))}
 
 def synthetic_config(
     bc:BenchConfig, # resolved
@@ -393,7 +426,8 @@ def machine_info(
     load:tuple[float, float]=(0.0, 0.0), # the 1-minute load average before and after
 ) -> dict:
     "The device, host, software versions, date, configuration and load average (before, after) of a run."
-    return {'device': device_name(device), 'device_type': device.type, 'host_cpus': os.cpu_count(), 'cpu': cpu_model(),
+    return {'device': device_name(device), 'device_type': device.type, 'host_cpus': os.cpu_count(),
+            'cpu': cpu_model(),
             'torch_threads': torch.get_num_threads(), 'load_average': [round(x, 1) for x in load],
             'python': platform.python_version(),
             'torch': torch.__version__, 'torchvision': torchvision.__version__,
@@ -403,12 +437,15 @@ def machine_info(
 def check_targets(
     result:dict, # from `run_bench`
 ) -> list[dict]:
-    "The targets the library aims at on this device: the measured ratio, and whether it was met (None: not measured)."
+    """The targets the library aims at on this device: the measured ratio, and whether it was met (None: not
+    measured)."""
     rows = {r['name']: r for r in result['rows']}
     syn = rows.get('project, synthetic', {}).get('vs_best')
-    real = max((r['vs_best'] or 0 for r in result['rows'] if r['name'].startswith('project, JPEG')), default=0) or None
+    real = (max((r['vs_best'] or 0 for r in result['rows'] if r['name'].startswith('project, JPEG')),
+                default=0) or None)
     want = [('project, synthetic ≥ 0.98 × best plain step', syn, 0.98)]
-    if result['meta']['device_type'] != 'cpu':  # on a CPU the decoding shares the cores with the step: no target
+    # on a CPU the decoding shares the cores with the step: no target
+    if result['meta']['device_type'] != 'cpu':
         want.append(('project, JPEG folder (best backend) ≥ 0.95 × best plain step', real, 0.95))
     return [{'target': t, 'measured': v, 'met': None if v is None else v >= need} for t, v, need in want]
 
@@ -420,14 +457,19 @@ def format_table(
     m, c = result['meta'], result['meta']['config']
     fmt = lambda v, spec: '–' if v is None else format(v, spec)
     how = ', compiled' * c['compile'] + (f", best of {c['repeat']} rounds" if c['repeat'] > 1 else '')
-    lines = [f"**{m['device']}** ({m['cpu']}, {m['host_cpus']} cores), torch {m['torch']}, torchvision {m['torchvision']}, {m['date']}  ",
-             f"{c['arch']}, batch {c['batch_size']}, {c['image_size']} px, {c['warmup']} warm-up + {c['steps']} timed steps per row{how}; "
-             f"{m['torch_threads']} torch threads; load average {m['load_average'][0]} before, {m['load_average'][1]} after", '',
-             '| row | img/s | ms/step | × bare step | × best plain step | notes |', '|---|--:|--:|--:|--:|---|']
+    lines = [f"**{m['device']}** ({m['cpu']}, {m['host_cpus']} cores), torch {m['torch']}, torchvision "
+             f"{m['torchvision']}, {m['date']}  ",
+             f"{c['arch']}, batch {c['batch_size']}, {c['image_size']} px, {c['warmup']} warm-up + "
+             f"{c['steps']} timed steps per row{how}; "
+             f"{m['torch_threads']} torch threads; load average {m['load_average'][0]} before, "
+             f"{m['load_average'][1]} after", '',
+             '| row | img/s | ms/step | × bare step | × best plain step | notes |',
+             '|---|--:|--:|--:|--:|---|']
     for r in result['rows']:
         lines.append(f"| {r['name']} | {fmt(r['img_s'], ',.1f')} | {fmt(r['ms_per_step'], ',.1f')} | "
                      f"{fmt(r['vs_bare'], '.2f')} | {fmt(r['vs_best'], '.2f')} | {r['notes']} |")
-    lines += [''] + [f"- target: {t['target']}: " + ('not measured' if t['met'] is None else f"{t['measured']:.3f}, {'met' if t['met'] else 'NOT met'}")
+    verdict = lambda t: f"{t['measured']:.3f}, {'met' if t['met'] else 'NOT met'}"
+    lines += [''] + [f"- target: {t['target']}: " + ('not measured' if t['met'] is None else verdict(t))
                      for t in check_targets(result)]
     return '\n'.join(lines)
 
@@ -438,18 +480,23 @@ def plot_result(
     result:dict, # from `run_bench`
     path:str|os.PathLike|None=None, # a PNG to write
 ):
-    "A horizontal bar chart of img/s per row, labelled with the ratio to the bare step; saved to `path` if given."
+    """A horizontal bar chart of img/s per row, labelled with the ratio to the bare step; saved to `path` if
+    given."""
     import matplotlib.pyplot as plt
     rows = result['rows'][::-1]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
-    ax.barh([r['name'] for r in rows], [r['img_s'] or 0 for r in rows], color=[KIND_COLOURS[r['kind']] for r in rows])
+    ax.barh([r['name'] for r in rows], [r['img_s'] or 0 for r in rows],
+            color=[KIND_COLOURS[r['kind']] for r in rows])
     for i, r in enumerate(rows):
-        ax.text(r['img_s'] or 0, i, f"  {r['img_s']:,.0f} img/s  ({r['vs_bare']:.2f}× bare)" if r['img_s'] else '  not measured here', va='center', fontsize=8)
+        ax.text(r['img_s'] or 0, i, f"  {r['img_s']:,.0f} img/s  ({r['vs_bare']:.2f}× bare)" if r['img_s']
+                else '  not measured here', va='center', fontsize=8)
     m, c = result['meta'], result['meta']['config']
-    ax.set(xlabel='images per second', title=f"{m['device']}, {c['arch']} b{c['batch_size']} {c['image_size']} px, {m['date']}")
+    ax.set(xlabel='images per second',
+           title=f"{m['device']}, {c['arch']} b{c['batch_size']} {c['image_size']} px, {m['date']}")
     ax.set_xlim(0, max(r['img_s'] or 0 for r in rows) * 1.45); ax.title.set_fontsize(9)
     from matplotlib.patches import Patch
-    ax.legend(handles=[Patch(color=c, label=l) for l, c in zip(('training step', 'input pipeline alone', 'evaluation'), KIND_COLOURS.values())],
+    labels = ('training step', 'input pipeline alone', 'evaluation')
+    ax.legend(handles=[Patch(color=c, label=l) for l, c in zip(labels, KIND_COLOURS.values())],
               loc='lower right', fontsize=8)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110)
@@ -458,8 +505,10 @@ def plot_result(
 # %% ../nbs/05_bench.ipynb #73301879
 def make_parser():
     "The benchmark's argument parser, built from `BenchConfig`'s fields."
-    return build_parser('python -m resnext_nb.bench', 'Side-by-side throughput: bare step, best plain step, the project on '
-                        'synthetic data and on a JPEG folder, the input pipeline alone, and eval.', {'bench': BenchConfig}, {})
+    return build_parser('python -m resnext_nb.bench',
+                        'Side-by-side throughput: bare step, best plain step, the project on '
+                        'synthetic data and on a JPEG folder, the input pipeline alone, and eval.',
+                        {'bench': BenchConfig}, {})
 
 # %% ../nbs/05_bench.ipynb #de00846f
 def main(
@@ -468,7 +517,8 @@ def main(
     "Run the benchmark from the command line; print the table and save the JSON and the chart."
     bc, given = parse_config(make_parser(), BenchConfig, argv)
     try: result = run_bench(bc, bc.data)
-    except (ValueError, RuntimeError) as e:  # bad values, a data folder that is wrong or too small (DataError is a ValueError)
+    # bad values, a data folder that is wrong or too small (DataError is a ValueError)
+    except (ValueError, RuntimeError) as e:
         print(f"resnext_nb.bench: error: {e}", file=sys.stderr); return 2
     result['targets'] = check_targets(result)
     out = Path(bc.out); out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,8 @@ def accuracy(logits:torch.Tensor, target:torch.Tensor, topk=(1, 5)) -> list[floa
 
 # %% ../nbs/01a_checkpoints.ipynb #484c157a
 class MetricSums:
-    "Loss, top-1 and top-5 hits, samples, samples with a finite loss, and non-finite batches, summed on the device."
+    """Loss, top-1 and top-5 hits, samples, samples with a finite loss, and non-finite batches, summed on the
+    device."""
     names = ('loss', 'top1', 'top5', 'count', 'loss_count', 'nonfinite')
     def __init__(self, device:torch.device): self.sums = torch.zeros(len(self.names), device=device)
 
@@ -59,16 +60,20 @@ def all_reduce(self:MetricSums) -> MetricSums:
 
 @patch
 def summary(self:MetricSums) -> dict:
-    "Mean finite loss, Acc@1 and Acc@5 in percent, the sample count and the non-finite batch count (one host read)."
+    """Mean finite loss, Acc@1 and Acc@5 in percent, the sample count and the non-finite batch count (one host
+    read)."""
     loss, top1, top5, count, loss_count, nonfinite = self.sums.tolist()
-    return {'loss': loss / max(loss_count, 1), 'acc1': 100 * top1 / max(count, 1), 'acc5': 100 * top5 / max(count, 1),
+    return {'loss': loss / max(loss_count, 1), 'acc1': 100 * top1 / max(count, 1),
+            'acc5': 100 * top5 / max(count, 1),
             'count': int(count), 'nonfinite': int(nonfinite)}
 
 # %% ../nbs/01a_checkpoints.ipynb #71135d08
 class Throughput:
     "Images per second over all ranks (`FPS@all`), skipping the first `skip` steps of each epoch."
-    def __init__(self, skip:int=2): self.skip, self.total_images, self.total_time, self.epoch_fps = skip, 0, 0.0, None
-    def start_epoch(self): self.steps, self.t0, self.epoch_fps, self.started = 0, None, None, time.perf_counter()
+    def __init__(self, skip:int=2):
+        self.skip, self.total_images, self.total_time, self.epoch_fps = skip, 0, 0.0, None
+    def start_epoch(self):
+        self.steps, self.t0, self.epoch_fps, self.started = 0, None, None, time.perf_counter()
 
     def after_step(self, device:torch.device):
         "Count a step; the clock starts once `skip` steps are done."
@@ -117,24 +122,31 @@ def tensor_crc32(obj) -> str:
     crc = 0
     for key, t in tensor_items(obj):
         crc = zlib.crc32(f'{key} {t.dtype} {tuple(t.shape)}'.encode(), crc)
-        crc = zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)  # no copy when contiguous
+        # no copy when contiguous
+        crc = zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
     return f'crc32:{crc:08x}'
 
 # %% ../nbs/01a_checkpoints.ipynb #4489105d
 def checksums(state:dict) -> dict[str, str]:
-    "`tensor_crc32` of each entry of a checkpoint dict that holds tensors: weights, optimizer state, EMA, RNG states."
-    return {k: tensor_crc32(v) for k, v in state.items() if k != 'checksums' and next(tensor_items(v), None) is not None}
+    """`tensor_crc32` of each entry of a checkpoint dict that holds tensors: weights, optimizer state, EMA,
+    RNG states."""
+    return {k: tensor_crc32(v) for k, v in state.items() if k != 'checksums'
+            and next(tensor_items(v), None) is not None}
 
 def check_checksums(
     state:dict, # a loaded checkpoint
     path:str|Path, # where it was read from, for the message
 ) -> dict:
-    "`state`, once each entry matches the checksum saved with it; one `CheckpointError` line naming `path` when one does not."
+    """`state`, once each entry matches the checksum saved with it; one `CheckpointError` line naming `path`
+    when one does not."""
     saved = state.get('checksums')
     if not isinstance(saved, dict): return state  # older checkpoints, the Ascend recipe's, plain state_dicts
     bad = [k for k, want in saved.items() if k not in state or tensor_crc32(state[k]) != want]
-    if bad: raise CheckpointError(f"checkpoint {path} is damaged: checksum mismatch in {', '.join(bad)} (the file changed after "
-                                  f"it was saved: a disk, transfer or copy error); use an intact copy or another checkpoint")
+    if bad:
+        raise CheckpointError(f"checkpoint {path} is damaged: checksum mismatch in {', '.join(bad)} (the "
+                              "file changed after "
+                                  "it was saved: a disk, transfer or copy error); use an intact copy or "
+                                  "another checkpoint")
     return state
 
 # %% ../nbs/01a_checkpoints.ipynb #e6b67246
@@ -147,29 +159,38 @@ def state_bytes(obj) -> int:
     return sum(t.numel() * t.element_size() for _, t in tensor_items(obj))
 
 def save_checkpoint(state:dict, path:str|Path):
-    "Save a checkpoint dict, with its `checksums`, to `path` atomically; a failure is one `CheckpointError` line with the space it needs."
-    if not all(isinstance(v, torch.Tensor) for v in state.values()): state = {**state, 'checksums': checksums(state)}
+    """Save a checkpoint dict, with its `checksums`, to `path` atomically; a failure is one `CheckpointError`
+    line with the space it needs."""
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        state = {**state, 'checksums': checksums(state)}
     try: atomic_write(path, lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as e:
         folder = next(p for p in Path(path).absolute().parents if p.exists())
         need, free = state_bytes(state) / 2**20, shutil.disk_usage(folder).free / 2**20
-        raise CheckpointError(f"cannot save checkpoint {path} ({first_line(e)}): it needs about {need:.1f} MiB and {folder} "
-                              f"has {free:.1f} MiB free; free some space or choose another --output") from None
+        raise CheckpointError(f"cannot save checkpoint {path} ({first_line(e)}): it needs about {need:.1f} "
+                              f"MiB and {folder} "
+                              f"has {free:.1f} MiB free; free some space or choose another "
+                              "--output") from None
 
 # %% ../nbs/01a_checkpoints.ipynb #81b27fab
 def checkpoint_file(path:str|Path) -> Path:
     "`path`, once it is known to be a non-empty file; one `CheckpointError` line saying what it is instead."
     path = Path(path)
-    if path.is_dir(): raise CheckpointError(f"checkpoint {path} is a folder, not a file: pass the checkpoint inside it, e.g. {path/'checkpoint.pth.tar'}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file: pass the checkpoint inside it, "
+                              f"e.g. {path/'checkpoint.pth.tar'}")
     if not path.is_file(): raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes), as a save cut short leaves a file: use another checkpoint, such as model_best.pth.tar")
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes), as a save cut short leaves a file: use "
+                              "another checkpoint, such as model_best.pth.tar")
     return path
 
 def checkpoint_bytes(path:str|Path) -> bytes:
-    "The bytes of the checkpoint file `path`, read in one go; one `CheckpointError` line when they cannot be read."
+    """The bytes of the checkpoint file `path`, read in one go; one `CheckpointError` line when they cannot be
+    read."""
     try: return checkpoint_file(path).read_bytes()
-    except OSError as e: raise CheckpointError(f"checkpoint {path} cannot be read ({first_line(e)})") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({first_line(e)})") from None
 
 # %% ../nbs/01a_checkpoints.ipynb #88520df9
 RESUME_KEYS = ('epoch', 'arch', 'state_dict', 'best_acc1', 'optimizer')
@@ -178,15 +199,20 @@ def read_checkpoint(
     path:str|Path, # the checkpoint file, and the name the messages give it
     data:bytes|None=None, # its bytes, when the caller has read them already (None: read `path`)
 ) -> dict:
-    "Load a checkpoint safely (`weights_only=True`) and check its checksums; one line for a missing, unsafe, broken or damaged file."
+    """Load a checkpoint safely (`weights_only=True`) and check its checksums; one line for a missing, unsafe,
+    broken or damaged file."""
     source = checkpoint_file(path) if data is None else io.BytesIO(data)
     try: state = torch.load(source, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint {path} was refused: it contains Python objects that could run code "
-                              f"when loaded, and only tensors and plain data are accepted ({first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path} was refused: it contains Python objects that could run "
+                              "code "
+                              "when loaded, and only tensors and plain data are accepted "
+                              f"({first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file ({first_line(e)})") from None
-    if not isinstance(state, dict): raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file "
+                              f"({first_line(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return check_checksums(state, path)
 
 # %% ../nbs/01a_checkpoints.ipynb #887b9294
@@ -194,12 +220,15 @@ def load_resumable(path:str|Path) -> dict:
     "Read a checkpoint that training can resume from: the Ascend recipe's keys must be there."
     state = read_checkpoint(path)
     missing = [k for k in RESUME_KEYS if k not in state]
-    if missing: raise CheckpointError(f"checkpoint {path} is not a training checkpoint: it lacks {', '.join(missing)}")
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint: it lacks "
+                              f"{', '.join(missing)}")
     return state
 
 # %% ../nbs/01a_checkpoints.ipynb #7acd1ad9
 def checkpoint_classes(state:dict) -> int|None:
-    "The class count a checkpoint (or a plain state_dict) was trained for: its record, else the size of its head."
+    """The class count a checkpoint (or a plain state_dict) was trained for: its record, else the size of its
+    head."""
     if isinstance(state.get('num_classes'), int): return state['num_classes']
     try: weights = clean_state_dict(state)
     except (TypeError, ValueError): return None
@@ -211,14 +240,19 @@ def check_fits(
     arch:str, # this run's `--arch`
     classes:list[str], # this run's class names, from its data
 ):
-    "Raise one `CheckpointError` line, naming the flag to change, when `state` was trained for another arch or other classes."
-    saved_arch, saved_n = state.get('arch') if isinstance(state.get('arch'), str) else None, checkpoint_classes(state)
+    """Raise one `CheckpointError` line, naming the flag to change, when `state` was trained for another arch
+    or other classes."""
+    saved_arch, saved_n = (state.get('arch') if isinstance(state.get('arch'), str) else None,
+                           checkpoint_classes(state))
     if (saved_arch and saved_arch != arch) or (saved_n and saved_n != len(classes)):
-        fix = f"pass --arch {saved_arch}" if saved_arch and saved_arch != arch else f"point --data_path at data with {saved_n} classes"
-        raise CheckpointError(f"checkpoint {path} is {saved_arch or 'a model'} with {saved_n} classes; this run is {arch} with {len(classes)}: {fix}")
+        fix = (f"pass --arch {saved_arch}" if saved_arch and saved_arch != arch
+               else f"point --data_path at data with {saved_n} classes")
+        raise CheckpointError(f"checkpoint {path} is {saved_arch or 'a model'} with {saved_n} classes; this "
+                              f"run is {arch} with {len(classes)}: {fix}")
     if isinstance(state.get('classes'), list) and state['classes'] != list(classes):
         diff = [f"{a}≠{b}" for a, b in zip(state['classes'], classes) if a != b][:3]
-        raise CheckpointError(f"checkpoint {path} was trained on other classes than this data's ({', '.join(diff)}): check --data_path")
+        raise CheckpointError(f"checkpoint {path} was trained on other classes than this data's "
+                              f"({', '.join(diff)}): check --data_path")
 
 # %% ../nbs/01a_checkpoints.ipynb #22c35481
 def torchvision_weights(
@@ -227,14 +261,18 @@ def torchvision_weights(
 ) -> dict:
     "The state_dict of torchvision's weights `name` for `arch`, downloaded by torchvision; one-line errors."
     from torchvision.models import get_model_weights
-    if not ARCHS[arch].torchvision: raise CheckpointError(f"--pretrained {name}: torchvision has no weights for --arch {arch}; pass a weights file")
+    if not ARCHS[arch].torchvision:
+        raise CheckpointError(f"--pretrained {name}: torchvision has no weights for --arch {arch}; pass a "
+                              "weights file")
     weights = get_model_weights(arch)
     key = name.rsplit('.', 1)[-1]
     if key not in weights.__members__:
-        raise CheckpointError(f"--pretrained {name}: torchvision's {arch} weights are {', '.join(weights.__members__)}; or pass a file")
+        raise CheckpointError(f"--pretrained {name}: torchvision's {arch} weights are "
+                              f"{', '.join(weights.__members__)}; or pass a file")
     try: return weights[key].get_state_dict(progress=False, check_hash=True)
     except Exception as e:
-        raise CheckpointError(f"--pretrained {name}: the download failed ({first_line(e)}); fetch {weights[key].url} "
+        raise CheckpointError(f"--pretrained {name}: the download failed ({first_line(e)}); fetch "
+                              f"{weights[key].url} "
                               f"on a machine that can and pass the file") from None
 
 def read_pretrained(source:str, arch:str) -> dict:
@@ -242,7 +280,8 @@ def read_pretrained(source:str, arch:str) -> dict:
     path = Path(source).expanduser()
     if path.exists(): return read_checkpoint(path)
     if re.fullmatch(r'([A-Za-z0-9_]+\.)?[A-Z][A-Z0-9_]*', source): return torchvision_weights(source, arch)
-    raise CheckpointError(f"--pretrained {source}: no such file; pass a state_dict or checkpoint file, or a torchvision weights name such as IMAGENET1K_V2")
+    raise CheckpointError(f"--pretrained {source}: no such file; pass a state_dict or checkpoint file, or a "
+                          "torchvision weights name such as IMAGENET1K_V2")
 
 # %% ../nbs/01a_checkpoints.ipynb #d9f8305d
 def load_pretrained(
@@ -250,16 +289,21 @@ def load_pretrained(
     source:str, # `--pretrained`
     arch:str, # `--arch`, for torchvision names and the messages
 ) -> str:
-    "Load `source`'s backbone (and its head when it fits) into `model`; returns the line saying what was loaded."
+    """Load `source`'s backbone (and its head when it fits) into `model`; returns the line saying what was
+    loaded."""
     state = read_pretrained(source, arch)
     saved = state.get('arch') if isinstance(state.get('arch'), str) else None
-    if saved and saved != arch: raise CheckpointError(f"--pretrained {source} is {saved} and this run is {arch}: pass --arch {saved}, or other weights")
+    if saved and saved != arch:
+        raise CheckpointError(f"--pretrained {source} is {saved} and this run is {arch}: pass --arch "
+                              f"{saved}, or other weights")
     weights, own = dict(clean_state_dict(state)), unwrap_model(model).state_dict()
     head = [k for k in own if k.startswith('fc.')]
     fits = all(k in weights and weights[k].shape == own[k].shape for k in head)
     if not fits: weights.update({k: own[k] for k in head})  # the fresh head stays
     try: load_weights(model, weights)
-    except (RuntimeError, ValueError) as e: raise CheckpointError(f"--pretrained {source}: {first_line(e)}") from None
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"--pretrained {source}: {first_line(e)}") from None
     if fits: return f"=> pretrained: every weight from {source}, head included"
     n = checkpoint_classes(state)
-    return f"=> pretrained: the backbone from {source}; its head is for {n} classes and this run has {own['fc.weight'].shape[0]}, so the head is re-initialised"
+    return (f"=> pretrained: the backbone from {source}; its head is for {n} classes and this run has "
+            f"{own['fc.weight'].shape[0]}, so the head is re-initialised")

@@ -18,14 +18,17 @@ __all__ = ['Flag', 'opt', 'positive', 'non_negative', 'at_least', 'between', 'fl
 @dataclass(frozen=True)
 class Flag:
     "How a config field appears on the command line."
-    names:tuple[str, ...]=() # its spellings, e.g. `('--batch-size', '-b')`; empty: `--` and the field's name with hyphens
+    # its spellings, e.g. `('--batch-size', '-b')`; empty: `--` and the field's name with hyphens
+    names:tuple[str, ...]=()
     help:str='' # one line for `--help`
     choices:tuple|None=None # the allowed values, from the constant that defines them
     parse:Callable|None=None # turns the flag's text into the value; None: from the field's type
     check:Callable|None=None # returns a complaint such as 'must be positive' for a bad value, else None
     metavar:str|None=None # the placeholder `--help` shows
     ascend:bool=False # one of the Ascend recipe's own flags (listed first in `--help`)
-    on_resume:str='keep' # with `--resume`: 'keep' the checkpoint's value (refuse another), 'apply' a value given again, or 'job' (this invocation's, never the checkpoint's)
+    # with `--resume`: 'keep' the checkpoint's value (refuse another), 'apply' a value given again, or 'job'
+    # (this invocation's, never the checkpoint's)
+    on_resume:str='keep'
 
 # %% ../nbs/00_config.ipynb #e4f1edaf
 def opt(
@@ -60,7 +63,8 @@ def flag_fields(
     configs:dict, # {group: dataclass}: the configs a command's flags come from
 ) -> list[tuple[str, object, Flag]]:
     "(group, field, flag) for every field of `configs` that has a flag."
-    return [(g, f, f.metadata['flag']) for g, cls in configs.items() for f in fields(cls) if 'flag' in f.metadata]
+    return [(g, f, f.metadata['flag']) for g, cls in configs.items() for f in fields(cls)
+            if 'flag' in f.metadata]
 
 def flag_names(f, flag:Flag) -> tuple[str, ...]:
     "The flag's spellings: its own, or `--` and the field's name with hyphens."
@@ -74,12 +78,14 @@ def field_default(f):
 def shown(v) -> str:
     "A value as `--help` and the error messages show it: on/off/none, and lists as the flag is typed."
     if isinstance(v, bool) or v is None: return {True: 'on', False: 'off', None: 'none'}[v]
-    if type(v) not in (list, tuple): return str(v)  # a NamedTuple, such as a recipe's scaled value, says itself
+    # a NamedTuple, such as a recipe's scaled value, says itself
+    if type(v) not in (list, tuple): return str(v)
     return ','.join(f'{x:g}' if isinstance(x, float) else str(x) for x in v)
 
 def flag_help(f, flag:Flag, presets:dict={}, recipes:dict={}) -> str:
     "The flag's help line: its help, its default once, and the `presets` and `recipes` that set it."
-    default = f.default_factory.__doc__.split(': ', 1)[-1].rstrip('.') if f.default_factory is not MISSING else shown(f.default)
+    default = (f.default_factory.__doc__.split(': ', 1)[-1].rstrip('.') if f.default_factory is not MISSING
+               else shown(f.default))
     presets = ''.join(f"; {name}: {shown(p[f.name])}" for name, p in presets.items() if f.name in p)
     recipes = ''.join(f"; recipe {name}: {shown(r[f.name])}" for name, r in recipes.items() if f.name in r)
     return f"{flag.help} (default: {default}{presets}{recipes})".replace('%', '%%')
@@ -89,7 +95,8 @@ class OneLineParser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line: `prog: error: message (see --help)`."
     def error(self, message):
         m = re.match(r"argument (-[^/:\s]+)\S*: invalid choice: (.+?) \(choose from (.+)\)$", message)
-        if m: message = f"{m[1]} {m[2]}: choose one of {m[3].replace(chr(39), '')}"  # the same words as every other bad value
+        # the same words as every other bad value
+        if m: message = f"{m[1]} {m[2]}: choose one of {m[3].replace(chr(39), '')}"
         message = re.sub(r'^argument [^:]+: (?=-)', '', message)  # a field's parser already names its flag
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -106,14 +113,19 @@ def add_flag(group, f, flag:Flag, presets:dict={}, recipes:dict={}):
     kind, kw = str(f.type).replace(' ', ''), dict(dest=f.name, help=flag_help(f, flag, presets, recipes))
     if flag.choices: kw['help'] = f"{kw['help']}; one of {', '.join(map(str, flag.choices))}"
     if flag.ascend: kw['help'] += " [Ascend recipe]"
-    turned_on = any(p.get(f.name) is True for p in (*presets.values(), *recipes.values()))  # --no-x undoes a preset or recipe
+    # --no-x undoes a preset or recipe
+    turned_on = any(p.get(f.name) is True for p in (*presets.values(), *recipes.values()))
     names = flag_names(f, flag)
     if kind == 'bool' and f.default is not True and not turned_on: kw['action'] = 'store_true'
-    elif kind == 'bool' and names[0].startswith('--no-'):  # a negative flag: its opposite drops the `no-`, never `--no-no-`
+    # a negative flag: its opposite drops the `no-`, never `--no-no-`
+    elif kind == 'bool' and names[0].startswith('--no-'):
         group.add_argument(*names, action='store_true', **kw)
-        return group.add_argument('--' + names[0][5:], action='store_false', dest=f.name, help=f"undo {names[0]}")
+        return group.add_argument('--' + names[0][5:], action='store_false', dest=f.name,
+                                  help=f"undo {names[0]}")
     elif kind in ('bool', 'bool|None'): kw['action'] = argparse.BooleanOptionalAction  # --x and --no-x
-    else: kw.update(type=_parse(flag.parse) if flag.parse else {'int': int, 'float': float}.get(kind.replace('|None', ''), str),
+    else:
+        kw.update(type=_parse(flag.parse) if flag.parse
+                  else {'int': int, 'float': float}.get(kind.replace('|None', ''), str),
                     choices=flag.choices, metavar=flag.metavar or (f.name.upper() if flag.choices else None))
     group.add_argument(*names, **kw)
 
@@ -124,7 +136,8 @@ def build_parser(
     configs:dict, # {group: dataclass} whose flag-bearing fields become flags
     presets:dict={}, # {name: {field: value}}: presets to show in each flag's help
     recipes:dict={}, # {name: {field: value}}: recipes to show in each flag's help
-    groups:dict|None=None, # {title: field names}: the `--help` sections by purpose; other flags go under their config's name
+    # {title: field names}: the `--help` sections by purpose; other flags go under their config's name
+    groups:dict|None=None,
     **kw, # for `argparse.ArgumentParser`: usage, epilog, ...
 ) -> OneLineParser:
     "A parser with one flag per flag-bearing field, in sections by purpose."
@@ -143,7 +156,8 @@ def parse_config(
     cls, # the config dataclass whose fields the parser's flags fill
     argv:list[str]|None=None, # the arguments (None: `sys.argv[1:]`)
 ) -> tuple[object, dict]:
-    "Parse `argv` into an instance of `cls` (field defaults for flags not given) and the dict of everything parsed."
+    """Parse `argv` into an instance of `cls` (field defaults for flags not given) and the dict of everything
+    parsed."""
     given = vars(parser.parse_args(argv))
     return cls(**{f.name: given.get(f.name, field_default(f)) for f in fields(cls)}), given
 
@@ -152,10 +166,14 @@ def field_checks(
     values:dict, # field name -> value
     configs:dict, # {group: dataclass}: whose fields to check
 ):
-    "Raise a one-line `ValueError` naming the flag for a value its field refuses: a choice not offered, or its `check`."
+    """Raise a one-line `ValueError` naming the flag for a value its field refuses: a choice not offered, or
+    its `check`."""
     for _, f, flag in flag_fields(configs):
         v, name = values.get(f.name), flag_names(f, flag)[0]
         if v is None: continue
-        if flag.choices and v not in flag.choices: raise ValueError(f"{name} {v!r}: choose one of {', '.join(map(str, flag.choices))}")
-        if isinstance(v, float) and not math.isfinite(v): raise ValueError(f"{name} {v}: must be a finite number")
-        if flag.check and (why := flag.check(v)): raise ValueError(f"{name} {v!r}: {why}" if isinstance(v, str) else f"{name} {v}: {why}")
+        if flag.choices and v not in flag.choices:
+            raise ValueError(f"{name} {v!r}: choose one of {', '.join(map(str, flag.choices))}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{name} {v}: must be a finite number")
+        if flag.check and (why := flag.check(v)):
+            raise ValueError(f"{name} {v!r}: {why}" if isinstance(v, str) else f"{name} {v}: {why}")

@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #2b1022f8
 from __future__ import annotations
-import gc, hashlib, logging, math, os, pickle, random, signal, threading
+import gc, hashlib, logging, math, os, pickle, random, signal, threading, time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from collections import Counter
@@ -34,7 +34,8 @@ __all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'IMG_EXTENSIONS'
            'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'val_resize_size', 'CropSizes',
            'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset',
            'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'init_loader_process',
-           'make_dataloader', 'Loader', 'bad_images_summary', 'SyntheticLoader', 'normalize', 'image_grid']
+           'make_dataloader', 'Loader', 'bad_images_summary', 'dead_process_named', 'quiet_sigchld', 'SyntheticLoader',
+           'normalize', 'image_grid']
 
 # %% ../nbs/02_data.ipynb #19705041
 def printable(
@@ -51,7 +52,8 @@ def is_utf8(name:str) -> bool:
 
 # %% ../nbs/02_data.ipynb #366f78b6
 class DataError(ValueError):
-    "A problem with the user's data, told in one line that names the path; the launcher prints it without a traceback."
+    """A problem with the user's data, told in one line that names the path; the launcher prints it without a
+    traceback."""
     def __init__(self,
                  message:str, # one line: what is wrong, with the path, and what to do (shown `printable`)
                  path:str|os.PathLike|None=None): # the file or folder at fault
@@ -60,7 +62,8 @@ class DataError(ValueError):
 
 # %% ../nbs/02_data.ipynb #520561cb
 DATASETS = ('auto', 'imagefolder', 'cifar10', 'synthetic', 'builtin')
-DATA_BACKENDS = ('auto', 'pil', 'gpu')  # where JPEGs are decoded and cropped: see "A GPU input pipeline" at the end
+# where JPEGs are decoded and cropped: see "A GPU input pipeline" at the end
+DATA_BACKENDS = ('auto', 'pil', 'gpu')
 AUTO_AUGMENTS = ('none', 'ta_wide', 'ra', 'augmix', 'imagenet')  # torchvision's --auto-augment policies
 
 def parse_range(text:str) -> tuple[float, float]:
@@ -82,30 +85,53 @@ def default_workers() -> int:
 @dataclass
 class DataConfig:
     "Where the images come from and how they are batched."
-    data_path:str|None=opt(None, '--data-path', '--data_path', '--data', on_resume='apply', metavar='DIR', ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py folder; none: the built-in dataset')
-    dataset:str=opt('auto', choices=DATASETS, help='data source (auto: imagefolder or cifar10 from what --data-path holds; builtin without it)')
-    image_size:int=opt(224, check=at_least(16), help='train crop; validation resizes to size*256/224 and crops size')
-    train_crop_size:int|None=opt(None, check=at_least(8), help='train crop, when it differs from --image-size (none: --image-size)')
-    val_resize_size:int|None=opt(None, check=at_least(8), help='validation resizes the short side to this (none: the val crop * 256/224)')
+    data_path:str|None=opt(None, '--data-path', '--data_path', '--data', on_resume='apply', metavar='DIR',
+                           ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py '
+                                             'folder; none: the built-in dataset')
+    dataset:str=opt('auto', choices=DATASETS,
+                    help='data source (auto: imagefolder or cifar10 from what --data-path holds; builtin '
+                         'without it)')
+    image_size:int=opt(224, check=at_least(16),
+                       help='train crop; validation resizes to size*256/224 and crops size')
+    train_crop_size:int|None=opt(None, check=at_least(8),
+                                 help='train crop, when it differs from --image-size (none: --image-size)')
+    val_resize_size:int|None=opt(None, check=at_least(8),
+                                 help='validation resizes the short side to this (none: the val crop * '
+                                      '256/224)')
     val_crop_size:int|None=opt(None, check=at_least(8), help='validation centre crop (none: --image-size)')
-    crop_scale:tuple[float, float]=opt((0.08, 1.0), parse=parse_range, check=at_most_one, metavar='LOW,HIGH', help="the train crop's share of the image area, drawn from this range (RandomResizedCrop's scale, timm's too)")
-    crop_ratio:tuple[float, float]=opt((3/4, 4/3), parse=parse_range, metavar='LOW,HIGH', help="the train crop's aspect ratio, width/height, drawn from this range (RandomResizedCrop's ratio, timm's too)")
-    hflip:float=opt(0.5, check=between(0, 1), help='probability of flipping a train image horizontally (0 for digits, text and other handed images)')
-    auto_augment:str=opt('none', choices=AUTO_AUGMENTS, help='augmentation policy after the crop and flip (torchvision v2): TrivialAugmentWide, RandAugment, AugMix or AutoAugment-ImageNet')
-    random_erase:float=opt(0.0, check=between(0, 1), help='probability of erasing a random box of each train image, after the policy')
-    ra_sampler:bool=opt(False, help='repeated augmentation: each image --ra-reps times per epoch, each copy augmented differently')
+    crop_scale:tuple[float, float]=opt((0.08, 1.0), parse=parse_range, check=at_most_one, metavar='LOW,HIGH',
+                                       help="the train crop's share of the image area, drawn from this range "
+                                            "(RandomResizedCrop's scale, timm's too)")
+    crop_ratio:tuple[float, float]=opt((3/4, 4/3), parse=parse_range, metavar='LOW,HIGH',
+                                       help="the train crop's aspect ratio, width/height, drawn from this "
+                                            "range (RandomResizedCrop's ratio, timm's too)")
+    hflip:float=opt(0.5, check=between(0, 1),
+                    help='probability of flipping a train image horizontally (0 for digits, text and other '
+                         'handed images)')
+    auto_augment:str=opt('none', choices=AUTO_AUGMENTS,
+                         help='augmentation policy after the crop and flip (torchvision v2): '
+                              'TrivialAugmentWide, RandAugment, AugMix or AutoAugment-ImageNet')
+    random_erase:float=opt(0.0, check=between(0, 1),
+                           help='probability of erasing a random box of each train image, after the policy')
+    ra_sampler:bool=opt(False, help='repeated augmentation: each image --ra-reps times per epoch, each copy '
+                                    'augmented differently')
     ra_reps:int=opt(3, check=positive, help='copies of each image per epoch with --ra-sampler')
-    batch_size:int=opt(256, '--batch-size', '-b', check=positive, ascend=True, help='GLOBAL batch size, split evenly across ranks')
-    workers:int=opt(None, '--workers', '-j', on_resume='apply', factory=default_workers, check=non_negative, ascend=True, help='data-loading processes per rank (0: in the training process)')
+    batch_size:int=opt(256, '--batch-size', '-b', check=positive, ascend=True,
+                       help='GLOBAL batch size, split evenly across ranks')
+    workers:int=opt(None, '--workers', '-j', on_resume='apply', factory=default_workers, check=non_negative,
+                    ascend=True, help='data-loading processes per rank (0: in the training process)')
     pin_memory:bool=True # page-locked batches, for asynchronous copies to an accelerator (ignored on the CPU)
     persistent_workers:bool=True # keep the loader processes alive from one epoch to the next
     prefetch_factor:int=2 # batches each loader process prepares ahead
-    skip_bad_images:bool=opt(False, on_resume='apply', help='skip corrupt images (reported each epoch) instead of stopping')
+    skip_bad_images:bool=opt(False, on_resume='apply',
+                             help='skip corrupt images (reported each epoch) instead of stopping')
     seed:int=0 # seeds the shuffle and every sample's augmentation (the launcher passes `--seed`)
     synthetic_size:int=1_281_167 # synthetic train images per epoch, over all ranks (ImageNet's train set)
     synthetic_val_size:int=50_000 # synthetic val images, over all ranks (ImageNet's val set)
     num_classes:int=1000 # classes of the synthetic data
-    backend:str=opt('auto', '--data-backend', on_resume='apply', choices=DATA_BACKENDS, help='where JPEGs are decoded and cropped: gpu (nvjpeg on a CUDA GPU), pil (loader processes), auto (gpu where it works)')
+    backend:str=opt('auto', '--data-backend', on_resume='apply', choices=DATA_BACKENDS,
+                    help='where JPEGs are decoded and cropped: gpu (nvjpeg on a CUDA GPU), pil (loader '
+                         'processes), auto (gpu where it works)')
 
 # %% ../nbs/02_data.ipynb #41c4d16a
 IMG_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
@@ -117,7 +143,8 @@ def read_image(
     try:
         with Image.open(path) as im: rgb = im.convert('RGB')
     except Exception as e:
-        reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '')  # Pillow sometimes repeats the path
+        # Pillow sometimes repeats the path
+        reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '')
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {reason}): "
                         f"replace or delete it, or pass --skip-bad-images", path) from e
     return TF.pil_to_tensor(rgb)
@@ -205,7 +232,8 @@ class ImageFolderSource(datasets.ImageFolder):
         "Sorted class folders of `directory`, no hidden ones; a `DataError` for none or a name not UTF-8."
         classes = sorted(e.name for e in _listing(directory) if e.is_dir() and not e.name.startswith('.'))
         if not classes:
-            raise DataError(f"{directory} has no class folders: expected {directory}/<class>/<image files>", directory)
+            raise DataError(f"{directory} has no class folders: expected {directory}/<class>/<image files>",
+                            directory)
         bad = [os.path.join(directory, c) for c in classes if not is_utf8(c)]
         if bad: raise not_utf8_error(bad, directory)
         return classes, {c: i for i, c in enumerate(classes)}
@@ -244,9 +272,12 @@ def open_image_folder(
                             f"and {root}/val/<class>/<images>", root/split)
     train, val = ImageFolderSource(root/'train'), ImageFolderSource(root/'val')
     if train.classes != val.classes:
-        only_t, only_v = sorted(set(train.classes) - set(val.classes)), sorted(set(val.classes) - set(train.classes))
-        raise DataError(f"{root}/train and {root}/val have different classes (only in train: {', '.join(only_t) or '-'}; "
-                        f"only in val: {', '.join(only_v) or '-'}): give both splits the same class folders", root)
+        only_t, only_v = (sorted(set(train.classes) - set(val.classes)),
+                          sorted(set(val.classes) - set(train.classes)))
+        raise DataError(f"{root}/train and {root}/val have different classes (only in train: "
+                        f"{', '.join(only_t) or '-'}; "
+                        f"only in val: {', '.join(only_v) or '-'}): give both splits the same class folders",
+                        root)
     return train, val
 
 def open_val_folder(
@@ -255,7 +286,8 @@ def open_val_folder(
     "Open only the val split of an ImageFolder root: scoring a checkpoint needs no training images."
     root = Path(root)
     if not root.is_dir(): raise DataError(f"data folder {root} does not exist: check --data_path", root)
-    if not (root/'val').is_dir(): raise DataError(f"{root} has no val/ folder: expected {root}/val/<class>/<images>", root/'val')
+    if not (root/'val').is_dir():
+        raise DataError(f"{root} has no val/ folder: expected {root}/val/<class>/<images>", root/'val')
     return ImageFolderSource(root/'val')
 
 # %% ../nbs/02_data.ipynb #53bc5c66
@@ -305,8 +337,10 @@ def write_image_folder(
 
 # %% ../nbs/02_data.ipynb #139a2730
 CIFAR_FOLDER = 'cifar-10-batches-py'
-CIFAR_HELP = (f"download cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and unpack it, so that "
-              f"{CIFAR_FOLDER}/ holds data_batch_1..5, test_batch and batches.meta; nothing is downloaded for you")
+CIFAR_HELP = ("download cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and unpack it, "
+              "so that "
+              f"{CIFAR_FOLDER}/ holds data_batch_1..5, test_batch and batches.meta; nothing is downloaded "
+              "for you")
 
 def find_cifar10(
     path:str|os.PathLike, # `--data_path`: the `cifar-10-batches-py` folder itself, or a folder containing it
@@ -315,7 +349,8 @@ def find_cifar10(
     path = Path(path)
     if path.name == CIFAR_FOLDER and path.is_dir(): return path
     if (path/CIFAR_FOLDER).is_dir(): return path/CIFAR_FOLDER
-    raise DataError(f"no CIFAR-10 folder at {path} (looked for {path if path.name == CIFAR_FOLDER else path/CIFAR_FOLDER}): "
+    raise DataError(f"no CIFAR-10 folder at {path} (looked for "
+                    f"{path if path.name == CIFAR_FOLDER else path/CIFAR_FOLDER}): "
                     f"{CIFAR_HELP}", path)
 
 # %% ../nbs/02_data.ipynb #76fb41de
@@ -325,7 +360,8 @@ def read_cifar_file(path:Path) -> dict:
     try:
         with open(path, 'rb') as f: return pickle.load(f, encoding='latin1')
     except Exception as e:
-        raise DataError(f"cannot read CIFAR-10 file {path} ({type(e).__name__}): it is not a CIFAR-10 python batch; "
+        raise DataError(f"cannot read CIFAR-10 file {path} ({type(e).__name__}): it is not a CIFAR-10 python "
+                        "batch; "
                         f"{CIFAR_HELP}", path) from e
 
 # %% ../nbs/02_data.ipynb #799bea64
@@ -337,8 +373,10 @@ class CifarSource(Dataset):
         names = [f'data_batch_{i}' for i in range(1, 6)] if train else ['test_batch']
         batches = {n: read_cifar_file(folder/n) for n in names}
         for n, b in batches.items():
-            if b.get('data') is None or b['data'].ndim != 2 or b['data'].shape[1] != 3072 or len(b.get('labels', ())) != len(b['data']):
-                raise DataError(f"CIFAR-10 file {folder/n} is not a CIFAR-10 batch of 32x32 images: {CIFAR_HELP}", folder/n)
+            if (b.get('data') is None or b['data'].ndim != 2 or b['data'].shape[1] != 3072
+                or len(b.get('labels', ())) != len(b['data'])):
+                raise DataError(f"CIFAR-10 file {folder/n} is not a CIFAR-10 batch of 32x32 images: "
+                                f"{CIFAR_HELP}", folder/n)
         self.data = torch.cat([torch.as_tensor(b['data']) for b in batches.values()]).view(-1, 3, 32, 32)
         self.targets = [t for b in batches.values() for t in b['labels']]
         self.classes = list(read_cifar_file(folder/'batches.meta')['label_names'])
@@ -358,7 +396,8 @@ def write_cifar_folder(
     folder = Path(parent)/CIFAR_FOLDER; folder.mkdir(parents=True)
     def batch(name, n, start):
         labels = [(start + i) % len(classes) for i in range(n)]
-        data = np.stack([np.asarray(draw(random.Random(f'{name}{i}'), l, i, (32, 32)).convert('RGB')).transpose(2, 0, 1).reshape(-1)
+        data = np.stack([np.asarray(draw(random.Random(f'{name}{i}'), l, i,
+                                         (32, 32)).convert('RGB')).transpose(2, 0, 1).reshape(-1)
                          for i, l in enumerate(labels)])
         with open(folder/name, 'wb') as f: pickle.dump({'data': data, 'labels': labels}, f)
     for k in range(1, 6): batch(f'data_batch_{k}', n_train, k)
@@ -378,13 +417,15 @@ class CropSizes(NamedTuple):
     val_crop:int # validation's centre crop
 
 def crop_sizes(cfg:DataConfig|dict) -> CropSizes:
-    "A `DataConfig`'s (or a checkpoint's saved `data` dict's) sizes, each defaulting from `image_size` as the Ascend recipe's do."
+    """A `DataConfig`'s (or a checkpoint's saved `data` dict's) sizes, each defaulting from `image_size` as
+    the Ascend recipe's do."""
     get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
     size = get('image_size') or 224
     crop = get('val_crop_size') or size
     return CropSizes(get('train_crop_size') or size, get('val_resize_size') or val_resize_size(crop), crop)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what `normalize` (below) subtracts and divides by
+# what `normalize` (below) subtracts and divides by
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 _POLICIES = {'ta_wide': v2.TrivialAugmentWide, 'ra': v2.RandAugment, 'augmix': v2.AugMix,
              'imagenet': lambda interpolation: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation)}
@@ -397,19 +438,25 @@ def train_transform(
     ratio:tuple[float, float]=(3/4, 4/3), # the crop's aspect ratio
     hflip:float=0.5, # the probability of a horizontal flip
 ) -> v2.Compose:
-    "The train augmentation: RandomResizedCrop(`image_size`) and a horizontal flip (the Ascend recipe), then the policy and erasing."
+    """The train augmentation: RandomResizedCrop(`image_size`) and a horizontal flip (the Ascend recipe), then
+    the policy and erasing."""
     steps = [v2.RandomResizedCrop(image_size, scale, ratio, antialias=True), v2.RandomHorizontalFlip(hflip)]
-    if auto_augment not in AUTO_AUGMENTS: raise DataError(f"--auto-augment {auto_augment!r}: choose one of {', '.join(AUTO_AUGMENTS)}")
-    if auto_augment != 'none': steps.append(_POLICIES[auto_augment](interpolation=v2.InterpolationMode.BILINEAR))
-    if random_erase: steps.append(v2.RandomErasing(random_erase, value=[round(255 * m) for m in IMAGENET_MEAN]))
+    if auto_augment not in AUTO_AUGMENTS:
+        raise DataError(f"--auto-augment {auto_augment!r}: choose one of {', '.join(AUTO_AUGMENTS)}")
+    if auto_augment != 'none':
+        steps.append(_POLICIES[auto_augment](interpolation=v2.InterpolationMode.BILINEAR))
+    if random_erase:
+        steps.append(v2.RandomErasing(random_erase, value=[round(255 * m) for m in IMAGENET_MEAN]))
     return v2.Compose(steps)
 
 def val_transform(
     image_size:int, # the centre crop
     resize_size:int|None=None, # the short side to resize to first (None: `image_size` * 256/224)
 ) -> v2.Compose:
-    "The val transform: Resize(`resize_size`) and CenterCrop(`image_size`), the Ascend recipe's 256 and 224 by default."
-    return v2.Compose([v2.Resize(resize_size or val_resize_size(image_size), antialias=True), v2.CenterCrop(image_size)])
+    """The val transform: Resize(`resize_size`) and CenterCrop(`image_size`), the Ascend recipe's 256 and 224
+    by default."""
+    return v2.Compose([v2.Resize(resize_size or val_resize_size(image_size), antialias=True),
+                       v2.CenterCrop(image_size)])
 
 # %% ../nbs/02_data.ipynb #b7da39b9
 def sample_seed(
@@ -418,7 +465,8 @@ def sample_seed(
     index:int, # the sample's index in its dataset
     repeat:int=0, # which copy of the sample, with the repeated-augmentation sampler
 ) -> int:
-    "The augmentation seed of copy `repeat` of sample `index` in `epoch`: the same on every rank and worker, and after a resume."
+    """The augmentation seed of copy `repeat` of sample `index` in `epoch`: the same on every rank and worker,
+    and after a resume."""
     key = f'{seed}/{epoch}/{index}' + (f'/{repeat}' if repeat else '')
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, 'little') >> 1  # 63 bits, which torch.manual_seed accepts
@@ -440,7 +488,8 @@ def one_thread():
 
 # %% ../nbs/02_data.ipynb #1eb758ce
 class SampleDataset(Dataset):
-    "A source (ImageFolder or CIFAR) and a transform, indexed by `(index, sample_seed)`; unreadable images become `BadSample`s."
+    """A source (ImageFolder or CIFAR) and a transform, indexed by `(index, sample_seed)`; unreadable images
+    become `BadSample`s."""
     def __init__(self, source:Dataset, transform): self.source, self.transform = source, transform
     def __len__(self): return len(self.source)
 
@@ -449,7 +498,8 @@ class SampleDataset(Dataset):
         try: image, label = self.source[index]
         except DataError as e: return BadSample(e.path, str(e))
         with torch.random.fork_rng(devices=[]), one_thread():
-            torch.default_generator.manual_seed(seed)  # the CPU stream only: `torch.manual_seed` also seeds every device, slowly
+            # the CPU stream only: `torch.manual_seed` also seeds every device, slowly
+            torch.default_generator.manual_seed(seed)
             return self.transform(image), label
 
 # %% ../nbs/02_data.ipynb #e5c11c4b
@@ -469,13 +519,15 @@ def shard_indices(
     rank:int, # this process's global rank
     world_size:int, # number of processes
 ) -> range:
-    "The val indices rank `rank` scores: every `world_size`-th from `rank`, so the ranks cover 0..n-1 exactly once."
+    """The val indices rank `rank` scores: every `world_size`-th from `rank`, so the ranks cover 0..n-1
+    exactly once."""
     if not 0 <= rank < world_size: raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     return range(rank, n, world_size)
 
 # %% ../nbs/02_data.ipynb #ab809b44
 class EpochBatches:
-    "Batches of `(index, sample_seed)` for one rank: shuffled `DistributedSampler`-style (or repeated) for train, dealt out once for val."
+    """Batches of `(index, sample_seed)` for one rank: shuffled `DistributedSampler`-style (or repeated) for
+    train, dealt out once for val."""
     def __init__(self,
                  n:int, # images in the split
                  batch_size:int, # images per batch on this rank
@@ -483,7 +535,8 @@ class EpochBatches:
                  train:bool=True, # shuffle and drop the remainder (train), or keep every image in order (val)
                  seed:int=0, # the shuffle and augmentation seed
                  reps:int=1): # copies of each image per epoch (the repeated-augmentation sampler; train only)
-        self.n, self.batch_size, self.rank, self.world_size, self.train, self.seed = n, batch_size, rank, world_size, train, seed
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.train, self.seed = train, seed
         self.reps = reps if train else 1
         self.epoch, self.batches_done = 0, 0
 
@@ -491,13 +544,16 @@ class EpochBatches:
         "The `(index, repeat)` pairs this rank visits in the current epoch, in order."
         if not self.train: return [(i, 0) for i in shard_indices(self.n, self.rank, self.world_size)]
         if self.reps == 1:
-            sampler = DistributedSampler(range(self.n), self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True)
+            sampler = DistributedSampler(range(self.n), self.world_size, self.rank, shuffle=True,
+                                         seed=self.seed, drop_last=True)
             sampler.set_epoch(self.epoch)
             return [(i, 0) for i in sampler]
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        order = torch.randperm(self.n,
+                               generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         dealt = [(i, r) for i in order for r in range(self.reps)]  # each image's copies side by side...
         dealt += dealt[:-len(dealt) % self.world_size]  # ...padded to a multiple of the ranks
-        return dealt[self.rank::self.world_size][:self.num_samples]  # ...and dealt out, so the copies go to different ranks
+        # ...and dealt out, so the copies go to different ranks
+        return dealt[self.rank::self.world_size][:self.num_samples]
 
     def indices(self) -> list[int]:
         "The dataset indices this rank visits in the current epoch, in order."
@@ -512,13 +568,21 @@ def num_samples(self:EpochBatches) -> int:
 @patch(as_prop=True)
 def batches_per_epoch(self:EpochBatches) -> int:
     "Batches in a whole epoch: full batches only for train, a smaller last batch allowed for val."
-    return self.num_samples // self.batch_size if self.train else math.ceil(self.num_samples / self.batch_size)
+    return (self.num_samples // self.batch_size if self.train
+            else math.ceil(self.num_samples / self.batch_size))
+
+@patch(as_prop=True)
+def common_batches(self:EpochBatches) -> int:
+    """Batches that every rank has in a whole epoch: a collective inside a pass can only be placed within them
+    (a val shard can be one image shorter on the last ranks)."""
+    return self.batches_per_epoch if self.train else math.ceil(self.n // self.world_size / self.batch_size)
 
 @patch
 def set_epoch(self:EpochBatches, epoch:int, batches_done:int=0):
     "Move to `epoch` (which sets the shuffle) and start it at batch `batches_done`."
     if not 0 <= batches_done <= self.batches_per_epoch:
-        raise ValueError(f"batches_done {batches_done} is outside epoch {epoch}'s 0..{self.batches_per_epoch} batches")
+        raise ValueError(f"batches_done {batches_done} is outside epoch {epoch}'s "
+                         f"0..{self.batches_per_epoch} batches")
     self.epoch, self.batches_done = epoch, batches_done
 
 # %% ../nbs/02_data.ipynb #f02d708e
@@ -535,10 +599,12 @@ def __iter__(self:EpochBatches):
         yield [(i, sample_seed(self.seed, self.epoch, i, r)) for i, r in draws[b*bs:(b+1)*bs]]
 
 # %% ../nbs/02_data.ipynb #0f6eb157
-STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1', 'SIGHUP')  # Ctrl-C, preemption, SLURM's --signal, a closed terminal
+# Ctrl-C, preemption, SLURM's --signal, a closed terminal
+STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1', 'SIGHUP')
 
 def _end_on_parents_sigterm():
-    "Wait for SIGTERM; end the process only when it comes from the parent (the training process, at its exit)."
+    """Wait for SIGTERM; end the process only when it comes from the parent (the training process, at its
+    exit)."""
     while True:
         if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid(): os._exit(128 + signal.SIGTERM)
 
@@ -551,9 +617,11 @@ def ignore_stop_signals(worker_id:int=0):
         threading.Thread(target=_end_on_parents_sigterm, daemon=True, name='sigterm-from-parent').start()
 
 def init_loader_process(worker_id:int=0):
-    "The `DataLoader` `worker_init_fn`: stop signals go to the training process, and the heap so far is frozen."
+    """The `DataLoader` `worker_init_fn`: stop signals go to the training process, and the heap so far is
+    frozen."""
     ignore_stop_signals(worker_id)
-    gc.freeze()  # torch and the dataset live until exit; Python's last collection of them took a second per process
+    # torch and the dataset live until exit; Python's last collection of them took a second per process
+    gc.freeze()
 
 # %% ../nbs/02_data.ipynb #cd34c2a0
 def make_dataloader(
@@ -563,8 +631,10 @@ def make_dataloader(
     collate_fn:Callable, # how samples become a batch
     pin_memory:bool=False, # page-locked batches (for an accelerator)
 ) -> DataLoader:
-    "The library's one `DataLoader` construction, for every loader: seeded, with `init_loader_process` in each worker."
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=cfg.workers, pin_memory=pin_memory,
+    """The library's one `DataLoader` construction, for every loader: seeded, with `init_loader_process` in
+    each worker."""
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=cfg.workers,
+                      pin_memory=pin_memory,
                       persistent_workers=cfg.persistent_workers and cfg.workers > 0,
                       prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
                       generator=seeded_generator(cfg.seed), worker_init_fn=init_loader_process)
@@ -612,7 +682,8 @@ def _drop_bad(self:Loader, bad:list[BadSample], n_good:int):
     self.bad_images += [b.path for b in bad]
     self.skipped_total += len(bad)
     if n_good == 0:
-        raise DataError(f"every image of {self.name} batch {self.batches_done} is unreadable, e.g. {bad[0].path}: "
+        raise DataError(f"every image of {self.name} batch {self.batches_done} is unreadable, e.g. "
+                        f"{bad[0].path}: "
                         f"check the data folder", bad[0].path)
 
 def bad_images_summary(
@@ -622,7 +693,8 @@ def bad_images_summary(
 ) -> str:
     "One line reporting the images a pass skipped."
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ''
-    return f"{name}: skipped {len(paths)} unreadable image{'s' * (len(paths) != 1)}: {', '.join(paths[:limit])}{more}"
+    return (f"{name}: skipped {len(paths)} unreadable image{'s' * (len(paths) != 1)}: "
+            f"{', '.join(paths[:limit])}{more}")
 
 # %% ../nbs/02_data.ipynb #acfc6406
 @patch
@@ -630,30 +702,65 @@ def __iter__(self:Loader):
     "Yield `(images, labels)` from the current position to the end of the epoch."
     self.bad_images, self.batches_done = [], self.batches.batches_done
     self.pass_iter = iter(self.dataloader)  # kept, so that `close` can end its processes mid-pass
-    for images, labels, bad in self.pass_iter:
-        if bad: self._drop_bad(bad, len(labels))
-        self.batches_done += 1
-        yield images, labels
+    with dead_process_named(self.pass_iter):
+        for images, labels, bad in self.pass_iter:
+            if bad: self._drop_bad(bad, len(labels))
+            self.batches_done += 1
+            yield images, labels
     if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
 
+@contextmanager
+def dead_process_named(it, wait_s:float=1.0):
+    """A loader process killed while it hands over a batch (shared memory goes through a socket) breaks the
+    socket, not torch's check: name the dead process as torch would, so the run reports it in one line."""
+    try: yield
+    except (ConnectionError, EOFError) as e:
+        workers, end = getattr(it, '_workers', []), time.monotonic() + wait_s
+        def dead(): return [w.pid for w in workers if w.exitcode not in (None, 0)]
+        while not dead() and time.monotonic() < end: time.sleep(0.05)  # the process may still be exiting
+        if not (pids := dead()): raise
+        raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(map(str, pids))}) exited unexpectedly "
+                           f"while handing over a batch ({type(e).__name__})") from None
+
 # %% ../nbs/02_data.ipynb #9ae9dfc3
+@contextmanager
+def quiet_sigchld():
+    """Keep torch's SIGCHLD handler out of the block: it raises when any loader process has died, and
+    while the loaders close, a process killed earlier (its failure already reported) is no news."""
+    if not hasattr(signal, 'SIGCHLD') or threading.current_thread() is not threading.main_thread():
+        yield; return
+    before = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try: yield
+    finally: signal.signal(signal.SIGCHLD, before)
+
 @patch
 def close(self:Loader):
     "End this loader's processes now (each exits cleanly); the next pass starts new ones."
-    for it in (getattr(self, 'pass_iter', None), getattr(self.dataloader, '_iterator', None)):
-        if hasattr(it, '_shutdown_workers'): it._shutdown_workers()  # what the iterator's `__del__` calls
+    with quiet_sigchld():
+        for it in (getattr(self, 'pass_iter', None), getattr(self.dataloader, '_iterator', None)):
+            # what the iterator's `__del__` calls
+            if hasattr(it, '_shutdown_workers'): it._shutdown_workers()
     self.pass_iter = self.dataloader._iterator = None
+
+@patch
+def start(self:Loader):
+    """Start the loader processes now rather than at the first pass: the val loader's, while training runs,
+    so that validation (and a stop signal during it) does not wait for processes to start."""
+    dl = self.dataloader
+    if dl.num_workers and dl.persistent_workers and dl._iterator is None: iter(dl)  # `DataLoader` keeps it
 
 # %% ../nbs/02_data.ipynb #ea3f6b5f
 class SyntheticLoader:
-    "`--dummy`-style loader: one random `uint8` batch made once on `device`, handed out for every batch of the epoch."
+    """`--dummy`-style loader: one random `uint8` batch made once on `device`, handed out for every batch of
+    the epoch."""
     def __init__(self,
                  batches:EpochBatches, # the epoch's length and sharding
                  image_size:int, num_classes:int, # what the batch looks like
                  device:torch.device, # where the batch lives
                  seed:int=0): # for the random pixels and labels
         g, bs = seeded_generator(seed, device), batches.batch_size
-        self.images = torch.randint(0, 256, (bs, 3, image_size, image_size), dtype=torch.uint8, generator=g, device=device)
+        self.images = torch.randint(0, 256, (bs, 3, image_size, image_size), dtype=torch.uint8, generator=g,
+                                    device=device)
         self.labels = torch.randint(0, num_classes, (bs,), generator=g, device=device)
         self.batches, self.bad_images, self.batches_done, self.skipped_total = batches, [], 0, 0
 
@@ -695,7 +802,8 @@ def image_grid(
     "A matplotlib grid of `images`, each under its title; returns the figure."
     import matplotlib.pyplot as plt
     rows = max(1, math.ceil(len(images) / cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, layout='constrained')
+    fig, axs = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
+                            layout='constrained')
     for ax in axs.flat: ax.axis('off')
     for ax, im, t, c in zip(axs.flat, images, titles, colours or ['black'] * len(titles)):
         ax.imshow(im.cpu().permute(1, 2, 0).numpy()); ax.set_title(t, fontsize=8, color=c)

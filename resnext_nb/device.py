@@ -28,7 +28,8 @@ __all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'VISIBLE_DEVICES', 
 
 # %% ../nbs/00_device.ipynb #d1c8951e
 CANN_SET_ENV = ('/usr/local/Ascend/ascend-toolkit/set_env.sh', '/usr/local/Ascend/cann/set_env.sh',
-                '/usr/local/Ascend/nnae/set_env.sh', '~/Ascend/ascend-toolkit/set_env.sh')  # CANN's usual install places; scripts/env_npu.sh lists the same
+                # CANN's usual install places; scripts/env_npu.sh lists the same
+                '/usr/local/Ascend/nnae/set_env.sh', '~/Ascend/ascend-toolkit/set_env.sh')
 
 def find_cann_set_env(env=os.environ) -> Path | None:
     "CANN's `set_env.sh`: under `$ASCEND_HOME` first, then `CANN_SET_ENV`; None when there is none."
@@ -44,7 +45,8 @@ def cann_home(env=os.environ) -> str | None:
 # %% ../nbs/00_device.ipynb #bf87a0ac
 def npu_import_hint(
     err:BaseException, # what `import torch_npu` raised
-    missing:list[str]|None=None, # the CANN libraries known to be missing (the doctor lists them all); None: from `err`
+    # the CANN libraries known to be missing (the doctor lists them all); None: from `err`
+    missing:list[str]|None=None,
     env=os.environ, # where to look for a sourced CANN
 ) -> str:
     "One line: why torch_npu cannot load, and what to do about it."
@@ -54,26 +56,34 @@ def npu_import_hint(
         return (f"torch_npu is installed but failed to import ({type(err).__name__}: {text}): "
                 f"check that CANN, torch and torch_npu are matching releases")
     if cann_home(env):
-        return (f"torch_npu is installed and CANN is sourced ({cann_home(env)}), but {', '.join(libs)} not found: "
-                f"that toolkit is incomplete or not the release torch_npu needs; reinstall it or source the right set_env.sh")
+        return (f"torch_npu is installed and CANN is sourced ({cann_home(env)}), but {', '.join(libs)} not "
+                "found: "
+                "that toolkit is incomplete or not the release torch_npu needs; reinstall it or source the "
+                "right set_env.sh")
     script = find_cann_set_env(env)
-    todo = f"source {script} (or scripts/env_npu.sh)" if script else \
-           f"install CANN and source its set_env.sh (usually {CANN_SET_ENV[0]}; set ASCEND_HOME if it is elsewhere)"
+    todo = (f"source {script} (or scripts/env_npu.sh)" if script else
+            f"install CANN and source its set_env.sh (usually {CANN_SET_ENV[0]}; set ASCEND_HOME if it is "
+            "elsewhere)")
     return f"torch_npu is installed but CANN is not sourced ({', '.join(libs)} not found): {todo}"
 
 # %% ../nbs/00_device.ipynb #7a120dc6
-TORCH_AUTOLOAD = 'TORCH_DEVICE_BACKEND_AUTOLOAD'  # torch's switch for loading device plug-ins during `import torch`
+# torch's switch for loading device plug-ins during `import torch`
+TORCH_AUTOLOAD = 'TORCH_DEVICE_BACKEND_AUTOLOAD'
 
 def import_torch():
-    "Import torch; when torch_npu is installed, load it ourselves so that a broken CANN is one warning line, not a failed import."
-    if 'torch' in sys.modules or TORCH_AUTOLOAD in os.environ or importlib.util.find_spec('torch_npu') is None:
+    """Import torch; when torch_npu is installed, load it ourselves so that a broken CANN is one warning line,
+    not a failed import."""
+    if ('torch' in sys.modules or TORCH_AUTOLOAD in os.environ
+        or importlib.util.find_spec('torch_npu') is None):
         import torch
         return torch
-    os.environ[TORCH_AUTOLOAD] = '0'  # else torch imports torch_npu itself, and a failure there fails `import torch`
+    # else torch imports torch_npu itself, and a failure there fails `import torch`
+    os.environ[TORCH_AUTOLOAD] = '0'
     import torch
     try: import torch_npu  # noqa: F401  NPU-only: what the autoload would have done
     except Exception as e:
-        print(f"resnext_nb: warning: {npu_import_hint(e)}; continuing without NPUs", file=sys.stderr, flush=True)
+        print(f"resnext_nb: warning: {npu_import_hint(e)}; continuing without NPUs", file=sys.stderr,
+              flush=True)
         return torch  # the switch stays off, so child processes skip the plug-in instead of failing again
     os.environ.pop(TORCH_AUTOLOAD, None)  # loaded: child processes may autoload as usual
     return torch
@@ -128,12 +138,15 @@ def resolve_device_type(
 
 # %% ../nbs/00_device.ipynb #5f9805b4
 def parse_device_list(
-    spec:str|None, # the Ascend recipe's `--device-list`, e.g. `'0,1,2,3'`; None or `''` for "one device per local rank"
+    # the Ascend recipe's `--device-list`, e.g. `'0,1,2,3'`; None or `''` for "one device per local rank"
+    spec:str|None,
 ) -> list[int] | None:
     "Parse `--device-list` into a list of distinct physical device ids."
     if spec is None or str(spec).strip() == '': return None
     try: ids = [int(s) for s in str(spec).split(',')]
-    except ValueError: raise ValueError(f"--device-list {spec!r}: expected comma-separated device ids such as '0,1,2,3'") from None
+    except ValueError:
+        raise ValueError(f"--device-list {spec!r}: expected comma-separated device ids such as "
+                         "'0,1,2,3'") from None
     if any(i < 0 for i in ids): raise ValueError(f"--device-list {spec!r}: device ids cannot be negative")
     if len(set(ids)) != len(ids): raise ValueError(f"--device-list {spec!r}: a device is listed twice")
     return ids
@@ -146,7 +159,8 @@ def physical_device_id(
     "The physical device id that local rank `local_rank` drives."
     if device_list is None: return local_rank
     if local_rank >= len(device_list):
-        raise ValueError(f"local rank {local_rank} has no device in --device-list {','.join(map(str, device_list))}: "
+        raise ValueError(f"local rank {local_rank} has no device in --device-list "
+                         f"{','.join(map(str, device_list))}: "
                          f"list at least as many devices as processes per node (--nproc)")
     return device_list[local_rank]
 
@@ -171,7 +185,8 @@ def check_device_index(device_type:str, index:int, count:int):
     "Raise a clear error when `index` is not one of the `count` devices of `device_type`."
     if not 0 <= index < count:
         have = f"{device_type}:0..{count-1}" if count else f"no {device_type} devices"
-        raise ValueError(f"{device_type} device {index} does not exist: this machine has {count} ({have}); check --device-list")
+        raise ValueError(f"{device_type} device {index} does not exist: this machine has {count} ({have}); "
+                         "check --device-list")
 
 # %% ../nbs/00_device.ipynb #b5de195d
 def available_devices(device_type:str) -> int:
@@ -218,7 +233,8 @@ def resolve_placement(
     env=os.environ, # where a launcher put RANK, LOCAL_RANK and WORLD_SIZE
 ) -> Placement:
     "This process's `Placement`, made current on its device."
-    ids = parse_device_list(device_ids) if isinstance(device_ids, str) else (list(device_ids) if device_ids else None)
+    ids = (parse_device_list(device_ids) if isinstance(device_ids, str)
+           else (list(device_ids) if device_ids else None))
     local_rank = int(env.get('LOCAL_RANK', 0))
     return Placement(get_device(device, local_rank, ids), int(env.get('RANK', 0)), local_rank,
                      int(env.get('WORLD_SIZE', 1)), tuple(ids) if ids else None)
@@ -246,7 +262,8 @@ def seeded_generator(seed:int, device:torch.device|str='cpu') -> torch.Generator
 
 # %% ../nbs/00_device.ipynb #16aa36da
 def seed_everything(seed:int):
-    "Seed Python's, NumPy's (if present) and torch's RNGs on every device, as the Ascend recipe's `--seed` does."
+    """Seed Python's, NumPy's (if present) and torch's RNGs on every device, as the Ascend recipe's `--seed`
+    does."""
     random.seed(seed)
     if 'numpy' in sys.modules: sys.modules['numpy'].random.seed(seed)
     torch.manual_seed(seed)  # also seeds every accelerator's default generator
@@ -275,7 +292,8 @@ DIST_BACKENDS = {'npu': 'hccl', 'cuda': 'nccl', 'cpu': 'gloo'}
 
 def dist_backend(device_type:str) -> str:
     "The c10d backend for `device_type`: hccl, nccl or gloo."
-    if device_type not in DIST_BACKENDS: raise ValueError(f"no distributed backend known for device type {device_type!r}")
+    if device_type not in DIST_BACKENDS:
+        raise ValueError(f"no distributed backend known for device type {device_type!r}")
     return DIST_BACKENDS[device_type]
 
 # %% ../nbs/00_device.ipynb #8c57e135
@@ -324,7 +342,8 @@ def parse_loss_scale(value) -> float | str | None:
     return scale
 
 # %% ../nbs/00_device.ipynb #4ae120c7
-AMP_DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
+AMP_DTYPES = {'float16': torch.float16, 'fp16': torch.float16, 'bfloat16': torch.bfloat16,
+              'bf16': torch.bfloat16}
 
 # %% ../nbs/00_device.ipynb #f6a7a84e
 @dataclass
@@ -332,8 +351,11 @@ class AmpConfig:
     "Mixed-precision choices, named after the Ascend recipe's flags."
     amp:bool=opt(False, help='mixed precision (native torch.amp)', ascend=True)
     opt_level:str=opt('O2', choices=OPT_LEVELS, help='apex opt level, mapped onto torch.amp', ascend=True)
-    loss_scale:float|str|None=opt(None, parse=str, help="static loss scale such as 1024, or 'dynamic' (fp16 only; none: the opt level's choice)", ascend=True)
-    dtype:str=opt('auto', '--amp-dtype', choices=('auto', *AMP_DTYPES), help='autocast dtype (auto: fp16 on NPU/GPU, bf16 on CPU)')
+    loss_scale:float|str|None=opt(None, parse=str,
+                                  help="static loss scale such as 1024, or 'dynamic' (fp16 only; none: the "
+                                       "opt level's choice)", ascend=True)
+    dtype:str=opt('auto', '--amp-dtype', choices=('auto', *AMP_DTYPES),
+                  help='autocast dtype (auto: fp16 on NPU/GPU, bf16 on CPU)')
     channels_last:bool|None=opt(None, help='NHWC memory format (none: where the device supports it)')
 
 # %% ../nbs/00_device.ipynb #dd33a554
@@ -350,8 +372,11 @@ class Precision:
 
     def __str__(self):
         "How it reads in a log: 'fp16 autocast, static loss scale 1024.0, channels_last'."
-        parts = [f"{str(self.dtype).replace('torch.', '').replace('float', 'fp').replace('bfp', 'bf')} autocast" if self.dtype else 'fp32']
-        if self.loss_scale is not None: parts.append(f"loss scale {self.loss_scale}" if self.loss_scale == 'dynamic' else f"static loss scale {self.loss_scale:g}")
+        parts = [f"{str(self.dtype).replace('torch.', '').replace('float', 'fp').replace('bfp', 'bf')} "
+                 "autocast" if self.dtype else 'fp32']
+        if self.loss_scale is not None:
+            parts.append(f"loss scale {self.loss_scale}" if self.loss_scale == 'dynamic'
+                         else f"static loss scale {self.loss_scale:g}")
         return ', '.join(parts + (['channels_last'] if self.channels_last else []))
 
     def autocast(self):
@@ -372,7 +397,8 @@ def autocast_dtype(name:str, device_type:str) -> torch.dtype:
 # %% ../nbs/00_device.ipynb #26ccbebc
 def resolve_precision(cfg:AmpConfig, device_type:str) -> Precision:
     "Map `--amp`, `--opt-level`, `--loss-scale` and `--amp-dtype` onto native torch.amp for `device_type`."
-    if cfg.opt_level not in OPT_LEVELS: raise ValueError(f"--opt-level {cfg.opt_level!r}: choose one of {', '.join(OPT_LEVELS)}")
+    if cfg.opt_level not in OPT_LEVELS:
+        raise ValueError(f"--opt-level {cfg.opt_level!r}: choose one of {', '.join(OPT_LEVELS)}")
     if cfg.channels_last and not supports_channels_last(device_type):
         raise ValueError(f"channels_last is not supported on {device_type}: drop --channels-last")
     channels_last = supports_channels_last(device_type) if cfg.channels_last is None else cfg.channels_last
@@ -483,12 +509,15 @@ def unscale_(self:LossScaler, optimizer:torch.optim.Optimizer):
 
 # %% ../nbs/00_device.ipynb #f9c15f00
 class AllReduceBatchNorm(torch.nn.BatchNorm2d):
-    "`BatchNorm2d` whose training statistics are summed over every rank (sync BN where torch's refuses the device)."
+    """`BatchNorm2d` whose training statistics are summed over every rank (sync BN where torch's refuses the
+    device)."""
     def forward(self, x:torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()): return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable: gradients are summed the same way
+        # differentiable: gradients are summed the same way
+        from torch.distributed.nn.functional import all_reduce
         c, xf = x.shape[1], x.float()
-        total = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / c)]))
+        total = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
+                                      xf.new_full((1,), x.numel() / c)]))
         n, mean = total[-1], total[:c] / total[-1]
         var = (total[c:2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats:
@@ -505,11 +534,13 @@ def sync_batchnorm(
     model:torch.nn.Module, # before it moves to its device and before DDP wraps it
     device_type:str, # 'npu', 'cuda' or 'cpu'
 ) -> torch.nn.Module:
-    "`model` with every batch norm computing its statistics over all ranks: torch's `SyncBatchNorm`, or `AllReduceBatchNorm` on the CPU."
+    """`model` with every batch norm computing its statistics over all ranks: torch's `SyncBatchNorm`, or
+    `AllReduceBatchNorm` on the CPU."""
     if device_type != 'cpu': return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in list(model.named_children()):
         if type(child) is torch.nn.BatchNorm2d:
-            new = AllReduceBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new = AllReduceBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats)
             new.load_state_dict(child.state_dict()); setattr(model, name, new.train(child.training))
         else: sync_batchnorm(child, device_type)
     return model
@@ -518,17 +549,21 @@ def sync_batchnorm(
 def gpu_jpeg_unavailable_reason(
     device:torch.device|str, # the device that would decode
 ) -> str | None:
-    "None when `device` can decode JPEGs with `torchvision.io.decode_jpeg(device=...)`, else a sentence saying why not."
+    """None when `device` can decode JPEGs with `torchvision.io.decode_jpeg(device=...)`, else a sentence
+    saying why not."""
     device_type = device.type if isinstance(device, torch.device) else str(device).split(':')[0]
-    if device_type != 'cuda': return f"decoding JPEGs on the device needs a CUDA GPU (nvjpeg); this run is on {device_type}"
+    if device_type != 'cuda':
+        return f"decoding JPEGs on the device needs a CUDA GPU (nvjpeg); this run is on {device_type}"
     if accelerator_type() != 'cuda': return "torch sees no CUDA GPU"
     import warnings
     from torchvision.io import decode_jpeg, encode_jpeg
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore', DeprecationWarning)  # torchvision 0.29 points to TorchCodec; nvjpeg still works
+            # torchvision 0.29 points to TorchCodec; nvjpeg still works
+            warnings.simplefilter('ignore', DeprecationWarning)
             decode_jpeg([encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))], device=device)
-    except Exception as e: return f"torchvision cannot decode JPEGs on {device} ({type(e).__name__}: {str(e).splitlines()[0]})"
+    except Exception as e:
+        return f"torchvision cannot decode JPEGs on {device} ({type(e).__name__}: {str(e).splitlines()[0]})"
     return None
 
 def supports_gpu_jpeg(device:torch.device|str) -> bool:
@@ -570,7 +605,8 @@ def release(version:str) -> tuple[int, ...]:
 def npu_version_mismatch(
     torch_version:str, # torch's version, e.g. '2.14.1+cu130'
     npu_version:str, # torch_npu's, e.g. '2.14.0' or '2.5.1.post10'
-    requires:list[str]|None=None, # torch_npu's `Requires-Dist` lines; with no torch pin there, its own release is the torch it needs
+    # torch_npu's `Requires-Dist` lines; with no torch pin there, its own release is the torch it needs
+    requires:list[str]|None=None,
 ) -> str | None:
     "None when torch is the release that torch_npu was built for, else one line with the fix."
     pins = [m.group(1) for r in requires or [] if (m := re.match(r'torch\s*==\s*(\d+(?:\.\d+)*)', r))]
@@ -584,15 +620,22 @@ def npu_version_mismatch(
 @dataclass
 class NpuConfig:
     "Ascend-only tuning: each a default that a flag turns off; ignored on other devices."
-    jit_compile:bool=opt(False, '--npu-jit-compile', on_resume='apply', help="compile NPU operators on the fly (torch_npu's default) instead of using CANN's prebuilt kernels")
-    fused_sgd:bool=opt(True, '--npu-fused-sgd', on_resume='apply', help="step with torch_npu.optim.NpuFusedSGD (the recipe's fused SGD) on NPUs; --no-npu-fused-sgd: torch.optim.SGD")
-    warmup_steps:int=opt(20, '--npu-warmup-steps', on_resume='apply', check=non_negative, help='steps at the start of each epoch on an NPU that are reported as warm-up and left out of FPS@all (0: skip the recipe\'s 2)')
+    jit_compile:bool=opt(False, '--npu-jit-compile', on_resume='apply',
+                         help="compile NPU operators on the fly (torch_npu's default) instead of using "
+                              "CANN's prebuilt kernels")
+    fused_sgd:bool=opt(True, '--npu-fused-sgd', on_resume='apply',
+                       help="step with torch_npu.optim.NpuFusedSGD (the recipe's fused SGD) on NPUs; "
+                            "--no-npu-fused-sgd: torch.optim.SGD")
+    warmup_steps:int=opt(20, '--npu-warmup-steps', on_resume='apply', check=non_negative,
+                         help='steps at the start of each epoch on an NPU that are reported as warm-up and '
+                              'left out of FPS@all (0: skip the recipe\'s 2)')
 
 # %% ../nbs/00_device.ipynb #03a4292c
 SEED_UNTIMED_STEPS = 2  # the recipe's FPS@all leaves out the first 2 steps
 
 def apply_npu_config(cfg:NpuConfig, device_type:str):
-    "Set torch_npu's process-wide options for `cfg` (a no-op off NPUs); call once per process, before the model runs."
+    """Set torch_npu's process-wide options for `cfg` (a no-op off NPUs); call once per process, before the
+    model runs."""
     if device_type != 'npu': return
     import torch_npu  # NPU-only
     torch_npu.npu.set_compile_mode(jit_compile=cfg.jit_compile)
@@ -608,7 +651,8 @@ def sgd_class(device_type:str, fused:bool=True) -> type[torch.optim.Optimizer]:
 
 def untimed_steps(cfg:NpuConfig, device_type:str) -> int:
     "Steps at the start of each epoch that `FPS@all` leaves out: the NPU warm-up, else the recipe's 2."
-    return max(SEED_UNTIMED_STEPS, cfg.warmup_steps) if device_type == 'npu' and cfg.warmup_steps else SEED_UNTIMED_STEPS
+    return (max(SEED_UNTIMED_STEPS, cfg.warmup_steps) if device_type == 'npu' and cfg.warmup_steps
+            else SEED_UNTIMED_STEPS)
 
 # %% ../nbs/00_device.ipynb #9aa0544b
 def warmup_message(
@@ -617,5 +661,6 @@ def warmup_message(
     images:int, # images they processed, over all ranks
 ) -> str:
     "The log line for the untimed warm-up steps at the start of an epoch."
-    return (f"=> warm-up: the first {steps} steps took {seconds:.1f} s ({images / seconds if seconds else 0:.1f} img/s), "
+    return (f"=> warm-up: the first {steps} steps took {seconds:.1f} s "
+            f"({images / seconds if seconds else 0:.1f} img/s), "
             f"not counted in FPS@all")

@@ -6,8 +6,8 @@ Docs: https://resnext-nb.github.io/resnext_nb/doctor.html.md"""
 
 # %% ../nbs/06_doctor.ipynb #e08f37ed
 from __future__ import annotations
-import argparse, contextlib, importlib, importlib.metadata, importlib.util, io, json, math, os, random, re, shutil
-import socket, subprocess, sys, tempfile, time
+import argparse, contextlib, importlib, importlib.metadata, importlib.util, io, json, math, os, random
+import re, shutil, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -88,16 +88,22 @@ def check_torch(version:str|None, error:BaseException|None=None) -> Check:
     from_pip = "pip install 'torch>=2.6'"
     if version is None: return Check('torch', 'fail', f"not installed: {from_pip}")
     if error is not None:
-        return Check('torch', 'fail', f"{version} does not import ({type(error).__name__}: {(str(error).splitlines() or [''])[0]}): reinstall it")
+        return Check('torch', 'fail', f"{version} does not import ({type(error).__name__}: "
+                                      f"{(str(error).splitlines() or [''])[0]}): reinstall it")
     rel = tuple(int(x) for x in re.findall(r'\d+', version)[:2])
-    return Check('torch', 'ok', version) if rel >= (2, 6) else Check('torch', 'fail', f"{version}: resnext_nb needs torch 2.6 or later: {from_pip}")
+    return (Check('torch', 'ok', version) if rel >= (2, 6)
+            else Check('torch', 'fail', f"{version}: resnext_nb needs torch 2.6 or later: {from_pip}"))
 
 def check_torchvision(version:str|None, torch_version:str|None) -> Check:
     "torchvision is installed and is the release that goes with torch (torch 2.m, torchvision 0.(m+15))."
-    if version is None: return Check('torchvision', 'fail', "not installed: pip install torchvision (the release for your torch)")
+    if version is None:
+        return Check('torchvision', 'fail',
+                     "not installed: pip install torchvision (the release for your torch)")
     t, v = (tuple(int(x) for x in re.findall(r'\d+', s)[:2]) for s in (torch_version or '0.0', version))
     if t[0] == 2 and v != (0, t[1] + 15):
-        return Check('torchvision', 'fail', f"{version} does not go with torch {torch_version}: pip install 'torchvision==0.{t[1] + 15}.*'")
+        return Check('torchvision', 'fail',
+                     f"{version} does not go with torch {torch_version}: pip install "
+                     f"'torchvision==0.{t[1] + 15}.*'")
     return Check('torchvision', 'ok', version)
 
 # %% ../nbs/06_doctor.ipynb #46e6e827
@@ -105,7 +111,8 @@ def missing_libraries(
     extension:str|os.PathLike, # a shared object, e.g. torch_npu's `_C*.so`
     provided:set[str]=frozenset(), # library names that are found at run time anyway (torch's own)
 ) -> list[str]:
-    "The libraries the dynamic loader cannot find for `extension`, in its order; empty when `ldd` is not available."
+    """The libraries the dynamic loader cannot find for `extension`, in its order; empty when `ldd` is not
+    available."""
     if shutil.which('ldd') is None: return []
     out = subprocess.run(['ldd', str(extension)], capture_output=True, text=True).stdout
     names = re.findall(r'^\s*(\S+) => not found', out, re.M)
@@ -120,15 +127,22 @@ def torch_npu_extension() -> Path | None:
 # %% ../nbs/06_doctor.ipynb #3c55182f
 def check_torch_npu(version:str|None, torch_version:str|None, requires:list[str]|None, dv) -> Check:
     "torch_npu, when installed, is built for the installed torch (`dv` is `resnext_nb.device`)."
-    if version is None: return Check('torch_npu', 'ok', "not installed (needed only for Ascend NPUs: pip install 'resnext_nb[npu]')")
+    if version is None:
+        return Check('torch_npu', 'ok',
+                     "not installed (needed only for Ascend NPUs: pip install 'resnext_nb[npu]')")
     problem = dv.npu_version_mismatch(torch_version or '', version, requires)
-    return Check('torch_npu', 'fail', problem) if problem else Check('torch_npu', 'ok', f"{version}, built for this torch")
+    return (Check('torch_npu', 'fail', problem) if problem
+            else Check('torch_npu', 'ok', f"{version}, built for this torch"))
 
-def check_cann(npu_version:str|None, npu_error:BaseException|None, missing:list[str], dv, env=os.environ) -> Check:
+def check_cann(npu_version:str|None, npu_error:BaseException|None, missing:list[str], dv,
+               env=os.environ) -> Check:
     "CANN is sourced and torch_npu loads, when torch_npu is installed."
     if npu_version is None:
-        return Check('CANN', 'ok', f"sourced ({dv.cann_home(env)})" if dv.cann_home(env) else 'not needed without torch_npu')
-    if npu_error is None: return Check('CANN', 'ok', f"torch_npu loads (CANN at {dv.cann_home(env) or 'the default library path'})")
+        return Check('CANN', 'ok', f"sourced ({dv.cann_home(env)})" if dv.cann_home(env)
+                     else 'not needed without torch_npu')
+    if npu_error is None:
+        return Check('CANN', 'ok',
+                     f"torch_npu loads (CANN at {dv.cann_home(env) or 'the default library path'})")
     return Check('CANN', 'fail', dv.npu_import_hint(npu_error, missing or None, env))
 
 # %% ../nbs/06_doctor.ipynb #afdda59d
@@ -139,20 +153,26 @@ class Holder(NamedTuple):
     name:str # its process name
 
 def parse_npu_chips(text:str) -> dict[tuple[int, int], int]:
-    "`npu-smi info -m`'s table: (NPU id, chip id) -> the chip's logic id, the id torch_npu and `ASCEND_RT_VISIBLE_DEVICES` use."
-    return {(int(n), int(c)): int(l) for n, c, l in re.findall(r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+\S', text, re.M)}  # an MCU row has '-'
+    """`npu-smi info -m`'s table: (NPU id, chip id) -> the chip's logic id, the id torch_npu and
+    `ASCEND_RT_VISIBLE_DEVICES` use."""
+    # an MCU row has '-'
+    return {(int(n), int(c)): int(l) for n, c, l in re.findall(r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+\S', text, re.M)}
 
 def parse_npu_smi(
     text:str, # `npu-smi info`
-    chips:dict[tuple[int, int], int]|None=None, # `parse_npu_chips` of `npu-smi info -m` (None: one chip per card)
+    # `parse_npu_chips` of `npu-smi info -m` (None: one chip per card)
+    chips:dict[tuple[int, int], int]|None=None,
 ) -> list[Holder]:
-    "The processes in `npu-smi info`'s process table (`| NPU  Chip | Process id | Process name | memory |` rows), by device id."
+    """The processes in `npu-smi info`'s process table (`| NPU  Chip | Process id | Process name | memory |`
+    rows), by device id."""
     rows = re.findall(r'^\|\s*(\d+)\s+(\d+)\s*\|\s*(\d+)\s*\|\s*(\S[^|]*?)\s*\|', text, re.M)
     return [Holder((chips or {}).get((int(d), int(c)), int(d)), int(p), n) for d, c, p, n in rows]
 
 def parse_nvidia_smi(apps:str, gpus:str) -> list[Holder]:
-    "Holders from `nvidia-smi --query-compute-apps=pid,process_name,gpu_bus_id` and `--query-gpu=index,pci.bus_id` (CSV, no header)."
-    index = {bus.strip().lower(): int(i) for i, bus in (l.split(',') for l in gpus.strip().splitlines() if ',' in l)}
+    """Holders from `nvidia-smi --query-compute-apps=pid,process_name,gpu_bus_id` and
+    `--query-gpu=index,pci.bus_id` (CSV, no header)."""
+    index = {bus.strip().lower(): int(i) for i,
+             bus in (l.split(',') for l in gpus.strip().splitlines() if ',' in l)}
     rows = [[f.strip() for f in l.split(',')] for l in apps.strip().splitlines() if l.count(',') >= 2]
     return [Holder(index.get(bus.lower(), -1), int(pid), name) for pid, name, bus in rows if pid.isdigit()]
 
@@ -170,28 +190,37 @@ def device_holders(device_type:str, run=subprocess.run) -> list[Holder] | None:
 
 # %% ../nbs/06_doctor.ipynb #a7432fa8
 def used_devices(device_type:str, nproc:int, device_list:list[int]|None, env=os.environ) -> list[int]:
-    "The physical ids of the devices a run's `nproc` processes take: `--device-list`, else the first visible ones."
+    """The physical ids of the devices a run's `nproc` processes take: `--device-list`, else the first visible
+    ones."""
     from resnext_nb.device import VISIBLE_DEVICES  # here: the doctor runs even where torch does not import
     if device_list: return device_list[:nproc]
     mask = env.get(VISIBLE_DEVICES.get(device_type, ''), '')
     visible = [int(s) for s in mask.split(',') if s.strip().isdigit()]
     return visible[:nproc] if visible else list(range(nproc))
 
-def check_devices(device_type:str, available:int, nproc:int, device_list:list[int]|None, holders:list[Holder]|None,
+def check_devices(device_type:str, available:int, nproc:int, device_list:list[int]|None,
+                  holders:list[Holder]|None,
                   env=os.environ) -> list[Check]:
-    "Enough devices for `nproc` processes, and none of the ones the run uses (physical ids) held by another process."
+    """Enough devices for `nproc` processes, and none of the ones the run uses (physical ids) held by another
+    process."""
     from resnext_nb.launch import check_device_count
     try: check_device_count(device_type, nproc, device_list, available)
     except ValueError as e: return [Check('devices', 'fail', str(e))]
     unit = 'CPU cores' if device_type == 'cpu' else f'{device_type} devices'
     checks = [Check('devices', 'ok', f"{available} {unit} for {nproc} process{'es' * (nproc > 1)}")]
     if device_type == 'cpu': return checks
-    if holders is None: return checks + [Check('busy', 'warn', f"cannot see other processes: {SMI_TOOLS[device_type]} not found")]
+    if holders is None:
+        return checks + [Check('busy', 'warn',
+                               f"cannot see other processes: {SMI_TOOLS[device_type]} not found")]
     used = set(used_devices(device_type, nproc, device_list, env))
     busy = [h for h in holders if h.device in used]
-    if not busy: return checks + [Check('busy', 'ok', f"no other process holds {device_type} {', '.join(map(str, sorted(used)))}")]
+    if not busy:
+        return checks + [Check('busy', 'ok',
+                               f"no other process holds {device_type} {', '.join(map(str, sorted(used)))}")]
     who = ', '.join(f"pid {h.pid} ({h.name}) on {device_type} {h.device}" for h in busy)
-    return checks + [Check('busy', 'fail', f"{who}: end leftover jobs (kill {' '.join(str(h.pid) for h in busy)}) or pick free devices with --device-list")]
+    return checks + [Check('busy', 'fail',
+                           f"{who}: end leftover jobs (kill {' '.join(str(h.pid) for h in busy)}) or pick "
+                           "free devices with --device-list")]
 
 # %% ../nbs/06_doctor.ipynb #964f4746
 def check_port(addr:str, port:int, nproc:int) -> Check:
@@ -234,11 +263,14 @@ def usable_cores() -> int:
 
 def check_workers(workers:int, nproc:int, cores:int) -> Check:
     "The loader processes of all ranks fit on the cores."
-    if workers == 0: return Check('workers', 'warn', "--workers 0 decodes in the training process: slow for ImageNet")
+    if workers == 0:
+        return Check('workers', 'warn', "--workers 0 decodes in the training process: slow for ImageNet")
     total, fit = workers * nproc, max(1, cores // nproc)
     if total > cores:
-        return Check('workers', 'warn', f"{workers} loader processes x {nproc} ranks = {total} on {cores} cores: pass --workers {fit}")
-    return Check('workers', 'ok', f"{workers} loader processes x {nproc} rank{'s' * (nproc > 1)} on {cores} cores")
+        return Check('workers', 'warn', f"{workers} loader processes x {nproc} ranks = {total} on {cores} "
+                                        f"cores: pass --workers {fit}")
+    return Check('workers', 'ok',
+                 f"{workers} loader processes x {nproc} rank{'s' * (nproc > 1)} on {cores} cores")
 
 # %% ../nbs/06_doctor.ipynb #1a14f461
 def open_splits(root:Path):
@@ -247,7 +279,8 @@ def open_splits(root:Path):
     try: return (*open_image_folder(root), None)
     except DataError as e:
         if not all((root/s).is_dir() for s in ('train', 'val')): raise
-        return ImageFolderSource(root/'train'), ImageFolderSource(root/'val'), e  # raises again for an empty class
+        # raises again for an empty class
+        return ImageFolderSource(root/'train'), ImageFolderSource(root/'val'), e
 
 # %% ../nbs/06_doctor.ipynb #51b58841
 def sample_images(paths:list[str], n:int, seed:int=0) -> list[str]:
@@ -266,15 +299,19 @@ def check_images(paths:list[str]) -> Check:
 
 # %% ../nbs/06_doctor.ipynb #c71fd6b9
 def check_data(data_path:str|None, sample:int=64) -> list[Check]:
-    "The data folder: its layout and counts, class agreement between the splits, and a sample of images decoded."
+    """The data folder: its layout and counts, class agreement between the splits, and a sample of images
+    decoded."""
     from resnext_nb.data import CIFAR_FOLDER, DataError
     if data_path is None: return [Check('data', 'ok', 'no --data-path: the built-in dataset')]
     root = Path(data_path).expanduser()
-    if root.name == CIFAR_FOLDER or (root/CIFAR_FOLDER).is_dir(): return [Check('data', 'ok', f"CIFAR-10 at {root}")]
+    if root.name == CIFAR_FOLDER or (root/CIFAR_FOLDER).is_dir():
+        return [Check('data', 'ok', f"CIFAR-10 at {root}")]
     try: train, val, mismatch = open_splits(root)
     except DataError as e: return [Check('data', 'fail', str(e))]
-    checks = [Check('data', 'ok', f"{root}: {len(train.classes)} classes, {len(train):,} train and {len(val):,} val images")]
-    checks.append(Check('classes', 'fail', str(mismatch)) if mismatch else Check('classes', 'ok', 'train/ and val/ have the same classes'))
+    checks = [Check('data', 'ok', f"{root}: {len(train.classes)} classes, {len(train):,} train and "
+                                  f"{len(val):,} val images")]
+    checks.append(Check('classes', 'fail', str(mismatch)) if mismatch
+                  else Check('classes', 'ok', 'train/ and val/ have the same classes'))
     return checks + [check_images(sample_images([p for p, _ in train.samples + val.samples], sample))]
 
 # %% ../nbs/06_doctor.ipynb #7aa6540d
@@ -777,13 +814,15 @@ def make_parser() -> argparse.ArgumentParser:
 def check_versions(stack:Stack) -> list[Check]:
     "The version and import checks, which need no torch import of their own."
     tv, nv = package_version('torch'), package_version('torch_npu')
-    checks = [check_python(), check_torch(tv, stack.torch_error), check_torchvision(package_version('torchvision'), tv)]
+    checks = [check_python(), check_torch(tv, stack.torch_error),
+              check_torchvision(package_version('torchvision'), tv)]
     if stack.device is None: return checks
     ext = torch_npu_extension() if stack.npu_error is not None else None
     torch_libs = {p.name for p in Path(importlib.util.find_spec('torch').origin).parent.glob('lib/*.so*')}
     missing = missing_libraries(ext, torch_libs) if ext else []
     requires = importlib.metadata.requires('torch_npu') if nv else None
-    return checks + [check_torch_npu(nv, tv, requires, stack.device), check_cann(nv, stack.npu_error, missing, stack.device)]
+    return checks + [check_torch_npu(nv, tv, requires, stack.device),
+                     check_cann(nv, stack.npu_error, missing, stack.device)]
 
 # %% ../nbs/06_doctor.ipynb #66513cd5
 def run_checks(
@@ -798,11 +837,15 @@ def run_checks(
     dv = stack.device
     try: device_type = dv.resolve_device_type(cfg.device)
     except RuntimeError as e: checks.append(Check('devices', 'fail', str(e))); device_type = None
-    else: checks += check_devices(device_type, dv.available_devices(device_type), job.nproc, cfg.device_list, device_holders(device_type))
+    else:
+        checks += check_devices(device_type, dv.available_devices(device_type), job.nproc, cfg.device_list,
+                                device_holders(device_type))
     if cfg.device == 'auto' and stack.npu_error is not None and device_type != 'npu':
-        checks.append(Check('devices', 'warn', f"--device auto will train on {device_type}: torch_npu does not load (see CANN)"))
+        checks.append(Check('devices', 'warn',
+                            f"--device auto will train on {device_type}: torch_npu does not load (see CANN)"))
     return checks + [check_port(job.addr, job.port, job.nproc), check_disk(cfg.train.output, cfg.train.arch),
-                     *check_data(cfg.data.data_path, sample), check_workers(cfg.data.workers, job.nproc, usable_cores())]
+                     *check_data(cfg.data.data_path, sample),
+                     check_workers(cfg.data.workers, job.nproc, usable_cores())]
 
 # %% ../nbs/06_doctor.ipynb #6b01a1c1
 def selftest_main(

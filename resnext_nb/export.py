@@ -31,13 +31,17 @@ def sha256(path:str|Path) -> str:
 
 # %% ../nbs/08_export.ipynb #9697f258
 def weights_metrics(state:dict) -> dict:
-    "The validation metrics of the weights `state` holds (the EMA's for EMA weights), or a note saying why none are known."
+    """The validation metrics of the weights `state` holds (the EMA's for EMA weights), or a note saying why
+    none are known."""
     which, step = state.get('weights', 'model'), state.get('step')
     if (state.get('sampler') or {}).get('start_batch', 0):
-        return {'weights': which, 'note': f"none: saved mid-epoch at step {step}, before these weights were validated"}
+        return {'weights': which,
+                'note': f"none: saved mid-epoch at step {step}, before these weights were validated"}
     pre = 'ema_' if which == 'ema' else ''
-    rec = next((r for r in state.get('history') or [] if r.get('kind') == 'epoch' and step is not None and r.get('step') == step), {})
-    if f'{pre}val_acc1' not in rec: return {'weights': which, 'note': 'none: the checkpoint records no validation of these weights'}
+    rec = next((r for r in state.get('history') or [] if r.get('kind') == 'epoch' and step is not None
+                and r.get('step') == step), {})
+    if f'{pre}val_acc1' not in rec:
+        return {'weights': which, 'note': 'none: the checkpoint records no validation of these weights'}
     return {'weights': which, 'epoch': rec['epoch'], 'step': step,
             **{k: rec[pre + k] for k in ('val_acc1', 'val_acc5', 'val_loss') if pre + k in rec},
             **{k: rec[k] for k in ('val_count',) if k in rec}}
@@ -50,15 +54,20 @@ def model_card(
     files:dict, # {format: file name} written next to the card
     digest:str, # the SHA-256 of the bytes `state` was loaded from
 ) -> dict:
-    "What a user of the exported file needs: classes, input and preprocessing, and where the weights came from."
+    """What a user of the exported file needs: classes, input and preprocessing, and where the weights came
+    from."""
     config = state.get('config') or {}
     return {'arch': pr.arch, 'num_classes': len(pr.classes), 'classes': pr.classes,
-            'input': {'shape': ['batch', 3, pr.image_size, pr.image_size], 'dtype': 'float32', 'layout': 'NCHW, RGB',
+            'input': {'shape': ['batch', 3, pr.image_size, pr.image_size], 'dtype': 'float32',
+                      'layout': 'NCHW, RGB',
                       'resize': pr.resize_size, 'crop': pr.image_size, 'scale': '1/255',
                       'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)},
             'output': 'logits (softmax gives probabilities)', 'metrics': weights_metrics(state),
-            'recipe': config.get('train', {}), 'data': {k: v for k, v in (config.get('data') or {}).items() if k in ('image_size', 'val_resize_size', 'val_crop_size', 'batch_size', 'dataset')},
-            'checkpoint': {'path': str(checkpoint), 'sha256': digest, 'epoch': state.get('epoch'), 'step': state.get('step'),
+            'recipe': config.get('train', {}),
+            'data': {k: v for k, v in (config.get('data') or {}).items()
+                     if k in ('image_size', 'val_resize_size', 'val_crop_size', 'batch_size', 'dataset')},
+            'checkpoint': {'path': str(checkpoint), 'sha256': digest, 'epoch': state.get('epoch'),
+                           'step': state.get('step'),
                            'run_best_acc1': state.get('best_acc1')},
             'files': files, 'torch': torch.__version__}
 
@@ -76,15 +85,19 @@ def export_torchvision(pr:Predictor, out:Path) -> tuple[Path, str]:
     "A state_dict that `torchvision.models.<arch>(num_classes=...)` loads, checked for identical outputs."
     import torchvision
     if not ARCHS[pr.arch].torchvision:
-        raise ValueError(f"--format torchvision: torchvision has no {pr.arch} model; choose --format onnx or pt2")
+        raise ValueError(f"--format torchvision: torchvision has no {pr.arch} model; choose --format onnx or "
+                         "pt2")
     model, path = _plain(pr), out / f'{pr.arch}.pth'
     torch.save(model.state_dict(), path)
     tv = getattr(torchvision.models, pr.arch)(num_classes=len(pr.classes)).eval()
     tv.load_state_dict(torch.load(path, weights_only=True))
     x = example_batch(pr)
     with torch.no_grad(): same = torch.equal(tv(x), model(x))
-    if not same: raise RuntimeError(f"{path}: torchvision's {pr.arch} gives different outputs from the checkpoint's model")
-    return path, f"torchvision.models.{pr.arch}(num_classes={len(pr.classes)}) loads {path}: identical outputs"
+    if not same:
+        raise RuntimeError(f"{path}: torchvision's {pr.arch} gives different outputs from the checkpoint's "
+                           "model")
+    return (path,
+            f"torchvision.models.{pr.arch}(num_classes={len(pr.classes)}) loads {path}: identical outputs")
 
 # %% ../nbs/08_export.ipynb #f8951666
 def export_pt2(pr:Predictor, out:Path) -> tuple[Path, str]:
@@ -108,18 +121,27 @@ def export_onnx(pr:Predictor, out:Path, tol:float=1e-4) -> tuple[Path, str]:
     "An ONNX file with a dynamic batch axis; checked against PyTorch with onnxruntime when it is installed."
     model, path, x = _plain(pr), out / 'model.onnx', example_batch(pr)
     try: import onnx, onnxscript  # noqa: F401 (the exporter needs both)
-    except ImportError as e: raise RuntimeError(f"--format onnx needs {e.name}: pip install 'resnext_nb[export]'") from None
+    except ImportError as e:
+        raise RuntimeError(f"--format onnx needs {e.name}: pip install 'resnext_nb[export]'") from None
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model, (x,), path, input_names=['image'], output_names=['logits'], dynamo=True, verbose=False,
-                          dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, max=4096)}}, external_data=False)
+        torch.onnx.export(model, (x,), path, input_names=['image'], output_names=['logits'], dynamo=True,
+                          verbose=False,
+                          dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, max=4096)}},
+                          external_data=False)
     try: import onnxruntime  # noqa: F401
-    except ImportError: return path, f"{path} written; onnxruntime is not installed, so it was not checked (pip install 'resnext_nb[export]')"
+    except ImportError:
+        return (path, f"{path} written; onnxruntime is not installed, so it was not checked (pip install "
+                      "'resnext_nb[export]')")
     x3 = example_batch(pr, 3, seed=1)
-    with torch.no_grad(): limit = tol * max(1.0, model(x3).abs().max().item())  # fp32 rounding grows with the logits
+    # fp32 rounding grows with the logits
+    with torch.no_grad(): limit = tol * max(1.0, model(x3).abs().max().item())
     diff = onnx_difference(path, model, x3)
-    if diff > limit: raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by up to {diff:.2e} (more than {limit:.1e})")
-    return path, f"onnxruntime runs {path}: largest difference from PyTorch {diff:.2e} on 3 images (limit {limit:.1e})"
+    if diff > limit:
+        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by up to {diff:.2e} (more than "
+                           f"{limit:.1e})")
+    return (path, f"onnxruntime runs {path}: largest difference from PyTorch {diff:.2e} on 3 images (limit "
+                  f"{limit:.1e})")
 
 # %% ../nbs/08_export.ipynb #593f8a7a
 EXPORTERS = {'onnx': export_onnx, 'pt2': export_pt2, 'torchvision': export_torchvision}
@@ -128,16 +150,19 @@ EXPORTERS = {'onnx': export_onnx, 'pt2': export_pt2, 'torchvision': export_torch
 class ExportConfig:
     "How `python -m resnext_nb.export` runs."
     format:str=opt('onnx', choices=tuple(EXPORTERS), help='the file to write')
-    out:str|None=opt(None, metavar='DIR', help="folder for the file and model_card.json (none: 'export' next to the checkpoint)")
+    out:str|None=opt(None, metavar='DIR',
+                     help="folder for the file and model_card.json (none: 'export' next to the checkpoint)")
 
 def export(
     checkpoint:str|Path, # a checkpoint written by training
     format:str='onnx', # a key of `EXPORTERS`
     out:str|Path|None=None, # the folder (None: `export/` next to the checkpoint)
 ) -> dict:
-    "Export `checkpoint` and write `model_card.json` beside it; returns the card, with the check's line as `check`."
+    """Export `checkpoint` and write `model_card.json` beside it; returns the card, with the check's line as
+    `check`."""
     if format not in EXPORTERS: raise ValueError(f"--format {format!r}: choose one of {', '.join(EXPORTERS)}")
-    data = checkpoint_bytes(checkpoint)  # read once: the weights, the card's step, metrics and sha256 come from these bytes
+    # read once: the weights, the card's step, metrics and sha256 come from these bytes
+    data = checkpoint_bytes(checkpoint)
     state = read_checkpoint(checkpoint, data)
     out = Path(out) if out else Path(checkpoint).parent / 'export'
     out.mkdir(parents=True, exist_ok=True)
@@ -156,14 +181,18 @@ def main(
     try: card = export(given['checkpoint'], cfg.format, cfg.out)
     except (ValueError, CheckpointError, RuntimeError) as e:
         print(f"resnext_nb.export: error: {e}", file=sys.stderr); return 2
-    print(f"=> {card['check']}\n=> model card: {Path(cfg.out or Path(given['checkpoint']).parent / 'export') / 'model_card.json'}")
+    print(f"=> {card['check']}\n=> model card: "
+          f"{Path(cfg.out or Path(given['checkpoint']).parent / 'export') / 'model_card.json'}")
     return 0
 
 def make_parser():
     "The export command's parser: CHECKPOINT and `ExportConfig`'s flags."
-    p = build_parser('python -m resnext_nb.export', 'Export a checkpoint as ONNX, a torch.export program or a torchvision '
-                     'state_dict, checked against PyTorch, with a model_card.json.', {'export': ExportConfig}, {})
-    p.add_argument('checkpoint', metavar='CHECKPOINT', help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
+    p = build_parser('python -m resnext_nb.export',
+                     'Export a checkpoint as ONNX, a torch.export program or a torchvision '
+                     'state_dict, checked against PyTorch, with a model_card.json.', {'export': ExportConfig},
+                     {})
+    p.add_argument('checkpoint', metavar='CHECKPOINT',
+                   help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
     return p
 
 # %% ../nbs/08_export.ipynb #0b94aba6

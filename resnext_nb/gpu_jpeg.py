@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from fastcore.basics import patch
 from .device import SideStream
-from .data import (BadSample, DataConfig, DataError, EpochBatches, ImageFolderSource, Loader, bad_images_summary,
-                             crop_sizes, log, make_dataloader, read_image, val_resize_size)
+from .data import (BadSample, DataConfig, DataError, EpochBatches, ImageFolderSource, Loader,
+                             bad_images_summary, crop_sizes, log, make_dataloader, read_image,
+                             val_resize_size)
 
 # %% auto #0
 __all__ = ['NVJPEG_STATUS_ALLOCATOR_FAILURE', 'JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'EncodedImages', 'pack_bytes',
@@ -37,26 +38,31 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4, C8 and C
 def jpeg_info(
     data:bytes, # a file's bytes
 ) -> JpegInfo | None:
-    "Size and colour components from a JPEG's frame header; None when `data` is not a JPEG with a readable header."
+    """Size and colour components from a JPEG's frame header; None when `data` is not a JPEG with a readable
+    header."""
     if data[:2] != b'\xff\xd8': return None
     i = 2
     while i + 4 <= len(data) and data[i] == 0xFF:
         marker = data[i + 1]
-        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7: i += 1 if marker == 0xFF else 2; continue
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 1 if marker == 0xFF else 2; continue
         if marker == 0xDA: return None  # the image data starts and no frame header came first
         if marker in _SOF_MARKERS:
             if i + 10 > len(data): return None
-            return JpegInfo(int.from_bytes(data[i+5:i+7], 'big'), int.from_bytes(data[i+7:i+9], 'big'), data[i+9], marker)
+            return JpegInfo(int.from_bytes(data[i+5:i+7], 'big'), int.from_bytes(data[i+7:i+9], 'big'),
+                            data[i+9], marker)
         i += 2 + int.from_bytes(data[i+2:i+4], 'big')
     return None
 
 def nvjpeg_can_decode(info:JpegInfo|None) -> bool:
     "Whether the GPU decodes this image: a colour JPEG, baseline or progressive, of non-zero size."
-    return info is not None and info.components == 3 and info.marker in (0xC0, 0xC1, 0xC2) and info.height > 0 and info.width > 0
+    return (info is not None and info.components == 3 and info.marker in (0xC0, 0xC1, 0xC2)
+            and info.height > 0 and info.width > 0)
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #7b5007ba
 class EncodedImages(Dataset):
-    "An ImageFolder split read as raw JPEG bytes (decoded with Pillow only where nvjpeg cannot), indexed by `(index, sample_seed)`."
+    """An ImageFolder split read as raw JPEG bytes (decoded with Pillow only where nvjpeg cannot), indexed by
+    `(index, sample_seed)`."""
     def __init__(self, source:ImageFolderSource): self.source = source  # the split's files and labels
     def __len__(self): return len(self.source)
 
@@ -66,7 +72,8 @@ class EncodedImages(Dataset):
         path, label = self.source.samples[index]
         try: data = Path(path).read_bytes()
         except OSError as e:
-            return BadSample(path, f"cannot read image {path} ({type(e).__name__}: {e.strerror}): replace or delete it, or pass --skip-bad-images")
+            return BadSample(path, f"cannot read image {path} ({type(e).__name__}: {e.strerror}): replace or "
+                                   "delete it, or pass --skip-bad-images")
         if nvjpeg_can_decode(jpeg_info(data)): return data, label, seed, index
         try: return read_image(path), label, seed, index
         except DataError as e: return BadSample(e.path, str(e))
@@ -75,7 +82,8 @@ class EncodedImages(Dataset):
 def pack_bytes(
     chunks:list[bytes], # each image's bytes
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    "One `uint8` tensor holding every chunk end to end, and the `int64` offsets (n + 1) where each starts and ends."
+    """One `uint8` tensor holding every chunk end to end, and the `int64` offsets (n + 1) where each starts
+    and ends."""
     offsets = torch.tensor([0] + [len(c) for c in chunks], dtype=torch.int64).cumsum(0)
     if not offsets[-1]: return torch.empty(0, dtype=torch.uint8), offsets
     return torch.frombuffer(bytearray(b''.join(chunks)), dtype=torch.uint8), offsets
@@ -138,7 +146,8 @@ def decode_jpegs(
             raise torch.OutOfMemoryError(msg) from e
     if not datas: return []
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore', DeprecationWarning)  # torchvision 0.29 points to TorchCodec; its decoders still work
+        # torchvision 0.29 points to TorchCodec; its decoders still work
+        warnings.simplefilter('ignore', DeprecationWarning)
         return decode(datas) or [decode(d) for d in datas]  # nvjpeg fails a whole batch for one bad image
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #b671e2dc
@@ -153,7 +162,8 @@ def sample_crop_boxes(
     hi, wi = sizes[:, 0:1].double(), sizes[:, 1:2].double()
     n = len(sizes)
     area = hi * wi * torch.empty(n, tries, dtype=torch.float64).uniform_(*scale, generator=generator)
-    aspect = torch.empty(n, tries, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator).exp()
+    log_lo, log_hi = map(math.log, ratio)
+    aspect = torch.empty(n, tries, dtype=torch.float64).uniform_(log_lo, log_hi, generator=generator).exp()
     w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
     fits = (w > 0) & (w <= wi) & (h > 0) & (h <= hi)
     first = fits.int().argmax(1, keepdim=True)  # the first try that fits
@@ -183,7 +193,8 @@ def ks_statistic(
     a:torch.Tensor, # one sample
     b:torch.Tensor, # the other
 ) -> float:
-    "The two-sample Kolmogorov–Smirnov statistic: the largest gap between the empirical distributions of `a` and `b`."
+    """The two-sample Kolmogorov–Smirnov statistic: the largest gap between the empirical distributions of `a`
+    and `b`."""
     a, b = a.double().sort().values, b.double().sort().values
     both = torch.cat([a, b])
     cdf = lambda x: torch.searchsorted(x, both, right=True).double() / len(x)
@@ -195,8 +206,10 @@ def center_crop_boxes(
     image_size:int, # the crop the model sees
     resize_size:int|None=None, # the short side validation resizes to first (None: `image_size` * 256/224)
 ) -> torch.Tensor:
-    "The boxes `val_transform(image_size, resize_size)` keeps, as (n, 4) `int64` rows of (top, left, height, width)."
-    side = (sizes.min(1).values.double() * image_size / (resize_size or val_resize_size(image_size))).round().clamp(min=1)
+    """The boxes `val_transform(image_size, resize_size)` keeps, as (n, 4) `int64` rows of (top, left, height,
+    width)."""
+    resize_size = resize_size or val_resize_size(image_size)
+    side = (sizes.min(1).values.double() * image_size / resize_size).round().clamp(min=1)
     top, left = ((sizes[:, 0] - side) / 2).floor(), ((sizes[:, 1] - side) / 2).floor()
     return torch.stack([top, left, side, side], 1).long()
 
@@ -207,9 +220,11 @@ def resized_crops(
     size:int, # output side in pixels
     flips:torch.Tensor|None=None, # (n,) bool: which images to flip horizontally
 ) -> torch.Tensor:
-    "Crop each box, resize it to `size` x `size` (antialiased bilinear) and flip where asked: a `uint8` NCHW batch."
+    """Crop each box, resize it to `size` x `size` (antialiased bilinear) and flip where asked: a `uint8` NCHW
+    batch."""
     if not images: return torch.empty(0, 3, size, size, dtype=torch.uint8)
-    crops = [F.interpolate(im[None, :, t:t+h, l:l+w].float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+    crops = [F.interpolate(im[None, :, t:t+h, l:l+w].float(), size=(size, size), mode='bilinear',
+                           antialias=True, align_corners=False)
              for im, (t, l, h, w) in zip(images, boxes.tolist())]
     out = torch.cat(crops).round_().clamp_(0, 255).to(torch.uint8)
     if flips is None or not flips.any(): return out
@@ -217,7 +232,8 @@ def resized_crops(
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #3a196769
 class GpuLoader(Loader):
-    "A `Loader` whose processes only read JPEG bytes; the device decodes, crops, resizes and flips, one batch ahead."
+    """A `Loader` whose processes only read JPEG bytes; the device decodes, crops, resizes and flips, one
+    batch ahead."""
     def __init__(self,
                  source:ImageFolderSource, # the split's files
                  batches:EpochBatches, # which indices this rank loads, and in which batches
@@ -231,7 +247,8 @@ class GpuLoader(Loader):
         self.scale, self.ratio, self.hflip = cfg.crop_scale, cfg.crop_ratio, cfg.hflip
         self.batches, self.skip_bad_images, self.name = batches, cfg.skip_bad_images, name
         self.bad_images:list[str] = []
-        self.cpu_decoded:list[str] = []  # images Pillow decoded this pass (greyscale, CMYK, refused by nvjpeg)
+        # images Pillow decoded this pass (greyscale, CMYK, refused by nvjpeg)
+        self.cpu_decoded:list[str] = []
         self.batches_done, self.side = batches.batches_done, SideStream(device)
         self.decoder:ThreadPoolExecutor|None = None  # the current pass's decode thread
         self.dataloader = make_dataloader(EncodedImages(source), batches, cfg, collate_encoded)
@@ -255,7 +272,8 @@ def _decode(self:GpuLoader, batch:EncodedBatch) -> tuple[list[torch.Tensor], lis
     images.update({k: im.to(self.device, non_blocking=True) for k, im in batch.decoded.items()})
     self.cpu_decoded += [self.source.samples[int(batch.indices[k])][0] for k in batch.decoded]
     bad = list(batch.bad)
-    for k in [k for k, im in images.items() if im is None]:  # nvjpeg refused it: Pillow tries, and names the file if it fails
+    # nvjpeg refused it: Pillow tries, and names the file if it fails
+    for k in [k for k, im in images.items() if im is None]:
         path = self.source.samples[int(batch.indices[k])][0]
         try: images[k] = read_image(path).to(self.device, non_blocking=True); self.cpu_decoded.append(path)
         except DataError as e: del images[k]; bad.append(BadSample(e.path, str(e)))
@@ -270,7 +288,9 @@ def _prepare(self:GpuLoader, batch:EncodedBatch):
         images, keep, bad = self._decode(batch)
         sizes = torch.tensor([im.shape[1:] for im in images], dtype=torch.int64).view(-1, 2)
         g = torch.Generator().manual_seed(int(batch.seeds[0]) if len(batch.seeds) else 0)
-        if self.train: boxes, flips = sample_crop_boxes(sizes, g, self.scale, self.ratio), torch.rand(len(images), generator=g) < self.hflip
+        if self.train:
+            boxes, flips = (sample_crop_boxes(sizes, g, self.scale, self.ratio),
+                            torch.rand(len(images), generator=g) < self.hflip)
         else: boxes, flips = center_crop_boxes(sizes, self.image_size, self.resize_size), None
         x = resized_crops(images, boxes, self.image_size, flips)
         labels = batch.labels[keep].to(self.device, non_blocking=True)
@@ -296,7 +316,8 @@ def _hand_over(self:GpuLoader, prepared) -> tuple[torch.Tensor, torch.Tensor]:
 # %% ../nbs/02b_gpu_jpeg.ipynb #e3e6d257
 @patch
 def __iter__(self:GpuLoader):
-    "Yield `(images, labels)` on the device from the current position to the end of the epoch, one batch ahead."
+    """Yield `(images, labels)` on the device from the current position to the end of the epoch, one batch
+    ahead."""
     self.bad_images, self.cpu_decoded, self.batches_done = [], [], self.batches.batches_done
     self.pass_iter = batches = iter(self.dataloader)  # kept for `close`
     self.decoder = decoder = ThreadPoolExecutor(1, thread_name_prefix=f'{self.name}-decode')
@@ -307,7 +328,9 @@ def __iter__(self:GpuLoader):
             yield self._hand_over(ready)
     finally: decoder.shutdown(cancel_futures=True)  # after the batch in hand: no thread outlives its pass
     if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
-    if self.cpu_decoded: log.info(f"{self.name}: {len(self.cpu_decoded)} images decoded on the CPU (greyscale, CMYK or refused by nvjpeg)")
+    if self.cpu_decoded:
+        log.info(f"{self.name}: {len(self.cpu_decoded)} images decoded on the CPU (greyscale, CMYK or "
+                 "refused by nvjpeg)")
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #f6ea7104
 @patch

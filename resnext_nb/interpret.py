@@ -21,14 +21,16 @@ __all__ = ['REPORT_FILES', 'Interpretation', 'per_class', 'top_confused', 'write
 
 # %% ../nbs/02c_interpret.ipynb #4b41401b
 class Interpretation:
-    "A confusion matrix (rows: true class, columns: predicted) and the `n` most confident mistakes, kept on the device."
+    """A confusion matrix (rows: true class, columns: predicted) and the `n` most confident mistakes, kept on
+    the device."""
     def __init__(self,
                  num_classes:int, # the head's outputs
                  device:torch.device=torch.device('cpu'), # where the batches' logits are
                  n:int=16): # how many mistakes to keep
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         self.n, self.device = n, device
-        self.conf = torch.zeros(0, device=device)  # confidence of each kept mistake, highest first (-1: a right answer)
+        # confidence of each kept mistake, highest first (-1: a right answer)
+        self.conf = torch.zeros(0, device=device)
         self.true = self.pred = torch.zeros(0, dtype=torch.int64, device=device)
         self.images = None  # their uint8 (3, H, W) images, shaped by the first batch
 
@@ -46,7 +48,8 @@ def _keep(self:Interpretation, conf, true, pred, images):
 
 @patch
 def add(self:Interpretation, logits:torch.Tensor, target:torch.Tensor, images:torch.Tensor):
-    "Count one batch (its logits, labels and `uint8` images) in the matrix, and keep its most confident mistakes."
+    """Count one batch (its logits, labels and `uint8` images) in the matrix, and keep its most confident
+    mistakes."""
     k = self.confusion.shape[0]
     target = target.to(self.device)
     pred, conf = _mistakes(logits, target)
@@ -54,7 +57,8 @@ def add(self:Interpretation, logits:torch.Tensor, target:torch.Tensor, images:to
     best = conf.topk(min(self.n, len(conf))).indices  # this batch's candidates, before any image is copied
     images = images[best.to(images.device)].to(self.device)
     if self.images is None: self.images = images[:0]
-    self._keep(torch.cat([self.conf, conf[best]]), torch.cat([self.true, target[best]]), torch.cat([self.pred, pred[best]]), torch.cat([self.images, images]))
+    self._keep(torch.cat([self.conf, conf[best]]), torch.cat([self.true, target[best]]),
+               torch.cat([self.pred, pred[best]]), torch.cat([self.images, images]))
 
 # %% ../nbs/02c_interpret.ipynb #bbb0b059
 def _gather(t:torch.Tensor) -> torch.Tensor:
@@ -73,8 +77,10 @@ def reduce(self:Interpretation) -> Interpretation:
     shape = torch.tensor(self.images.shape[1:] if self.images is not None else (0, 0, 0), device=self.device)
     if is_distributed(): dist.all_reduce(shape, op=dist.ReduceOp.MAX)
     pad = self.n - len(self.conf)  # every rank sends exactly `n`; padding has confidence -1
-    images = self.images if self.images is not None else torch.zeros(0, *shape.tolist(), dtype=torch.uint8, device=self.device)
-    conf, true, pred = (torch.cat([t, t.new_full((pad,), v)]) for t, v in ((self.conf, -1), (self.true, 0), (self.pred, 0)))
+    images = (self.images if self.images is not None
+              else torch.zeros(0, *shape.tolist(), dtype=torch.uint8, device=self.device))
+    conf, true, pred = (torch.cat([t, t.new_full((pad,), v)]) for t,
+                        v in ((self.conf, -1), (self.true, 0), (self.pred, 0)))
     images = torch.cat([images, images.new_zeros(pad, *shape.tolist())])
     out._keep(_gather(conf), _gather(true), _gather(pred), _gather(images))
     return out
@@ -82,10 +88,12 @@ def reduce(self:Interpretation) -> Interpretation:
 # %% ../nbs/02c_interpret.ipynb #d710bac8
 @patch
 def mistakes(self:Interpretation) -> list[dict]:
-    "The kept mistakes, most confident first: true and predicted class index, confidence, and the `uint8` image."
+    """The kept mistakes, most confident first: true and predicted class index, confidence, and the `uint8`
+    image."""
     keep = (self.conf >= 0).cpu()
     conf, true, pred, images = (t.cpu()[keep] for t in (self.conf, self.true, self.pred, self.images))
-    return [{'true': int(t), 'pred': int(p), 'confidence': float(c), 'image': im} for c, t, p, im in zip(conf, true, pred, images)]
+    return [{'true': int(t), 'pred': int(p), 'confidence': float(c), 'image': im} for c, t, p,
+            im in zip(conf, true, pred, images)]
 
 # %% ../nbs/02c_interpret.ipynb #674b8046
 def per_class(
@@ -98,8 +106,10 @@ def per_class(
     rows = []
     for i, name in enumerate(classes):
         n, right, j = int(cm[i].sum()), int(cm[i, i]), int(off[i].argmax())
-        rows.append({'class': name, 'images': n, 'correct': right, 'accuracy': round(100 * right / n, 3) if n else float('nan'),
-                     'most_confused_with': classes[j] if off[i, j] > 0 else '', 'times': max(int(off[i, j]), 0)})
+        rows.append({'class': name, 'images': n, 'correct': right, 'accuracy': round(100 * right / n, 3) if n
+                     else float('nan'),
+                     'most_confused_with': classes[j] if off[i, j] > 0 else '',
+                     'times': max(int(off[i, j]), 0)})
     return rows
 
 def top_confused(confusion:torch.Tensor, classes:list[str], k:int=20) -> list[tuple[str, str, int]]:
@@ -131,18 +141,22 @@ def plot_confusion(
         pairs = top_confused(cm, classes, 30)[::-1]
         fig, ax = plt.subplots(figsize=(7, 0.25 * len(pairs) + 1.2))
         ax.barh([f"{t} → {p}" for t, p, _ in pairs], [c for *_, c in pairs])
-        ax.set(title=f'most confused pairs (true → predicted) of {n} classes', xlabel='images'); fig.tight_layout()
+        ax.set(title=f'most confused pairs (true → predicted) of {n} classes', xlabel='images')
+        fig.tight_layout()
         return fig
     share = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
     side = min(2 + 0.35 * n, 18)
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(share, cmap='Blues', vmin=0, vmax=1)
-    ax.set(xticks=range(n), yticks=range(n), xlabel='predicted', ylabel='true', title='confusion matrix (counts; colour: share of the row)')
+    ax.set(xticks=range(n), yticks=range(n), xlabel='predicted', ylabel='true',
+           title='confusion matrix (counts; colour: share of the row)')
     ax.set_xticklabels(classes, rotation=90, fontsize=8); ax.set_yticklabels(classes, fontsize=8)
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                if cm[i, j]: ax.text(j, i, int(cm[i, j]), ha='center', va='center', fontsize=7, color='white' if share[i, j] > 0.5 else 'black')
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha='center', va='center', fontsize=7, color='white'
+                            if share[i, j] > 0.5 else 'black')
     fig.tight_layout()
     return fig
 
@@ -154,7 +168,8 @@ def plot_mistakes(
 ):
     "A grid of the most confident mistakes, each titled with its prediction, confidence and true class."
     titles = [f"{classes[m['pred']]} ({m['confidence']:.2f})\ntrue: {classes[m['true']]}" for m in mistakes]
-    fig = image_grid([m['image'] for m in mistakes], titles, cols, title='most confident mistakes: predicted (confidence), true')
+    fig = image_grid([m['image'] for m in mistakes], titles, cols,
+                     title='most confident mistakes: predicted (confidence), true')
     if not mistakes: fig.axes[0].text(0.5, 0.5, 'no mistakes', ha='center')
     return fig
 
@@ -170,7 +185,8 @@ def write_report(
     import matplotlib.pyplot as plt
     folder, classes = Path(folder), [printable(c) for c in classes]
     paths = [write_per_class(per_class(interp.confusion, classes), folder / REPORT_FILES[0])]
-    for name, fig in ((REPORT_FILES[1], plot_confusion(interp.confusion, classes)), (REPORT_FILES[2], plot_mistakes(interp.mistakes(), classes))):
+    for name, fig in ((REPORT_FILES[1], plot_confusion(interp.confusion, classes)),
+                      (REPORT_FILES[2], plot_mistakes(interp.mistakes(), classes))):
         try: atomic_write(folder / name, lambda f: fig.savefig(f, format='png', dpi=100))
         finally: plt.close(fig)
         paths.append(folder / name)

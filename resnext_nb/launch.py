@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse, errno, fcntl, gc, logging, os, signal, socket, sys, time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+# first: it imports torch with a guard for torch_npu
 from .device import (AmpConfig, DeviceUnavailable, NpuConfig, available_devices, device_environment,
-                               dist_backend, is_distributed, parse_loss_scale, resolve_device_type, resolve_placement,
-                               visible_device_index)  # first: it imports torch with a guard for torch_npu
-from .config import (OneLineParser, build_parser, field_checks, field_default, flag_fields, flag_names,
-                               non_negative, opt, positive, shown)
+                               dist_backend, is_distributed, parse_loss_scale, resolve_device_type,
+                               resolve_placement, visible_device_index)
+from .config import (OneLineParser, build_parser, field_checks, field_default, flag_fields,
+                               flag_names, non_negative, opt, positive, shown)
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -24,7 +25,8 @@ from .checkpoints import CheckpointError, read_checkpoint
 from .recipes import PRESETS, RECIPES, Scaled
 from .shapes import builtin_dataset_path
 from .interpret import REPORT_FILES
-from .train import RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverged, default_output, evaluate, train
+from .train import (RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverged, default_output,
+                              evaluate, train)
 
 # %% auto #0
 __all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'FORWARDED_SIGNALS', 'SHUTDOWN_TIMEOUT',
@@ -50,33 +52,50 @@ class JobConfig:
     "How the job is started: processes, machines, the rendezvous and the preset."
     addr:str=opt('127.0.0.1', on_resume='job', ascend=True, help='master address (the rendezvous host)')
     port:int=opt(ASCEND_PORT, on_resume='job', check=tcp_port, help='rendezvous port on --addr')
-    nproc:int|None=opt(None, on_resume='job', check=positive, help='processes (devices) per node (none: 1, or one per --device-list entry with --multiprocessing-distributed)')
+    nproc:int|None=opt(None, on_resume='job', check=positive,
+                       help='processes (devices) per node (none: 1, or one per --device-list entry with '
+                            '--multiprocessing-distributed)')
     nnodes:int=opt(1, on_resume='job', check=positive, help='machines in the job')
     node_rank:int=opt(0, on_resume='job', check=non_negative, help="this machine's rank, 0..nnodes-1")
-    multiprocessing_distributed:bool=opt(False, on_resume='job', ascend=True, help='one process per device in --device-list (implied by --nproc > 1)')
+    multiprocessing_distributed:bool=opt(False, on_resume='job', ascend=True,
+                                         help='one process per device in --device-list (implied by --nproc > '
+                                              '1)')
     dummy:bool=opt(False, ascend=True, help='synthetic data, made once on the device (as pytorch/examples)')
-    case_name:str|None=opt(None, on_resume='job', help='CaseName in the summary file (none: derived from the run)')
-    preset:str|None=opt(None, on_resume='job', choices=tuple(PRESETS), help='values for the flags not given (none: quickstart without data, else the field defaults)')
-    overwrite:bool=opt(False, on_resume='job', help="replace the run already in --output (its checkpoints and logs) instead of refusing")
-    print_config:bool=opt(False, on_resume='job', help='print the resolved configuration, with where each value came from, and exit')
-    sources:dict=field(default_factory=dict) # where each flag's value came from: 'flag', 'preset NAME' or 'default'
+    case_name:str|None=opt(None, on_resume='job',
+                           help='CaseName in the summary file (none: derived from the run)')
+    preset:str|None=opt(None, on_resume='job', choices=tuple(PRESETS),
+                        help='values for the flags not given (none: quickstart without data, else the field '
+                             'defaults)')
+    overwrite:bool=opt(False, on_resume='job',
+                       help="replace the run already in --output (its checkpoints and logs) instead of "
+                            "refusing")
+    print_config:bool=opt(False, on_resume='job',
+                          help='print the resolved configuration, with where each value came from, and exit')
+    # where each flag's value came from: 'flag', 'preset NAME' or 'default'
+    sources:dict=field(default_factory=dict)
 
-CONFIGS = {'launch': JobConfig, 'device': RunConfig, 'training': TrainConfig, 'data': DataConfig, 'precision': AmpConfig, 'npu': NpuConfig}
+CONFIGS = {'launch': JobConfig, 'device': RunConfig, 'training': TrainConfig, 'data': DataConfig,
+           'precision': AmpConfig, 'npu': NpuConfig}
 
 # %% ../nbs/04_launch.ipynb #454e41d3
 HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups its flags
     'the run': ('preset', 'recipe', 'epochs', 'batch_size', 'seed', 'print_config'),
     'data': ('data_path', 'dataset', 'image_size', 'workers', 'backend', 'skip_bad_images', 'dummy'),
     'model': ('arch', 'pretrained', 'freeze_epochs', 'zero_init_residual', 'compile'),
-    'optimiser and schedule': ('optimizer', 'lr', 'momentum', 'weight_decay', 'no_bn_weight_decay', 'schedule', 'step_size',
+    'optimiser and schedule': ('optimizer', 'lr', 'momentum', 'weight_decay', 'no_bn_weight_decay',
+                               'schedule', 'step_size',
                                'warmup_epochs', 'clip_grad_norm', 'grad_accum_steps', 'max_steps'),
-    'augmentation and regularisation': ('train_crop_size', 'val_resize_size', 'val_crop_size', 'crop_scale', 'crop_ratio',
-        'hflip', 'auto_augment', 'random_erase', 'ra_sampler', 'ra_reps', 'label_smoothing', 'mixup_alpha', 'cutmix_alpha',
+    'augmentation and regularisation': ('train_crop_size', 'val_resize_size', 'val_crop_size', 'crop_scale',
+                                        'crop_ratio',
+        'hflip', 'auto_augment', 'random_erase', 'ra_sampler', 'ra_reps', 'label_smoothing', 'mixup_alpha',
+                                        'cutmix_alpha',
         'model_ema', 'model_ema_decay', 'model_ema_steps', 'freeze_bn'),
     'precision and devices': ('device', 'device_list', 'nproc', 'nnodes', 'node_rank', 'addr', 'port',
-        'multiprocessing_distributed', 'amp', 'opt_level', 'loss_scale', 'dtype', 'channels_last', 'sync_bn', 'deterministic',
+        'multiprocessing_distributed', 'amp', 'opt_level', 'loss_scale', 'dtype', 'channels_last', 'sync_bn',
+                              'deterministic',
         'jit_compile', 'fused_sgd', 'warmup_steps'),
-    'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every', 'print_freq', 'tensorboard',
+    'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every', 'print_freq',
+                               'tensorboard',
                                'case_name'),
 }
 LAUNCH_USAGE = 'python -m resnext_nb.launch [--data-path DIR] [--preset NAME] [--nproc N] [flags]'
@@ -90,9 +109,12 @@ python -m resnext_nb.export, python -m resnext_nb.bench; each takes --help"""
 
 def make_parser() -> OneLineParser:
     "The launcher's argument parser, built from the config fields, in `HELP_GROUPS`."
-    return build_parser('python -m resnext_nb.launch', 'Train or evaluate ResNeXt on NPUs, GPUs or the CPU.\nWithout '
-                        '--data-path it trains a small model on the built-in dataset; with it, the Ascend recipe applies.',
-                        CONFIGS, PRESETS, RECIPES, groups=HELP_GROUPS, usage=LAUNCH_USAGE, epilog=LAUNCH_EPILOG,
+    return build_parser('python -m resnext_nb.launch',
+                        'Train or evaluate ResNeXt on NPUs, GPUs or the CPU.\nWithout '
+                        '--data-path it trains a small model on the built-in dataset; with it, the Ascend '
+                        'recipe applies.',
+                        CONFIGS, PRESETS, RECIPES, groups=HELP_GROUPS, usage=LAUNCH_USAGE,
+                        epilog=LAUNCH_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 # %% ../nbs/04_launch.ipynb #8eb36b74
@@ -104,18 +126,21 @@ def external_launcher(env=os.environ) -> str | None:
 
 def slurm_environment(env, addr:str, port:int) -> dict[str, str]:
     "torch.distributed's variables from SLURM's."
-    return {'RANK': env['SLURM_PROCID'], 'LOCAL_RANK': env.get('SLURM_LOCALID', '0'), 'WORLD_SIZE': env['SLURM_NTASKS'],
+    return {'RANK': env['SLURM_PROCID'], 'LOCAL_RANK': env.get('SLURM_LOCALID', '0'),
+            'WORLD_SIZE': env['SLURM_NTASKS'],
             'MASTER_ADDR': env.get('MASTER_ADDR', addr), 'MASTER_PORT': env.get('MASTER_PORT', str(port))}
 
 # %% ../nbs/04_launch.ipynb #4ad3c303
 def preset_for(given:dict) -> str|None:
     "The run's preset: `--preset`, else the quick start when there is no data to train on."
     if 'preset' in given: return given['preset']
-    builtin = given.get('data_path') is None and given.get('dataset', 'builtin') in ('auto', 'builtin') and not given.get('dummy')
+    builtin = (given.get('data_path') is None and given.get('dataset', 'builtin') in ('auto', 'builtin')
+               and not given.get('dummy'))
     return 'quickstart' if builtin else None
 
 def resolve_values(given:dict) -> tuple[dict, dict]:
-    "Every flag-bearing field's value, and where it came from: 'flag', 'preset NAME', 'recipe NAME' or 'default'."
+    """Every flag-bearing field's value, and where it came from: 'flag', 'preset NAME', 'recipe NAME' or
+    'default'."""
     name = preset_for(given)
     preset, values, sources = PRESETS.get(name, {}), {'preset': name}, {}
     recipe = given.get('recipe', preset.get('recipe', TrainConfig.recipe))
@@ -126,18 +151,21 @@ def resolve_values(given:dict) -> tuple[dict, dict]:
         elif f.name in asked: values[f.name], sources[f.name] = asked[f.name], f'recipe {recipe}'
         elif f.name != 'preset': values[f.name], sources[f.name] = field_default(f), 'default'
     for k, v in values.items():
-        if isinstance(v, Scaled): values[k] = v.resolve(values)  # the lr with the global batch, the crops with the image size
+        # the lr with the global batch, the crops with the image size
+        if isinstance(v, Scaled): values[k] = v.resolve(values)
     return values, sources
 
 # %% ../nbs/04_launch.ipynb #d8a176d3
 def world_size(values:dict, env=os.environ) -> tuple[int, int]:
-    "(processes per node, world size): from torchrun's or SLURM's environment, else from --nproc, --device-list and --nnodes."
+    """(processes per node, world size): from torchrun's or SLURM's environment, else from --nproc,
+    --device-list and --nnodes."""
     launcher = external_launcher(env)
     if launcher: return 1, int(env['WORLD_SIZE'] if launcher == 'torchrun' else env['SLURM_NTASKS'])
     nproc, listed = values['nproc'], values['device_list']
     if nproc is None: nproc = len(listed) if (listed and values['multiprocessing_distributed']) else 1
     if not 0 <= values['node_rank'] < values['nnodes']:
-        raise ValueError(f"--node-rank {values['node_rank']} with --nnodes {values['nnodes']}: need 0 <= node-rank < nnodes")
+        raise ValueError(f"--node-rank {values['node_rank']} with --nnodes {values['nnodes']}: need 0 <= "
+                         "node-rank < nnodes")
     return nproc, nproc * values['nnodes']
 
 # %% ../nbs/04_launch.ipynb #3f4ec657
@@ -145,10 +173,14 @@ def check_values(values:dict, world:int):
     "Reject values that cannot work, naming the flag: each field's own check, then the ones that join fields."
     field_checks(values, CONFIGS)
     if values['batch_size'] % world:
-        raise ValueError(f"--batch-size {values['batch_size']} is the global batch and must divide evenly over {world} processes")
-    if values['evaluate'] and not values['resume']: raise ValueError("--evaluate needs --resume PATH: the checkpoint to score")
-    if values['sync_bn'] and values['compile'] and world > 1:  # pytorch#161302 (a graph break per layer), #107372 (errors)
-        raise ValueError("--sync-bn with --compile: torch.compile breaks its graph at every SyncBatchNorm and fails with DDP "
+        raise ValueError(f"--batch-size {values['batch_size']} is the global batch and must divide evenly "
+                         f"over {world} processes")
+    if values['evaluate'] and not values['resume']:
+        raise ValueError("--evaluate needs --resume PATH: the checkpoint to score")
+    # pytorch#161302 (a graph break per layer), #107372 (errors)
+    if values['sync_bn'] and values['compile'] and world > 1:
+        raise ValueError("--sync-bn with --compile: torch.compile breaks its graph at every SyncBatchNorm "
+                         "and fails with DDP "
                          "(pytorch#161302, #107372): drop one of the two")
     parse_loss_scale(values['loss_scale'])
 
@@ -157,14 +189,17 @@ def check_data_path(path:str|None):
     if path is None: return
     p = Path(path).expanduser()
     if not p.exists(): raise ValueError(f"--data_path {p} does not exist: check the path")
-    if not p.is_dir(): raise ValueError(f"--data_path {p} is a file: pass the folder that holds train/ and val/ (or cifar-10-batches-py)")
+    if not p.is_dir():
+        raise ValueError(f"--data_path {p} is a file: pass the folder that holds train/ and val/ (or "
+                         "cifar-10-batches-py)")
 
 # %% ../nbs/04_launch.ipynb #b3b50a14
 def resume_path(
     resume:str|None, # `--resume`: a path, 'auto' or None
     output:str|None, # `--output`
 ) -> str|None:
-    "The checkpoint to resume from: `resume`, or for 'auto' `<output>/checkpoint.pth.tar` when it exists (else None)."
+    """The checkpoint to resume from: `resume`, or for 'auto' `<output>/checkpoint.pth.tar` when it exists
+    (else None)."""
     if resume != 'auto': return resume
     if output is None: raise ValueError("--resume auto needs --output DIR: the run folder to continue from")
     return str(ckpt) if (ckpt := Path(output) / 'checkpoint.pth.tar').is_file() else None
@@ -173,9 +208,11 @@ def saved_values(state:dict) -> dict:
     "The flag-bearing values a checkpoint's run used, by field name."
     config, saved = state.get('config') or {}, {}
     for _, f, _ in flag_fields(CONFIGS):
-        for section in (config.get('train', {}), config.get('data', {}), config.get('amp', {}), config.get('npu', {}), config):
+        for section in (config.get('train', {}), config.get('data', {}), config.get('amp', {}),
+                        config.get('npu', {}), config):
             if isinstance(section, dict) and f.name in section: saved[f.name] = section[f.name]; break
-    if 'batch_size' in saved and 'world_size' not in config:  # written before the config held the world size: per rank
+    # written before the config held the world size: per rank
+    if 'batch_size' in saved and 'world_size' not in config:
         saved['batch_size'] *= state.get('world_size', 1)
     return saved
 
@@ -186,19 +223,23 @@ def from_checkpoint(
     path:str, # the checkpoint being resumed
     world:int, # this job's world size
 ):
-    "Take every value not given now from the checkpoint at `path`; refuse a flag given now that would change its recipe."
+    """Take every value not given now from the checkpoint at `path`; refuse a flag given now that would change
+    its recipe."""
     state = read_checkpoint(path)
     saved = saved_values(state)
     for _, f, flag in flag_fields(CONFIGS):
         if f.name not in saved or flag.on_resume == 'job' or values[f.name] == saved[f.name]: continue
         if sources[f.name] == 'flag':
             if flag.on_resume == 'apply': continue  # given again: it takes effect
-            raise ValueError(f"{flag_names(f, flag)[0]} {shown(values[f.name])} differs from the checkpoint's {shown(saved[f.name])}: "
-                             f"a resumed run keeps its recipe; drop the flag, or start a new run in another --output")
+            raise ValueError(f"{flag_names(f, flag)[0]} {shown(values[f.name])} differs from the "
+                             f"checkpoint's {shown(saved[f.name])}: "
+                             "a resumed run keeps its recipe; drop the flag, or start a new run in another "
+                             "--output")
         values[f.name], sources[f.name] = saved[f.name], 'checkpoint'
     mid = (state.get('sampler') or {}).get('start_batch', 0)
     if mid and state.get('world_size', world) != world:
-        raise ValueError(f"checkpoint {path} stopped mid-epoch with {state['world_size']} processes and this job has {world}: "
+        raise ValueError(f"checkpoint {path} stopped mid-epoch with {state['world_size']} processes and this "
+                         f"job has {world}: "
                          f"resume it with the same --nproc and --nnodes")
 
 # %% ../nbs/04_launch.ipynb #262a7702
@@ -213,22 +254,30 @@ def config_from_args(args, env=os.environ) -> tuple[RunConfig, JobConfig]:
     check_values(values, world)
     values['resume'] = resume_path(values['resume'], values['output'])
     if values['resume'] and not values['evaluate']: from_checkpoint(values, sources, values['resume'], world)
-    job = replace(make_config(JobConfig, {**values, 'nproc': nproc}), preset=values['preset'], sources=sources)
+    job = replace(make_config(JobConfig, {**values, 'nproc': nproc}), preset=values['preset'],
+                  sources=sources)
     tr = make_config(TrainConfig, values)
-    output = tr.output or (str(Path(values['resume']).parent) if values['resume'] else default_output(tr.arch))
-    tr = replace(tr, output=output)  # named once, here, so that every rank agrees; a resumed run stays in its folder
-    data = replace(make_config(DataConfig, values), dataset='synthetic' if job.dummy else values['dataset'], seed=tr.seed or 0)
-    return RunConfig(train=tr, data=data, amp=make_config(AmpConfig, values), npu=make_config(NpuConfig, values),
+    output = (tr.output
+              or (str(Path(values['resume']).parent) if values['resume'] else default_output(tr.arch)))
+    # named once, here, so that every rank agrees; a resumed run stays in its folder
+    tr = replace(tr, output=output)
+    data = replace(make_config(DataConfig, values), dataset='synthetic' if job.dummy else values['dataset'],
+                   seed=tr.seed or 0)
+    return RunConfig(train=tr, data=data, amp=make_config(AmpConfig, values),
+                     npu=make_config(NpuConfig, values),
                      device=values['device'], device_list=values['device_list'], world_size=world), job
 
 # %% ../nbs/04_launch.ipynb #92cb7201
 def format_config(cfg:RunConfig, job:JobConfig) -> str:
     "The resolved configuration, one `section.field = value  (source)` line each, for `--print-config`."
-    lines = [f"preset: {job.preset or 'none'}; recipe: {cfg.train.recipe}; world size {cfg.world_size}, {job.nproc} per node"]
-    for section, conf in (('job', job), ('run', cfg), ('train', cfg.train), ('data', cfg.data), ('amp', cfg.amp)):
+    lines = [f"preset: {job.preset or 'none'}; recipe: {cfg.train.recipe}; world size {cfg.world_size}, "
+             f"{job.nproc} per node"]
+    for section, conf in (('job', job), ('run', cfg), ('train', cfg.train), ('data', cfg.data),
+                          ('amp', cfg.amp)):
         for f in fields(conf):
             if f.name in ('train', 'data', 'amp', 'sources', 'world_size'): continue
-            lines.append(f"{section}.{f.name} = {getattr(conf, f.name)!r}  ({job.sources.get(f.name, 'derived')})")
+            lines.append(f"{section}.{f.name} = {getattr(conf, f.name)!r}  "
+                         f"({job.sources.get(f.name, 'derived')})")
     return '\n'.join(lines)
 
 # %% ../nbs/04_launch.ipynb #a6f2d7fc
@@ -251,7 +300,8 @@ def run_worker(cfg:RunConfig) -> dict:
         return (evaluate if cfg.train.evaluate else train)(cfg, place)
     except (DataError, CheckpointError, TrainingDiverged, RunFailed, DeviceUnavailable, ValueError) as e:
         rank = f"[rank {place.rank}] " if place and place.world_size > 1 else ''
-        failed = f"resnext_nb: error: {rank}{e}"  # kept as text: `e` and the frames it holds go with this block
+        # kept as text: `e` and the frames it holds go with this block
+        failed = f"resnext_nb: error: {rank}{e}"
     finally: leave_process_group()
     print(failed, file=sys.stderr, flush=True)
     raise UserError(1)
@@ -259,19 +309,23 @@ def run_worker(cfg:RunConfig) -> dict:
 
 # %% ../nbs/04_launch.ipynb #b277d285
 def die_with_parent(sig:int=signal.SIGTERM):
-    "Ask Linux to send `sig` to this process when its parent (the launcher) dies, so that no rank outlives it."
+    """Ask Linux to send `sig` to this process when its parent (the launcher) dies, so that no rank outlives
+    it."""
     if sys.platform.startswith('linux'):
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1: PR_SET_PDEATHSIG
 
 @record
 def elastic_worker(cfg:RunConfig) -> dict:
-    "The entry point torch elastic runs in each process; a rank stopped by a signal exits with its code once saved."
+    """The entry point torch elastic runs in each process; a rank stopped by a signal exits with its code once
+    saved."""
     die_with_parent()
     summary = run_worker(cfg)
     gc.freeze()  # what is left goes with the process: Python's last collection of it at exit takes a second
-    if summary.get('stopped_by'):  # torch elastic, stopping too, never collects a result: waiting for it would hang
-        raise SystemExit(128 + signal.Signals[summary['stopped_by']])  # `record` passes it on; the process ends cleanly
+    # torch elastic, stopping too, never collects a result: waiting for it would hang
+    if summary.get('stopped_by'):
+        # `record` passes it on; the process ends cleanly
+        raise SystemExit(128 + signal.Signals[summary['stopped_by']])
     return summary
 
 
@@ -281,7 +335,8 @@ def check_port_free(addr:str, port:int):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try: s.bind(('', port))
         except OSError:
-            raise ValueError(f"--port {port} is already in use on this machine (another job?): choose a free port with --port") from None
+            raise ValueError(f"--port {port} is already in use on this machine (another job?): choose a free "
+                             "port with --port") from None
 
 # %% ../nbs/04_launch.ipynb #7fa41a2d
 FORWARDED_SIGNALS = (*STOP_SIGNALS, 'SIGQUIT')  # what the launcher takes and passes on to every rank
@@ -289,21 +344,27 @@ SHUTDOWN_TIMEOUT = 120  # seconds the ranks get to save after a forwarded signal
 
 def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int) -> LaunchConfig:
     "A torch elastic `LaunchConfig` for a static rendezvous at `addr:port`, forwarding `FORWARDED_SIGNALS`."
-    newer = dict(signals_to_handle=','.join(FORWARDED_SIGNALS), shutdown_timeout=SHUTDOWN_TIMEOUT)  # torch >= 2.9
+    # torch >= 2.9
+    newer = dict(signals_to_handle=','.join(FORWARDED_SIGNALS), shutdown_timeout=SHUTDOWN_TIMEOUT)
     known = {f.name for f in fields(LaunchConfig)}
     return LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=f'resnext_nb-{port}',
-                        rdzv_backend='static', rdzv_endpoint=f'{addr}:{port}', rdzv_configs={'rank': node_rank, 'timeout': 900},
-                        max_restarts=0, monitor_interval=0.5, start_method='spawn', **{k: v for k, v in newer.items() if k in known})
+                        rdzv_backend='static', rdzv_endpoint=f'{addr}:{port}',
+                        rdzv_configs={'rank': node_rank, 'timeout': 900},
+                        max_restarts=0, monitor_interval=0.5, start_method='spawn',
+                        **{k: v for k, v in newer.items() if k in known})
 
 # %% ../nbs/04_launch.ipynb #124b6e57
 def check_device_count(device_type:str, nproc:int, device_list:list[int]|None, available:int, env=os.environ):
     "Raise a clear error when this node cannot give `nproc` processes a device each."
     visible = [visible_device_index(device_type, i, env) for i in (device_list or [])[:nproc]]
-    need = max(visible) + 1 if visible else nproc  # physical ids become torch's indices under *_VISIBLE_DEVICES
+    # physical ids become torch's indices under *_VISIBLE_DEVICES
+    need = max(visible) + 1 if visible else nproc
     if nproc > available or need > available:
         unit = 'CPU cores' if device_type == 'cpu' else f'{device_type} devices'
-        raise ValueError(f"this run asks for {nproc} processes (devices up to id {need - 1}) but this machine has {available} {unit}: "
-                         f"pass --nproc {available} (and a matching --device-list), scaling --batch-size and --lr with it")
+        raise ValueError(f"this run asks for {nproc} processes (devices up to id {need - 1}) but this "
+                         f"machine has {available} {unit}: "
+                         f"pass --nproc {available} (and a matching --device-list), scaling --batch-size and "
+                         "--lr with it")
 
 # %% ../nbs/04_launch.ipynb #913a558c
 def worker_environment(device_type:str, nproc:int) -> dict[str, str]:
@@ -314,7 +375,8 @@ def worker_environment(device_type:str, nproc:int) -> dict[str, str]:
 
 # %% ../nbs/04_launch.ipynb #e78ad2b4
 def stopped_by_signal(e:ChildFailedError) -> str|None:
-    "The stop signal every failed rank exited with (as 128 + its number, having saved), or None for a real failure."
+    """The stop signal every failed rank exited with (as 128 + its number, having saved), or None for a real
+    failure."""
     codes = {f.exitcode for f in e.failures.values()}
     stops = {128 + getattr(signal, n): n for n in STOP_SIGNALS if hasattr(signal, n)}
     return stops[codes.pop()] if len(codes) == 1 and codes <= stops.keys() else None
@@ -325,7 +387,8 @@ def describe_failure(e:ChildFailedError) -> str:
     for rank, f in sorted(e.failures.items()):
         recorded = f.error_file_data.get('message') if isinstance(f.error_file_data, dict) else None
         if isinstance(recorded, dict): recorded = recorded.get('message')
-        if recorded and recorded != '<NONE>': why = str(recorded).strip().splitlines()[-1]  # '<NONE>': no error file
+        # '<NONE>': no error file
+        if recorded and recorded != '<NONE>': why = str(recorded).strip().splitlines()[-1]
         elif f.exitcode < 0: why = f"killed by signal {f.signal_name()}"
         else: why = "its error is printed above"
         lines.append(f"rank {rank} (pid {f.pid}) failed with exit code {f.exitcode}: {why}")
@@ -341,11 +404,15 @@ def launch_processes(
     check_device_count(device_type, job.nproc, cfg.device_list, available_devices(device_type))
     if job.node_rank == 0: check_port_free(job.addr, job.port)
     for k, v in worker_environment(device_type, job.nproc).items(): os.environ.setdefault(k, v)
-    os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', ','.join(FORWARDED_SIGNALS))  # older torch reads these two
+    # older torch reads these two
+    os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', ','.join(FORWARDED_SIGNALS))
     os.environ.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', str(SHUTDOWN_TIMEOUT))
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith(('torch.distributed.elastic', 'torch.multiprocessing'))]:
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # each sets its own level; `describe_failure` reports failures, in one line
-    results = elastic_launch(launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port), elastic_worker)(cfg)
+    for name in [n for n in logging.root.manager.loggerDict
+                 if n.startswith(('torch.distributed.elastic', 'torch.multiprocessing'))]:
+        # each sets its own level; `describe_failure` reports failures, in one line
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    results = elastic_launch(launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port),
+                             elastic_worker)(cfg)
     return results.get(0, {}) if job.node_rank == 0 else {}
 
 # %% ../nbs/04_launch.ipynb #76085399
@@ -355,17 +422,22 @@ def lock_output(
     folder:Path, # the run's output folder (created here)
 ):
     "Create `folder` and lock it for this process; the open lock file is returned and must stay open."
-    if folder.exists() and not folder.is_dir(): raise ValueError(f"--output {folder} is a file: choose a folder")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output {folder} is a file: choose a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         f = open(folder / LOCK_FILE, 'a+')
-    except OSError as e: raise ValueError(f"--output {folder} is not writable ({e.strerror}): choose a folder you can write to") from None
+    except OSError as e:
+        raise ValueError(f"--output {folder} is not writable ({e.strerror}): choose a folder you can write "
+                         "to") from None
     try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0); holder = f.read().strip() or 'another process'
-        raise ValueError(f"--output {folder} is in use by another run ({holder}): wait for it to end, or choose another --output") from None
+        raise ValueError(f"--output {folder} is in use by another run ({holder}): wait for it to end, or "
+                         "choose another --output") from None
     f.seek(0); f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    f.flush()
     return f
 
 # %% ../nbs/04_launch.ipynb #6dc1e6be
@@ -378,12 +450,15 @@ def prepare_output(
     lock = lock_output(folder)
     if (folder / 'checkpoint.pth.tar').exists() and not (cfg.train.resume or cfg.train.evaluate):
         if not job.overwrite:
-            raise ValueError(f"--output {folder} already holds a run (checkpoint.pth.tar): continue it with --resume auto, "
+            raise ValueError(f"--output {folder} already holds a run (checkpoint.pth.tar): continue it with "
+                             "--resume auto, "
                              f"replace it with --overwrite, or choose another --output")
         for name in RUN_FILES: (folder / name).unlink(missing_ok=True)
-    elif not (folder / 'checkpoint.pth.tar').exists() and not cfg.train.evaluate:  # logs of a run that never saved: it starts again
+    # logs of a run that never saved: it starts again
+    elif not (folder / 'checkpoint.pth.tar').exists() and not cfg.train.evaluate:
         for name in RUN_FILES: (folder / name).unlink(missing_ok=True)
-    for tmp in folder.glob('.*.tmp'): tmp.unlink(missing_ok=True)  # a save killed midway; the lock says no save runs now
+    # a save killed midway; the lock says no save runs now
+    for tmp in folder.glob('.*.tmp'): tmp.unlink(missing_ok=True)
     return lock
 
 # %% ../nbs/04_launch.ipynb #3cf31508
@@ -391,12 +466,15 @@ def summary_fields(summary:dict, cfg:RunConfig, device_type:str, case_name:str|N
     "The Ascend recipe's summary fields for a finished run."
     global_batch, world = cfg.data.batch_size, cfg.world_size
     fps = summary.get('fps') or 0.0
-    kind = 'eval' if cfg.train.evaluate else ('perf' if cfg.train.max_steps or cfg.train.epochs == 1 else 'acc')
-    return {'Network': cfg.train.arch, 'RankSize': world, 'BatchSize': global_batch, 'DeviceType': device_type,
+    kind = ('eval' if cfg.train.evaluate
+            else ('perf' if cfg.train.max_steps or cfg.train.epochs == 1 else 'acc'))
+    return {'Network': cfg.train.arch, 'RankSize': world, 'BatchSize': global_batch,
+            'DeviceType': device_type,
             'CaseName': case_name or f"{cfg.train.arch}_bs{global_batch}_{world}p_{kind}",
             'ActualFPS': round(fps, 3), 'TrainingTime': round(global_batch * 1000 / fps, 3) if fps else 0.0,
             'TrainAccuracy': round(summary.get('best_acc1', summary.get('acc1', 0.0)), 3),
-            'ActualLoss': round(summary.get('train_loss', summary.get('loss', float('nan'))), 4), 'E2ETrainingTime': round(wall_s, 1)}
+            'ActualLoss': round(summary.get('train_loss', summary.get('loss', float('nan'))), 4),
+            'E2ETrainingTime': round(wall_s, 1)}
 
 def write_summary(fields:dict, output:str|Path) -> Path:
     "Write `fields` as `Key = value` lines to `<output>/<CaseName>.log`."
@@ -407,12 +485,14 @@ def write_summary(fields:dict, output:str|Path) -> Path:
 
 # %% ../nbs/04_launch.ipynb #1d67393e
 SUMMARY_UNITS = {'BatchSize': 'images per step, all devices', 'ActualFPS': 'images/s, all devices, FPS@all',
-                 'TrainingTime': 'ms per step: BatchSize / ActualFPS', 'TrainAccuracy': '% best validation Acc@1',
+                 'TrainingTime': 'ms per step: BatchSize / ActualFPS',
+                 'TrainAccuracy': '% best validation Acc@1',
                  'ActualLoss': "the last epoch's training loss", 'E2ETrainingTime': 's, the whole job'}
 
 def summary_lines(fields:dict) -> list[str]:
     "The summary's `Key = value` lines as printed, each number with its unit."
-    return [f"   {k} = {v}" + (f" ({SUMMARY_UNITS[k]})" if k in SUMMARY_UNITS else '') for k, v in fields.items()]
+    return [f"   {k} = {v}" + (f" ({SUMMARY_UNITS[k]})" if k in SUMMARY_UNITS else '') for k,
+            v in fields.items()]
 
 # %% ../nbs/04_launch.ipynb #14b2f2e9
 def next_steps(
@@ -424,12 +504,15 @@ def next_steps(
     model = f" --arch {cfg.train.arch} --image-size {cfg.data.image_size}"
     images = Path(cfg.data.data_path or builtin_dataset_path()) / 'val'
     commands = {f"python -m resnext_nb.predict {best} {images}": 'the top-5 classes of images or folders',
-                f"python -m resnext_nb.launch --evaluate --resume {best}{model}{data}": 'score it on the validation set',
-                f"python -m resnext_nb.launch --resume auto --output {out}{data} --epochs N": 'train on, to N epochs',
+                f"python -m resnext_nb.launch --evaluate --resume {best}{model}{data}":
+                    'score it on the validation set',
+                f"python -m resnext_nb.launch --resume auto --output {out}{data} --epochs N":
+                    'train on, to N epochs',
                 f"python -m resnext_nb.export {best} --format onnx": 'ONNX, checked against PyTorch'}
     width = max(map(len, commands))
     return [f"=> plots: {out / 'loss.png'}, accuracy.png, lr.png; reports: {', '.join(REPORT_FILES)}; "
-            f"logs: train.log, metrics.jsonl", "=> next:", *(f"   {c:<{width}}  # {why}" for c, why in commands.items())]
+            f"logs: train.log, metrics.jsonl", "=> next:",
+            *(f"   {c:<{width}}  # {why}" for c, why in commands.items())]
 
 # %% ../nbs/04_launch.ipynb #80b6df5c
 def _start(cfg:RunConfig, job:JobConfig) -> dict:
@@ -440,48 +523,61 @@ def _start(cfg:RunConfig, job:JobConfig) -> dict:
     return launch_processes(cfg, job)
 
 def finished_line(cfg:RunConfig) -> str|None:
-    "For a resume whose checkpoint already ends the run (all `epochs` trained): the one line to say so, else None."
+    """For a resume whose checkpoint already ends the run (all `epochs` trained): the one line to say so, else
+    None."""
     if not cfg.train.resume or cfg.train.evaluate: return None
     state = read_checkpoint(cfg.train.resume)
     if state.get('sampler', {}).get('start_batch', 0) or state.get('epoch', 0) < cfg.train.epochs: return None
-    return (f"resnext_nb: {cfg.train.resume} has finished its {state['epoch']} epochs (step {state.get('step')}); nothing to "
-            f"do, and its summary and reports stay as they are: pass --epochs N (more than {state['epoch']}) to train on")
+    return (f"resnext_nb: {cfg.train.resume} has finished its {state['epoch']} epochs (step "
+            f"{state.get('step')}); nothing to "
+            f"do, and its summary and reports stay as they are: pass --epochs N (more than {state['epoch']}) "
+            "to train on")
 
 def stopped_line(name:str, output:str) -> str:
     "The one line a job stopped by signal `name` ends with: what was saved, and how to continue."
     ckpt = Path(output) / 'checkpoint.pth.tar'
     try: step = read_checkpoint(ckpt).get('step')
-    except CheckpointError: return f"resnext_nb: stopped by {name} before any checkpoint was written; start the run again"
-    return f"resnext_nb: stopped by {name}; {ckpt} (step {step}) resumes it exactly: run the same command with --resume auto"
+    except CheckpointError:
+        return f"resnext_nb: stopped by {name} before any checkpoint was written; start the run again"
+    return (f"resnext_nb: stopped by {name}; {ckpt} (step {step}) resumes it exactly: run the same command "
+            "with --resume auto")
 
 def _leads() -> bool:
-    "Whether this process owns the output folder: the launcher on node 0, or global rank 0 under torchrun or SLURM."
-    return int(os.environ.get('RANK', os.environ.get('SLURM_PROCID', 0))) == 0 if external_launcher() else True
+    """Whether this process owns the output folder: the launcher on node 0, or global rank 0 under torchrun or
+    SLURM."""
+    return (int(os.environ.get('RANK', os.environ.get('SLURM_PROCID', 0))) == 0 if external_launcher()
+            else True)
 
 def run_job(cfg:RunConfig, job:JobConfig, start:float) -> int:
     "Run the resolved job; returns the exit code, with every failure as a short message."
     try: summary = _start(cfg, job)
     except ChildFailedError as e:
-        if name := stopped_by_signal(e): print(stopped_line(name, cfg.train.output), file=sys.stderr); return 128 + signal.Signals[name]
+        if name := stopped_by_signal(e):
+            print(stopped_line(name, cfg.train.output), file=sys.stderr); return 128 + signal.Signals[name]
         print(describe_failure(e), file=sys.stderr); return 1
-    except SignalException as e: print(stopped_line(e.sigval.name, cfg.train.output), file=sys.stderr); return 128 + e.sigval
+    except SignalException as e:
+        print(stopped_line(e.sigval.name, cfg.train.output), file=sys.stderr); return 128 + e.sigval
     except ValueError as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 2
-    except (DeviceUnavailable, torch.OutOfMemoryError) as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 1
+    except (DeviceUnavailable, torch.OutOfMemoryError) as e:
+        print(f"resnext_nb: error: {e}", file=sys.stderr); return 1
     except UserError as e: return int(e.code)
     except KeyboardInterrupt: print("resnext_nb: interrupted", file=sys.stderr); return 130
     if summary.get('stopped_by'):
         print(stopped_line(summary['stopped_by'], cfg.train.output), file=sys.stderr)
         return 128 + signal.Signals[summary['stopped_by']]
     if summary:  # rank 0 alone returns one
-        fields_ = summary_fields(summary, cfg, resolve_device_type(cfg.device), job.case_name, time.time() - start)
+        fields_ = summary_fields(summary, cfg, resolve_device_type(cfg.device), job.case_name,
+                                 time.time() - start)
         path = write_summary(fields_, cfg.train.output)
-        print('\n'.join([f"=> summary {path}:", *summary_lines(fields_), *([] if cfg.train.evaluate else next_steps(cfg))]), flush=True)
+        print('\n'.join([f"=> summary {path}:", *summary_lines(fields_),
+                         *([] if cfg.train.evaluate else next_steps(cfg))]), flush=True)
     return 0
 
 def main(
     argv:list[str]|None=None, # the flags (None: `sys.argv[1:]`)
 ) -> int:
-    "The `python -m resnext_nb.launch` command: resolve, check and take the output folder before any work; returns the exit code."
+    """The `python -m resnext_nb.launch` command: resolve, check and take the output folder before any work;
+    returns the exit code."""
     parser, start = make_parser(), time.time()
     args = parser.parse_args(argv)
     try:
@@ -495,7 +591,8 @@ def main(
         parser.error(f"cannot use {e.filename}: {e.strerror}" + (": each part of a path is at most 255 bytes"
                                                                  if e.errno == errno.ENAMETOOLONG else ''))
     if job.preset == 'quickstart':
-        print(f"=> no --data-path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the built-in dataset "
+        print(f"=> no --data-path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the "
+              "built-in dataset "
               f"(pass --data-path DIR for ImageNet; see --help)", flush=True)
     try: return run_job(cfg, job, start)
     finally:

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 from .device import gpu_jpeg_unavailable_reason, wants_pinned_memory
-from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, CifarSource, DataConfig, DataError, EpochBatches, Loader,
-                             SampleDataset, SyntheticLoader, crop_sizes, find_cifar10, image_grid, open_image_folder,
-                             open_val_folder, train_transform, val_transform)
+from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, CifarSource, DataConfig, DataError,
+                             EpochBatches, Loader, SampleDataset, SyntheticLoader, crop_sizes, find_cifar10,
+                             image_grid, open_image_folder, open_val_folder, train_transform, val_transform)
 from .gpu_jpeg import GpuLoader
 from .shapes import builtin_dataset_path
 
@@ -24,23 +24,29 @@ __all__ = ['resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Load
 # %% ../nbs/02b_loaders.ipynb #e2580e02
 def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|None]:
     "Which source `cfg` asks for ('imagefolder', 'cifar10', 'builtin' or 'synthetic') and its root folder."
-    if cfg.dataset not in DATASETS: raise DataError(f"unknown dataset {cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
+    if cfg.dataset not in DATASETS:
+        raise DataError(f"unknown dataset {cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
     if cfg.dataset == 'synthetic': return 'synthetic', None
-    if cfg.dataset == 'builtin' or (cfg.dataset == 'auto' and cfg.data_path is None): return 'builtin', builtin_dataset_path()
+    if cfg.dataset == 'builtin' or (cfg.dataset == 'auto' and cfg.data_path is None):
+        return 'builtin', builtin_dataset_path()
     if cfg.data_path is None: raise DataError(f"dataset {cfg.dataset!r} needs --data_path")
     root = Path(cfg.data_path).expanduser()
     if not root.exists(): raise DataError(f"data path {root} does not exist: check --data_path", root)
-    if cfg.dataset == 'cifar10' or (cfg.dataset == 'auto' and (root.name == CIFAR_FOLDER or (root/CIFAR_FOLDER).is_dir())):
+    if cfg.dataset == 'cifar10' or (cfg.dataset == 'auto'
+                                    and (root.name == CIFAR_FOLDER or (root/CIFAR_FOLDER).is_dir())):
         return 'cifar10', find_cifar10(root)
     if cfg.dataset == 'auto' and not ((root/'train').is_dir() or (root/'val').is_dir()):
-        raise DataError(f"{root} is neither an ImageFolder root (train/<class>/<images>, val/<class>/<images>) "
+        raise DataError(f"{root} is neither an ImageFolder root (train/<class>/<images>, "
+                        "val/<class>/<images>) "
                         f"nor a CIFAR-10 folder ({CIFAR_FOLDER}/): check --data_path", root)
     return 'imagefolder', root
 
 # %% ../nbs/02b_loaders.ipynb #06403583
 def cpu_only_augmentations(cfg:DataConfig) -> str|None:
-    "The train augmentations of `cfg` that only the loader processes apply (the policy, random erasing), as flags; None if none."
-    on = [f'--auto-augment {cfg.auto_augment}'] * (cfg.auto_augment != 'none') + [f'--random-erase {cfg.random_erase:g}'] * bool(cfg.random_erase)
+    """The train augmentations of `cfg` that only the loader processes apply (the policy, random erasing), as
+    flags; None if none."""
+    on = ([f'--auto-augment {cfg.auto_augment}'] * (cfg.auto_augment != 'none')
+          + [f'--random-erase {cfg.random_erase:g}'] * bool(cfg.random_erase))
     return ' and '.join(on) or None
 
 def resolve_backend(
@@ -50,23 +56,30 @@ def resolve_backend(
     cpu_only:str|None=None, # augmentations only the loader processes apply (`cpu_only_augmentations`)
 ) -> str:
     "'gpu' or 'pil': the input path for `kind` on `device`, with a clear error when 'gpu' cannot be honoured."
-    if backend not in DATA_BACKENDS: raise DataError(f"unknown data backend {backend!r}: choose one of {', '.join(DATA_BACKENDS)}")
+    if backend not in DATA_BACKENDS:
+        raise DataError(f"unknown data backend {backend!r}: choose one of {', '.join(DATA_BACKENDS)}")
     if backend == 'pil': return 'pil'
     if kind not in ('imagefolder', 'builtin'):
-        if backend == 'gpu': raise DataError(f"--data-backend gpu decodes JPEG files, and {kind} data has none: use --data-backend auto or pil")
+        if backend == 'gpu':
+            raise DataError(f"--data-backend gpu decodes JPEG files, and {kind} data has none: use "
+                            "--data-backend auto or pil")
         return 'pil'
     if cpu_only:  # never a silently different augmentation: the device path has no policies and no erasing
-        if backend == 'gpu': raise DataError(f"--data-backend gpu cannot apply {cpu_only}, which run in the loader processes: use --data-backend pil")
+        if backend == 'gpu':
+            raise DataError(f"--data-backend gpu cannot apply {cpu_only}, which run in the loader processes: "
+                            "use --data-backend pil")
         return 'pil'
     reason = gpu_jpeg_unavailable_reason(device)
-    if backend == 'gpu' and reason: raise DataError(f"--data-backend gpu: {reason}; use --data-backend auto or pil")
+    if backend == 'gpu' and reason:
+        raise DataError(f"--data-backend gpu: {reason}; use --data-backend auto or pil")
     return 'pil' if reason else 'gpu'
 
 # %% ../nbs/02b_loaders.ipynb #fd145d21
 @dataclass
 class Loaders:
     "One rank's loaders and the class names."
-    train:Loader|SyntheticLoader|None # shuffled, augmented, sharded; call `set_epoch` before each epoch (None: val only)
+    # shuffled, augmented, sharded; call `set_epoch` before each epoch (None: val only)
+    train:Loader|SyntheticLoader|None
     val:Loader|SyntheticLoader # every val image exactly once over all ranks
     classes:list[str] # class names, indexed by label
     kind:str='' # 'imagefolder', 'cifar10', 'builtin' or 'synthetic'
@@ -81,11 +94,18 @@ def close(self:Loaders):
     for loader in (self.train, self.val):
         if loader is not None: loader.close()
 
+@patch
+def start_val(self:Loaders):
+    "Start the val loader's processes now, while training runs (see `Loader.start`)."
+    if isinstance(self.val, Loader): self.val.start()
+
 # %% ../nbs/02b_loaders.ipynb #7f7bdda9
 def rank_batch(cfg:DataConfig, world_size:int) -> int:
-    "Images per batch on each rank: the global batch `cfg.batch_size` split evenly, the one place it is divided."
+    """Images per batch on each rank: the global batch `cfg.batch_size` split evenly, the one place it is
+    divided."""
     if cfg.batch_size % world_size:
-        raise DataError(f"batch_size {cfg.batch_size} is the global batch and must divide evenly over {world_size} ranks")
+        raise DataError(f"batch_size {cfg.batch_size} is the global batch and must divide evenly over "
+                        f"{world_size} ranks")
     return cfg.batch_size // world_size
 
 def check_data_config(cfg:DataConfig, rank:int, world_size:int):
@@ -99,25 +119,31 @@ def check_data_config(cfg:DataConfig, rank:int, world_size:int):
 def check_train_size(n:int, cfg:DataConfig, world_size:int, where):
     "Raise a `DataError` when `n` train images cannot fill one batch on each of `world_size` ranks."
     if n // world_size < (per_rank := rank_batch(cfg, world_size)):
-        raise DataError(f"{where} has {n} train images, too few for one batch of {per_rank} on each of {world_size} "
+        raise DataError(f"{where} has {n} train images, too few for one batch of {per_rank} on each of "
+                        f"{world_size} "
                         f"rank(s): lower --batch-size", where)
 
 # %% ../nbs/02b_loaders.ipynb #e679d9cc
 def synthetic_loaders(cfg:DataConfig, rank:int, world_size:int, device:torch.device) -> Loaders:
     "Synthetic train and val loaders on `device`, sized like ImageNet unless `cfg` says otherwise."
     check_train_size(cfg.synthetic_size, cfg, world_size, 'synthetic data')
-    make = lambda n, train: SyntheticLoader(EpochBatches(n, rank_batch(cfg, world_size), rank, world_size, train, cfg.seed),
-                                            cfg.image_size, cfg.num_classes, device, cfg.seed + (0 if train else 1))
+    batch = rank_batch(cfg, world_size)
+    make = lambda n, train: SyntheticLoader(EpochBatches(n, batch, rank, world_size, train, cfg.seed),
+                                            cfg.image_size, cfg.num_classes, device,
+                                            cfg.seed + (0 if train else 1))
     return Loaders(make(cfg.synthetic_size, True), make(cfg.synthetic_val_size, False),
-                   [f'class {i}' for i in range(cfg.num_classes)], 'synthetic', None, batch_size=cfg.batch_size)
+                   [f'class {i}' for i in range(cfg.num_classes)], 'synthetic', None,
+                   batch_size=cfg.batch_size)
 
 # %% ../nbs/02b_loaders.ipynb #a0c120d3
 def build_loaders(
     cfg:DataConfig, # what to load and how
     rank:int=0, # this process's global rank
     world_size:int=1, # number of processes
-    device:torch.device=torch.device('cpu'), # where batches go (pins memory for accelerators; holds synthetic data)
-    train:bool=True, # False: the val split only (scoring a checkpoint needs no train/ and no minimum train size)
+    # where batches go (pins memory for accelerators; holds synthetic data)
+    device:torch.device=torch.device('cpu'),
+    # False: the val split only (scoring a checkpoint needs no train/ and no minimum train size)
+    train:bool=True,
 ) -> Loaders:
     "This rank's train and val loaders for the data `cfg` describes, with clear errors for bad input."
     check_data_config(cfg, rank, world_size)
@@ -125,18 +151,23 @@ def build_loaders(
     backend = resolve_backend(cfg.backend, kind, device, cpu_only_augmentations(cfg) if train else None)
     sizes, reps = crop_sizes(cfg), cfg.ra_reps if cfg.ra_sampler else 1
     if kind == 'synthetic': return synthetic_loaders(cfg, rank, world_size, device)
-    if kind == 'cifar10': train_src, val_src = (CifarSource(root, True) if train else None), CifarSource(root, False)
+    if kind == 'cifar10':
+        train_src, val_src = (CifarSource(root, True) if train else None), CifarSource(root, False)
     elif train: train_src, val_src = open_image_folder(root)
     else: train_src, val_src = None, open_val_folder(root)
     if train: check_train_size(len(train_src), cfg, world_size, root)
     pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
-        batches = EpochBatches(len(source), rank_batch(cfg, world_size), rank, world_size, is_train, cfg.seed, reps)
-        if backend == 'gpu': return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')
-        tfm = (train_transform(sizes.train, cfg.auto_augment, cfg.random_erase, cfg.crop_scale, cfg.crop_ratio, cfg.hflip) if is_train
+        batches = EpochBatches(len(source), rank_batch(cfg, world_size), rank, world_size, is_train, cfg.seed,
+                               reps)
+        if backend == 'gpu':
+            return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')
+        tfm = (train_transform(sizes.train, cfg.auto_augment, cfg.random_erase, cfg.crop_scale,
+                               cfg.crop_ratio, cfg.hflip) if is_train
                else val_transform(sizes.val_crop, sizes.val_resize))
         return Loader(SampleDataset(source, tfm), batches, cfg, pin, 'train' if is_train else 'val')
-    return Loaders(loader(train_src, True) if train else None, loader(val_src, False), list(val_src.classes), kind, root, backend, cfg.batch_size)
+    return Loaders(loader(train_src, True) if train else None, loader(val_src, False), list(val_src.classes),
+                   kind, root, backend, cfg.batch_size)
 
 # %% ../nbs/02b_loaders.ipynb #78c80322
 def show_batch(
@@ -150,4 +181,5 @@ def show_batch(
 ):
     "A grid of the first `n` images of a batch, each titled with its class name; returns the figure."
     n = min(n, len(images))
-    return image_grid(images[:n], [classes[int(l)] for l in labels[:n]], min(ncols, n), title=title, size=(scale, scale))
+    return image_grid(images[:n], [classes[int(l)] for l in labels[:n]], min(ncols, n), title=title,
+                      size=(scale, scale))

@@ -71,7 +71,8 @@ class Bottleneck(nn.Module):
                  width_per_group:int=64, # channels per path in the first stage
                  base_channels:int=64): # the first stage's `planes`
         super().__init__()
-        width, cout = bottleneck_width(planes, groups, width_per_group, base_channels), planes * self.expansion
+        width, cout = (bottleneck_width(planes, groups, width_per_group, base_channels),
+                       planes * self.expansion)
         self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride, padding=1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
@@ -99,11 +100,13 @@ class ArchSpec:
 
 # %% ../nbs/01_model.ipynb #585ad829
 ARCHS = {
-    'resnext50_32x4d': ArchSpec((3, 4, 6, 3), groups=32, width_per_group=4),  # the Ascend recipe's model; the default --arch
+    # the Ascend recipe's model; the default --arch
+    'resnext50_32x4d': ArchSpec((3, 4, 6, 3), groups=32, width_per_group=4),
     'resnext101_32x8d': ArchSpec((3, 4, 23, 3), groups=32, width_per_group=8),
     'resnext101_64x4d': ArchSpec((3, 4, 23, 3), groups=64, width_per_group=4),
     'resnet50': ArchSpec((3, 4, 6, 3)),  # one group of 64: plain ResNet-50, for comparison
-    'resnext_tiny': ArchSpec((1, 1, 1, 1), groups=8, width_per_group=4, base_channels=16, torchvision=False),  # CPU tests only
+    # CPU tests only
+    'resnext_tiny': ArchSpec((1, 1, 1, 1), groups=8, width_per_group=4, base_channels=16, torchvision=False),
 }
 
 # %% ../nbs/01_model.ipynb #1cd1eef4
@@ -182,7 +185,8 @@ def unwrap_model(model:nn.Module) -> nn.Module:
         else: return model
 
 # %% ../nbs/01_model.ipynb #400ccea2
-WRAPPER_NAMES = ('module', '_orig_mod')  # attributes that DDP/DataParallel and torch.compile keep the model in
+# attributes that DDP/DataParallel and torch.compile keep the model in
+WRAPPER_NAMES = ('module', '_orig_mod')
 
 def strip_wrappers(key:str) -> str:
     "`key` without the leading `module.` / `_orig_mod.` prefixes that wrappers add."
@@ -194,11 +198,13 @@ def strip_wrappers(key:str) -> str:
 # %% ../nbs/01_model.ipynb #be6d4200
 def clean_state_dict(state:Mapping) -> dict[str, torch.Tensor]:
     "Plain model weights from a state_dict or checkpoint dict, with wrapper prefixes removed."
-    if not isinstance(state, Mapping): raise TypeError(f"expected a state_dict or a checkpoint dict, got {type(state).__name__}")
+    if not isinstance(state, Mapping):
+        raise TypeError(f"expected a state_dict or a checkpoint dict, got {type(state).__name__}")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         inner = next((k for k in ('state_dict', 'model') if isinstance(state.get(k), Mapping)), None)
         if inner is None:
-            raise ValueError(f"this checkpoint holds no weights: expected a state_dict, or a dict with a 'state_dict' "
+            raise ValueError("this checkpoint holds no weights: expected a state_dict, or a dict with a "
+                             "'state_dict' "
                              f"or 'model' entry; its keys are {', '.join(map(str, state))}")
         return clean_state_dict(state[inner])
     clean = OrderedDict((strip_wrappers(k), v) for k, v in state.items())
@@ -220,8 +226,12 @@ def state_mismatch(
     shapes = [f"{k} is {tuple(given[k].shape)} in the checkpoint but {tuple(v.shape)} in the model"
               for k, v in expected.items() if k in given and given[k].shape != v.shape]
     problems = [f"{len(shapes)} shape mismatch(es): {_some(shapes, 3, '; ')}"] if shapes else []
-    if strict and missing: problems.append(f"{len(missing)} missing key(s), in the model but not the checkpoint: {_some(missing)}")
-    if strict and unexpected: problems.append(f"{len(unexpected)} unexpected key(s), in the checkpoint but not the model: {_some(unexpected)}")
+    if strict and missing:
+        problems.append(f"{len(missing)} missing key(s), in the model but not the checkpoint: "
+                        f"{_some(missing)}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), in the checkpoint but not the model: "
+                        f"{_some(unexpected)}")
     return problems
 
 # %% ../nbs/01_model.ipynb #76d76fa5
@@ -233,12 +243,15 @@ def load_weights(
     "Load weights into `model`, with a clear error naming the keys and shapes that do not fit."
     state = state_or_path
     if isinstance(state, (str, os.PathLike)):
-        if not Path(state).is_file(): raise FileNotFoundError(f"no checkpoint file at {state}: check the path")
+        if not Path(state).is_file():
+            raise FileNotFoundError(f"no checkpoint file at {state}: check the path")
         state = torch.load(state, map_location='cpu', weights_only=True)
     weights, bare = clean_state_dict(state), unwrap_model(model)
     if problems := state_mismatch(bare.state_dict(), weights, strict):
-        saved = f" from arch {state['arch']!r}" if isinstance(state, Mapping) and isinstance(state.get('arch'), str) else ''
-        raise RuntimeError(f"the checkpoint{saved} does not fit this {getattr(bare, 'arch', type(bare).__name__)} model: "
+        saved = (f" from arch {state['arch']!r}" if isinstance(state, Mapping)
+                 and isinstance(state.get('arch'), str) else '')
+        raise RuntimeError(f"the checkpoint{saved} does not fit this "
+                           f"{getattr(bare, 'arch', type(bare).__name__)} model: "
                            + '. '.join(problems) + ". Check --arch and the number of classes.")
     return bare.load_state_dict(weights, strict=strict)
 
@@ -250,7 +263,8 @@ def count_flops(
     "Multiply-adds of one forward pass on one image, measured with `torch.utils.flop_counter`."
     model = unwrap_model(model)
     p = next(model.parameters())
-    return macs_by_module(model, torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))['']
+    return macs_by_module(model,
+                          torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))['']
 
 # %% ../nbs/01_model.ipynb #21d6eea6
 STAGES = {'stem': ('conv1', 'bn1'), 'layer1': ('layer1',), 'layer2': ('layer2',), 'layer3': ('layer3',),
@@ -261,5 +275,6 @@ def stage_costs(model:nn.Module, image_size:int=224) -> dict[str, tuple[int, int
     model = unwrap_model(model)
     p = next(model.parameters())
     macs = macs_by_module(model, torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))
-    return {stage: (sum(count_parameters(getattr(model, n)) for n in names), sum(macs.get(n, 0) for n in names))
+    return {stage: (sum(count_parameters(getattr(model, n)) for n in names),
+                    sum(macs.get(n, 0) for n in names))
             for stage, names in STAGES.items()}

@@ -15,7 +15,8 @@ from .config import build_parser, field_checks, non_negative, opt, parse_config,
 from .device import (DEVICE_TYPES, AmpConfig, Precision, get_device, resolve_precision,
                                to_memory_format)
 from .model import create_model, load_weights
-from .data import IMG_EXTENSIONS, DataError, crop_sizes, image_grid, normalize, printable, read_image, val_transform
+from .data import (IMG_EXTENSIONS, DataError, crop_sizes, image_grid, normalize, printable,
+                             read_image, val_transform)
 from .checkpoints import CheckpointError, atomic_write, first_line, read_checkpoint
 
 # %% auto #0
@@ -37,7 +38,8 @@ class Predictor:
 
 # %% ../nbs/07_predict.ipynb #66531cbc
 def checkpoint_image_size(state:dict) -> tuple[int, int]:
-    "The (centre crop, resize) a checkpoint's run validated with (the Ascend recipe's 224 and 256 when it does not say)."
+    """The (centre crop, resize) a checkpoint's run validated with (the Ascend recipe's 224 and 256 when it
+    does not say)."""
     sizes = crop_sizes(((state.get('config') or {}).get('data') or {}))
     return sizes.val_crop, sizes.val_resize
 
@@ -49,14 +51,17 @@ def load_predictor(
     "Build the checkpoint's model, load its weights and move it to `device` in eval mode."
     state = read_checkpoint(checkpoint) if state is None else state
     if not isinstance(state.get('arch'), str) or not isinstance(state.get('classes'), list):
-        raise CheckpointError(f"checkpoint {checkpoint} does not record its arch and class names: pass a checkpoint written by resnext_nb's training")
+        raise CheckpointError(f"checkpoint {checkpoint} does not record its arch and class names: pass a "
+                              "checkpoint written by resnext_nb's training")
     device = device if isinstance(device, torch.device) else get_device(device)
     precision = resolve_precision(AmpConfig(), device.type)
     model = create_model(state['arch'], num_classes=len(state['classes']))
     try: load_weights(model, state)
-    except (RuntimeError, ValueError) as e: raise CheckpointError(f"checkpoint {checkpoint}: {first_line(e)}") from None
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {checkpoint}: {first_line(e)}") from None
     model = to_memory_format(model.to(device), precision).eval()
-    return Predictor(model, list(state['classes']), *checkpoint_image_size(state), device, precision, state['arch'])
+    return Predictor(model, list(state['classes']), *checkpoint_image_size(state), device, precision,
+                     state['arch'])
 
 # %% ../nbs/07_predict.ipynb #84206805
 def is_image(path:Path) -> bool:
@@ -70,25 +75,30 @@ def find_images(
     found, problems = [], []
     for p in map(Path, paths):
         if p.is_dir():
-            images = sorted(f for f in p.rglob('*') if f.is_file() and is_image(f) and not any(s.startswith('.') for s in f.relative_to(p).parts))
+            images = sorted(f for f in p.rglob('*') if f.is_file() and is_image(f)
+                            and not any(s.startswith('.') for s in f.relative_to(p).parts))
             found += images
             if not images: problems.append(f"{p}: no images in this folder ({', '.join(IMG_EXTENSIONS)})")
         elif p.is_file() and is_image(p): found.append(p)
         elif p.is_file():
-            entries = [l.strip() for l in p.read_text(errors='replace').splitlines() if l.strip() and not l.strip().startswith('#')]
+            entries = [l.strip() for l in p.read_text(errors='replace').splitlines() if l.strip()
+                       and not l.strip().startswith('#')]
             more, bad = find_images([e if Path(e).is_absolute() else p.parent / e for e in entries])
             found += more; problems += bad
         else: problems.append(f"{p}: no such file or folder")
     return found, problems
 
 # %% ../nbs/07_predict.ipynb #769e5c5b
-def read_batch(paths:list[Path], image_size:int, resize_size:int|None=None) -> tuple[torch.Tensor, list[Path], list[str]]:
-    "The readable images as one `uint8` batch at the validation crop (after its resize), their paths, and a line per unreadable one."
+def read_batch(paths:list[Path], image_size:int, resize_size:int|None=None) -> tuple[torch.Tensor, list[Path],
+                                                                                     list[str]]:
+    """The readable images as one `uint8` batch at the validation crop (after its resize), their paths, and a
+    line per unreadable one."""
     tfm, images, good, bad = val_transform(image_size, resize_size), [], [], []
     for p in paths:
         try: images.append(tfm(read_image(p))); good.append(p)
         except DataError as e: bad.append(f"{p}: skipped, {str(e).split(' (', 1)[-1].split('):')[0]}")
-    return (torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)), good, bad
+    return (torch.stack(images) if images
+            else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)), good, bad
 
 @torch.no_grad()
 def predict_batch(pr:Predictor, images:torch.Tensor, topk:int=5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +115,8 @@ def predict(
     batch_size:int=64, # images per forward pass
     report=sys.stderr, # where skipped paths are reported (None: nowhere)
 ) -> list[dict]:
-    "One record per readable image: path, true class (from its folder, when it is a class), top-k classes and probabilities."
+    """One record per readable image: path, true class (from its folder, when it is a class), top-k classes
+    and probabilities."""
     pr = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
     files, problems = find_images(paths)
     records = []
@@ -129,25 +140,31 @@ def flat_record(r:dict) -> dict:
     return row
 
 def write_predictions(records:list[dict], path:str|Path) -> Path:
-    """Write records as CSV (`.csv`) or JSON lines (`.jsonl`, `.json`), by the file's extension, all at once (`atomic_write`).
-    A file name that is not UTF-8 keeps its bytes in the CSV, and its escapes (`\\udcff`) in JSON, so it names the same file."""
+    """Write records as CSV (`.csv`) or JSON lines (`.jsonl`, `.json`), by the file's extension, all at once
+    (`atomic_write`). A file name that is not UTF-8 keeps its bytes in the CSV, and its escapes (`\\udcff`) in
+    JSON, so it names the same file."""
     path = Path(path)
-    if path.suffix.lower() not in ('.csv', '.jsonl', '.json'): raise ValueError(f"--out {path}: use a .csv or .jsonl file")
+    if path.suffix.lower() not in ('.csv', '.jsonl', '.json'):
+        raise ValueError(f"--out {path}: use a .csv or .jsonl file")
     text = io.StringIO(newline='')
     if path.suffix.lower() != '.csv': text.writelines(json.dumps(r) + '\n' for r in records)
     else:
         rows = [flat_record(r) for r in records]
-        w = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ['path', 'true']); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ['path', 'true'])
+        w.writeheader()
+        w.writerows(rows)
     atomic_write(path, lambda f: f.write(text.getvalue().encode('utf-8', 'surrogateescape')))
     return path
 
 # %% ../nbs/07_predict.ipynb #89295707
 def format_predictions(records:list[dict], n:int=10) -> str:
-    "A short table of the first `n` records: the file, its true class, and the top classes with probabilities."
+    """A short table of the first `n` records: the file, its true class, and the top classes with
+    probabilities."""
     lines = [f"{'image':<32} {'true':<12} top classes"]
     for r in records[:n]:
         name = printable(r['path']) if len(printable(r['path'])) <= 32 else '...' + printable(r['path'])[-29:]
-        lines.append(f"{name:<32} {r['true'] or '-':<12} " + '  '.join(f"{c} {p:.3f}" for c, p in zip(r['pred'][:3], r['prob'][:3])))
+        top3 = '  '.join(f"{c} {p:.3f}" for c, p in zip(r['pred'][:3], r['prob'][:3]))
+        lines.append(f"{name:<32} {r['true'] or '-':<12} {top3}")
     if len(records) > n: lines.append(f"... and {len(records) - n} more")
     return '\n'.join(lines)
 
@@ -157,9 +174,11 @@ def show_predictions(
     n:int=8, # how many images
     cols:int=4, # per row
 ):
-    "A grid of the images with their top class and probability; the title is green when it matches the true class, red when not."
+    """A grid of the images with their top class and probability; the title is green when it matches the true
+    class, red when not."""
     records = records[:n]
-    titles = [f"{r['pred'][0]} ({r['prob'][0]:.2f})" + (f"\ntrue: {r['true']}" if r['true'] else '') for r in records]
+    titles = [f"{r['pred'][0]} ({r['prob'][0]:.2f})" + (f"\ntrue: {r['true']}" if r['true'] else '')
+              for r in records]
     colours = ['black' if not r['true'] else 'green' if r['true'] == r['pred'][0] else 'red' for r in records]
     return image_grid([read_image(r['path']) for r in records], titles, cols, colours)
 
@@ -168,17 +187,22 @@ def show_predictions(
 class PredictConfig:
     "How `python -m resnext_nb.predict` runs."
     topk:int=opt(5, check=positive, help='classes per image, most probable first')
-    out:str|None=opt(None, metavar='FILE', help='write every prediction here: .csv, or .jsonl for JSON lines (none: print the table only)')
+    out:str|None=opt(None, metavar='FILE',
+                     help='write every prediction here: .csv, or .jsonl for JSON lines (none: print the '
+                          'table only)')
     batch_size:int=opt(64, '--batch-size', '-b', check=positive, help='images per forward pass')
     device:str=opt('auto', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
     show:int=opt(10, check=non_negative, help='rows of the table printed')
 
 def make_parser():
     "The predict command's parser: CHECKPOINT, PATH... and `PredictConfig`'s flags."
-    p = build_parser('python -m resnext_nb.predict', 'Predict the top-k classes of images, folders (recursive) or list files '
+    p = build_parser('python -m resnext_nb.predict',
+                     'Predict the top-k classes of images, folders (recursive) or list files '
                      "with a checkpoint's own preprocessing and class names.", {'predict': PredictConfig}, {})
-    p.add_argument('checkpoint', metavar='CHECKPOINT', help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
-    p.add_argument('paths', metavar='PATH', nargs='+', help='images, folders (searched recursively) or list files (one path per line)')
+    p.add_argument('checkpoint', metavar='CHECKPOINT',
+                   help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
+    p.add_argument('paths', metavar='PATH', nargs='+',
+                   help='images, folders (searched recursively) or list files (one path per line)')
     return p
 
 # %% ../nbs/07_predict.ipynb #d7f1f58b
@@ -193,8 +217,10 @@ def main(
         if cfg.out: write_predictions(records, cfg.out)
     except (ValueError, CheckpointError, RuntimeError) as e:
         print(printable(f"resnext_nb.predict: error: {e}"), file=sys.stderr); return 2
-    if not records: print("resnext_nb.predict: error: no readable images in the paths given", file=sys.stderr); return 1
-    print(format_predictions(records, cfg.show) + (f"\nwrote {len(records)} predictions to {cfg.out}" if cfg.out else ''))
+    if not records:
+        print("resnext_nb.predict: error: no readable images in the paths given", file=sys.stderr); return 1
+    print(format_predictions(records, cfg.show) + (f"\nwrote {len(records)} predictions to {cfg.out}"
+                                                   if cfg.out else ''))
     return 0
 
 # %% ../nbs/07_predict.ipynb #16d2fa28

@@ -21,32 +21,42 @@ __all__ = ['RECIPES', 'PRESETS', 'OPTIMIZERS', 'LR_SCHEDULES', 'Scaled', 'Recipe
 
 # %% ../nbs/02d_recipes.ipynb #cdaf14c3
 class Scaled(NamedTuple):
-    "A recipe value that scales linearly with the run: `value` at `at`, of the global batch ('batch') or of `--image-size` ('size')."
+    """A recipe value that scales linearly with the run: `value` at `at`, of the global batch ('batch') or of
+    `--image-size` ('size')."""
     value:float # the recipe's value at `at`
     at:int # the global batch, or image size, the value is given for
     by:str='batch' # 'batch': times global batch / at; 'size': times image size / at, rounded
 
     def resolve(self, values:dict) -> float|int:
         "The value for a run whose resolved flags are `values` (`batch_size` is the global batch)."
-        if self.by == 'batch': return self.value * values['batch_size'] * values.get('grad_accum_steps', 1) / self.at
+        if self.by == 'batch':
+            return self.value * values['batch_size'] * values.get('grad_accum_steps', 1) / self.at
         return round(self.value * values['image_size'] / self.at)
 
-    def __str__(self): return f"{self.value:g} at {'global batch' if self.by == 'batch' else 'image size'} {self.at}, scaled linearly"
+    def __str__(self):
+        return (f"{self.value:g} at {'global batch' if self.by == 'batch' else 'image size'} {self.at}, "
+                "scaled linearly")
 
 # %% ../nbs/02d_recipes.ipynb #698a9bed
 class Recipe(dict):
-    "A recipe in one entry: the field values it sets (a `Scaled` value follows the run), and what it is, in `about`."
+    """A recipe in one entry: the field values it sets (a `Scaled` value follows the run), and what it is, in
+    `about`."""
     def __init__(self, about:str, **values): super().__init__(**values); self.about = about
 
 RECIPES = {
     'ascend': Recipe("the Ascend ModelZoo recipe (77.22% on ImageNet): crop and flip, SGD, cosine, no warmup",
-                     lr=Scaled(0.1, 256)),  # the field defaults are this recipe's; its lr rule gives 0.8 at 2048
-    'quick': Recipe("the built-in dataset's short run: 6 epochs, half an epoch of warmup", epochs=6, lr=0.2, warmup_epochs=0.5),
+                     # the field defaults are this recipe's; its lr rule gives 0.8 at 2048
+                     lr=Scaled(0.1, 256)),
+    'quick': Recipe("the built-in dataset's short run: 6 epochs, half an epoch of warmup", epochs=6, lr=0.2,
+                    warmup_epochs=0.5),
     'tv-v2': Recipe("torchvision's IMAGENET1K_V2 recipe for ResNeXt-50 32x4d (81.198% on ImageNet)",
-                    epochs=600, lr=Scaled(0.5, 1024), warmup_epochs=5.0, weight_decay=2e-5, no_bn_weight_decay=True,
-                    label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0, auto_augment='ta_wide', random_erase=0.1,
+                    epochs=600, lr=Scaled(0.5, 1024), warmup_epochs=5.0, weight_decay=2e-5,
+                    no_bn_weight_decay=True,
+                    label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0, auto_augment='ta_wide',
+                    random_erase=0.1,
                     train_crop_size=Scaled(176, 224, 'size'), val_resize_size=Scaled(232, 224, 'size'),
-                    val_crop_size=Scaled(224, 224, 'size'), model_ema=True, model_ema_decay=0.99998, model_ema_steps=32,
+                    val_crop_size=Scaled(224, 224, 'size'), model_ema=True, model_ema_decay=0.99998,
+                    model_ema_steps=32,
                     ra_sampler=True, ra_reps=4),
 }
 
@@ -60,21 +70,24 @@ def recipe_values(
 
 # %% ../nbs/02d_recipes.ipynb #043110f5
 def describe_recipe(name:str, values:dict) -> str:
-    "One line: the recipe `name`, the field values it sets in this run (named as `--print-config` names them), and those `values` override."
+    """One line: the recipe `name`, the field values it sets in this run (named as `--print-config` names
+    them), and those `values` override."""
     asked = recipe_values(name, values)
     def show(k):
         spec, want = RECIPES[name][k], asked[k]
         text = f"{k} {want:g}" if isinstance(want, float) else f"{k} {want}"
-        if isinstance(spec, Scaled) and spec.by == 'batch': text += f" ({spec} to {values['batch_size'] * values.get('grad_accum_steps', 1)})"
+        if isinstance(spec, Scaled) and spec.by == 'batch':
+            text += f" ({spec} to {values['batch_size'] * values.get('grad_accum_steps', 1)})"
         return text if values.get(k, want) == want else f"{text}, overridden: {values[k]}"
-    return f"=> recipe {name}, {RECIPES[name].about}" + (': ' + '; '.join(show(k) for k in asked) if asked else '')
+    return f"=> recipe {name}, {RECIPES[name].about}" + (': ' + '; '.join(map(show, asked)) if asked else '')
 
 # %% ../nbs/02d_recipes.ipynb #23efeb28
 _ASCEND_1P = dict(amp=True, loss_scale='1024', seed=49)
 PRESETS = {  # the launcher's `--preset`: values for the flags a run does not give
     'quickstart': dict(recipe='quick', arch='resnext_tiny', image_size=64, batch_size=64, workers=2),
     'ascend-1p': _ASCEND_1P,
-    'ascend-8p': {**_ASCEND_1P, 'nproc': 8, 'device_list': list(range(8)), 'batch_size': 2048},  # lr 0.8: the recipe's rule
+    # lr 0.8: the recipe's rule
+    'ascend-8p': {**_ASCEND_1P, 'nproc': 8, 'device_list': list(range(8)), 'batch_size': 2048},
 }
 
 # %% ../nbs/02d_recipes.ipynb #4cc9ce75
@@ -82,8 +95,10 @@ def preset_table():
     "The presets as a markdown table: a row per field, a column per preset."
     from IPython.display import Markdown
     names = [n for p in PRESETS.values() for n in p]
-    rows = [f"| `{n}` | " + ' | '.join(f"`{p[n]}`" if n in p else '' for p in PRESETS.values()) + ' |' for n in dict.fromkeys(names)]
-    return Markdown('| field | ' + ' | '.join(PRESETS) + ' |\n|---|' + '---|' * len(PRESETS) + '\n' + '\n'.join(rows))
+    rows = [f"| `{n}` | " + ' | '.join(f"`{p[n]}`" if n in p else '' for p in PRESETS.values()) + ' |'
+            for n in dict.fromkeys(names)]
+    head = '| field | ' + ' | '.join(PRESETS) + ' |\n|---|' + '---|' * len(PRESETS)
+    return Markdown(head + '\n' + '\n'.join(rows))
 
 # %% ../nbs/02d_recipes.ipynb #ff698085
 OPTIMIZERS = ('sgd', 'sgd-nesterov', 'adamw', 'rmsprop')
@@ -92,29 +107,37 @@ def param_groups(
     model:nn.Module, # its trainable parameters are grouped
     weight_decay:float, # the decay of the decayed group(s)
     no_bn_weight_decay:bool=False, # 1-D parameters (norms, biases) get no decay
-    split_head:bool=False, # the head (`fc`) and the body in groups of their own, the body's marked `body: True`
+    # the head (`fc`) and the body in groups of their own, the body's marked `body: True`
+    split_head:bool=False,
 ) -> list[dict]:
     "Parameter groups by weight decay and, for fine-tuning, by head and body."
     head = {id(p) for p in unwrap_model(model).fc.parameters()} if split_head else set()
     params = [p for p in model.parameters() if p.requires_grad]
-    decays = [(lambda p: p.ndim > 1, weight_decay), (lambda p: p.ndim <= 1, 0.0)] if no_bn_weight_decay else [(lambda p: True, weight_decay)]
-    parts = [(lambda p: id(p) not in head, True), (lambda p: id(p) in head, False)] if split_head else [(lambda p: True, False)]
-    groups = [{'params': [p for p in params if keep(p) and part(p)], 'weight_decay': wd, **({'body': body} if split_head else {})}
+    decays = ([(lambda p: p.ndim > 1, weight_decay), (lambda p: p.ndim <= 1, 0.0)] if no_bn_weight_decay
+              else [(lambda p: True, weight_decay)])
+    parts = ([(lambda p: id(p) not in head, True), (lambda p: id(p) in head, False)] if split_head
+             else [(lambda p: True, False)])
+    groups = [{'params': [p for p in params if keep(p) and part(p)], 'weight_decay': wd,
+               **({'body': body} if split_head else {})}
               for part, body in parts for keep, wd in decays]
     return [g for g in groups if g['params']]
 
 def make_optimizer(
     model:nn.Module, # its trainable parameters are optimised
     cfg, # a `TrainConfig`: optimizer, lr, momentum, weight decay
-    opt_class:type=torch.optim.SGD, # SGD, or a drop-in such as torch_npu's fused SGD (`sgd_class` in the device chapter)
+    # SGD, or a drop-in such as torch_npu's fused SGD (`sgd_class` in the device chapter)
+    opt_class:type=torch.optim.SGD,
 ) -> torch.optim.Optimizer:
-    "The optimiser `cfg.optimizer` names: SGD with momentum (the Ascend recipe), Nesterov SGD, AdamW or RMSprop."
-    groups = param_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay, split_head=getattr(cfg, 'freeze_epochs', 0) > 0)
+    """The optimiser `cfg.optimizer` names: SGD with momentum (the Ascend recipe), Nesterov SGD, AdamW or
+    RMSprop."""
+    groups = param_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay,
+                          split_head=getattr(cfg, 'freeze_epochs', 0) > 0)
     name = cfg.optimizer
     if name == 'sgd': return opt_class(groups, lr=cfg.lr, momentum=cfg.momentum)
     if name == 'sgd-nesterov': return opt_class(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if name == 'adamw': return torch.optim.AdamW(groups, lr=cfg.lr)
-    if name == 'rmsprop': return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, alpha=0.9, eps=0.0316)
+    if name == 'rmsprop':
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, alpha=0.9, eps=0.0316)
     raise ValueError(f"--opt {name!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 # %% ../nbs/02d_recipes.ipynb #600238ec
@@ -144,9 +167,11 @@ def batch_seed(seed:int, epoch:int, batch:int, rank:int=0) -> int:
     return int.from_bytes(digest, 'little') >> 1
 
 class BatchMixer:
-    "MixUp and/or CutMix (torchvision v2; one of them per batch when both are on), drawn from each batch's own seed."
+    """MixUp and/or CutMix (torchvision v2; one of them per batch when both are on), drawn from each batch's
+    own seed."""
     def __init__(self, num_classes:int, mixup_alpha:float=0.0, cutmix_alpha:float=0.0):
-        mixes = [mix(alpha=a, num_classes=num_classes) for mix, a in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if a > 0]
+        mixes = [mix(alpha=a, num_classes=num_classes) for mix,
+                 a in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if a > 0]
         if not mixes: raise ValueError("nothing to mix: set --mixup-alpha or --cutmix-alpha above 0")
         self.mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
@@ -169,25 +194,35 @@ def ema_decay(
     every:int, # `--model-ema-steps`
     epochs:int, # the run's length
 ) -> float:
-    "The decay applied at each EMA update: torchvision's adjustment of `decay` for the images between updates and the epochs."
+    """The decay applied at each EMA update: torchvision's adjustment of `decay` for the images between
+    updates and the epochs."""
     return 1 - min(1.0, (1 - decay) * global_batch * every / epochs)
 
 def model_ema(model:nn.Module, decay:float) -> AveragedModel:
-    "An exponential moving average of `model` (weights and batch-norm statistics), on `torch.optim.swa_utils`."
+    """An exponential moving average of `model` (weights and batch-norm statistics), on
+    `torch.optim.swa_utils`."""
     return AveragedModel(unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 # %% ../nbs/02d_recipes.ipynb #30145a02
 def run_notes(cfg, steps_per_epoch:int|None=None) -> list[str]:
-    "The log's lines, for a `RunConfig`, on how batches become updates: accumulation, sync BN and the EMA, when they are on."
+    """The log's lines, for a `RunConfig`, on how batches become updates: accumulation, sync BN and the EMA,
+    when they are on."""
     t, batch, world_size = cfg.train, cfg.data.batch_size, cfg.world_size
-    notes = [f"=> gradient accumulation: {t.grad_accum_steps} batches of {batch} per update, as one batch of {batch * t.grad_accum_steps}"] * (t.grad_accum_steps > 1)
-    if t.sync_bn: notes.append(f"=> sync BN: batch-norm statistics over all {world_size} ranks" if world_size > 1 else "=> sync BN: one process, nothing to sync")
+    notes = [f"=> gradient accumulation: {t.grad_accum_steps} batches of {batch} per update, as one batch of "
+             f"{batch * t.grad_accum_steps}"] * (t.grad_accum_steps > 1)
+    if t.sync_bn:
+        notes.append(f"=> sync BN: batch-norm statistics over all {world_size} ranks" if world_size > 1
+                     else "=> sync BN: one process, nothing to sync")
     if t.model_ema:
         d = ema_decay(t.model_ema_decay, batch * t.grad_accum_steps, t.model_ema_steps, t.epochs)
-        notes.append(f"=> model EMA: decay {d:.6f} every {t.model_ema_steps} updates (--model-ema-decay {t.model_ema_decay:g}, torchvision's convention); "
+        notes.append(f"=> model EMA: decay {d:.6f} every {t.model_ema_steps} updates (--model-ema-decay "
+                     f"{t.model_ema_decay:g}, torchvision's convention); "
                      f"model_best.pth.tar holds whichever of model and EMA validates better")
-        if steps_per_epoch and (share := t.model_ema_steps / (1 - d) / (t.epochs * steps_per_epoch / t.grad_accum_steps)) > 0.5:
+        updates = t.epochs * (steps_per_epoch or 0) / t.grad_accum_steps  # optimiser updates in the run
+        if steps_per_epoch and (share := t.model_ema_steps / (1 - d) / updates) > 0.5:
             n = steps_per_epoch * batch
-            notes.append(f"=> warning: the EMA averages over about {share:.0%} of this run (3.9% in torchvision's ImageNet recipe), so it will trail the model; "
-                         f"for {n} training images, --model-ema-decay {1 - 2e-5 * 1281167 / n:.5f} keeps ImageNet's share")
+            notes.append(f"=> warning: the EMA averages over about {share:.0%} of this run (3.9% in "
+                         "torchvision's ImageNet recipe), so it will trail the model; "
+                         f"for {n} training images, --model-ema-decay {1 - 2e-5 * 1281167 / n:.5f} keeps "
+                         "ImageNet's share")
     return notes

@@ -16,7 +16,8 @@ __all__ = ['SHAPE_CLASSES', 'BUILTIN_NAME', 'shape_mask', 'draw_shape', 'write_s
            'builtin_dataset_path']
 
 # %% ../nbs/02a_shapes.ipynb #326ec932
-SHAPE_CLASSES = ('checks', 'circle', 'crescent', 'cross', 'dots', 'ring', 'square', 'star', 'stripes', 'triangle')
+SHAPE_CLASSES = ('checks', 'circle', 'crescent', 'cross', 'dots', 'ring', 'square', 'star', 'stripes',
+                 'triangle')
 
 def _rotated(points, cx, cy, angle):
     "`points` rotated by `angle` radians around the origin, then moved to (cx, cy)."
@@ -29,8 +30,11 @@ def _pattern_mask(kind:str, rng:random.Random, size:int) -> Image.Image:
     d, n = ImageDraw.Draw(big), int(2*size/step) + 1
     for i in range(n):
         for j in range(n if kind == 'checks' else 1):
-            if (i + j) % 2 == 0: d.rectangle([j*step, i*step, (j+1)*step if kind == 'checks' else 2*size, (i+1)*step], fill=255)
-    return big.rotate(rng.uniform(0, 180), resample=Image.BILINEAR).crop((size//2, size//2, size//2 + size, size//2 + size))
+            if (i + j) % 2 == 0:
+                d.rectangle([j*step, i*step, (j+1)*step if kind == 'checks' else 2*size, (i+1)*step],
+                            fill=255)
+    return big.rotate(rng.uniform(0, 180),
+                      resample=Image.BILINEAR).crop((size//2, size//2, size//2 + size, size//2 + size))
 
 # %% ../nbs/02a_shapes.ipynb #43fa5c4a
 def shape_mask(
@@ -45,14 +49,18 @@ def shape_mask(
     cx, cy, ang = rng.uniform(r, size - r), rng.uniform(r, size - r), rng.uniform(0, 2*math.pi)
     circle = lambda x, y, rad: d.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
     if cls in ('circle', 'crescent'): circle(cx, cy, r)
-    elif cls == 'ring': d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=max(2, round(r * 0.25)))
-    elif cls in ('square', 'triangle'): d.regular_polygon((cx, cy, r), 4 if cls == 'square' else 3, rotation=math.degrees(ang), fill=255)
+    elif cls == 'ring':
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=max(2, round(r * 0.25)))
+    elif cls in ('square', 'triangle'):
+        d.regular_polygon((cx, cy, r), 4 if cls == 'square' else 3, rotation=math.degrees(ang), fill=255)
     elif cls == 'star':
         radius = lambda k: r if k % 2 == 0 else 0.42 * r
-        d.polygon(_rotated([(radius(k) * math.cos(k*math.pi/5), radius(k) * math.sin(k*math.pi/5)) for k in range(10)], cx, cy, ang), fill=255)
+        d.polygon(_rotated([(radius(k) * math.cos(k*math.pi/5), radius(k) * math.sin(k*math.pi/5))
+                            for k in range(10)], cx, cy, ang), fill=255)
     elif cls == 'cross':
         w = 0.3 * r
-        d.polygon(_rotated([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)], cx, cy, ang), fill=255)
+        d.polygon(_rotated([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
+                            (-r, w), (-r, -w), (-w, -w)], cx, cy, ang), fill=255)
     elif cls == 'dots':
         for _ in range(rng.randint(6, 12)):
             rad = rng.uniform(0.05, 0.08) * size
@@ -60,12 +68,14 @@ def shape_mask(
     else: raise ValueError(f"unknown shape class {cls!r}: choose one of {', '.join(SHAPE_CLASSES)}")
     if cls == 'crescent':  # cut a circle out of the disc, offset in a random direction
         (ox, oy), = _rotated([(0.55 * r, 0)], 0, 0, ang)
-        bite = Image.new('L', (size, size)); ImageDraw.Draw(bite).ellipse([cx+ox-r, cy+oy-r, cx+ox+r, cy+oy+r], fill=255)
+        bite = Image.new('L', (size, size))
+        ImageDraw.Draw(bite).ellipse([cx+ox-r, cy+oy-r, cx+ox+r, cy+oy+r], fill=255)
         m = ImageChops.subtract(m, bite)
     return m
 
 # %% ../nbs/02a_shapes.ipynb #c383d7ba
-def _random_color(rng:random.Random, lo:int=0, hi:int=256) -> tuple[int, int, int]: return tuple(rng.randrange(lo, hi) for _ in range(3))
+def _random_color(rng:random.Random, lo:int=0,
+                  hi:int=256) -> tuple[int, int, int]: return tuple(rng.randrange(lo, hi) for _ in range(3))
 def _luma(c) -> float: return 0.299*c[0] + 0.587*c[1] + 0.114*c[2]
 
 def draw_shape(
@@ -74,8 +84,10 @@ def draw_shape(
     size:int=72, # image side in pixels
 ) -> Image.Image:
     "One RGB image of shape class `cls`: a bright shape on a dark gradient, with a little noise."
-    ramp = Image.linear_gradient('L').rotate(rng.uniform(0, 360)).crop((48, 48, 208, 208)).resize((size, size))
-    img = Image.composite(*(Image.new('RGB', (size, size), _random_color(rng, 0, 110)) for _ in range(2)), ramp)
+    ramp = Image.linear_gradient('L').rotate(rng.uniform(0, 360)).crop((48, 48, 208, 208))
+    ramp = ramp.resize((size, size))
+    img = Image.composite(*(Image.new('RGB', (size, size), _random_color(rng, 0, 110)) for _ in range(2)),
+                          ramp)
     fg = _random_color(rng)
     while _luma(fg) < 150: fg = _random_color(rng)
     img.paste(fg, mask=shape_mask(cls, rng, size))
@@ -95,13 +107,15 @@ def write_shapes_dataset(
     classes:tuple[str, ...]=SHAPE_CLASSES, # which shape classes to draw
 ) -> Path:
     "Draw a shapes dataset as JPEG files in the ImageFolder layout under `root`, deterministically."
-    return write_image_folder(root, classes, n_train, n_val, size, _shape_drawer(tuple(classes)), quality=(75, 90))
+    return write_image_folder(root, classes, n_train, n_val, size, _shape_drawer(tuple(classes)),
+                              quality=(75, 90))
 
 # %% ../nbs/02a_shapes.ipynb #b40c015e
 BUILTIN_NAME = 'shapes-v1'
 
 def default_cache_dir() -> Path:
-    "Where resnext_nb caches files: `$RESNEXT_NB_CACHE`, else `$XDG_CACHE_HOME/resnext_nb` or `~/.cache/resnext_nb`."
+    """Where resnext_nb caches files: `$RESNEXT_NB_CACHE`, else `$XDG_CACHE_HOME/resnext_nb` or
+    `~/.cache/resnext_nb`."""
     if os.environ.get('RESNEXT_NB_CACHE'): return Path(os.environ['RESNEXT_NB_CACHE']).expanduser()
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache').expanduser()/'resnext_nb'
 
@@ -116,13 +130,15 @@ def builtin_dataset_path(
         root.parent.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f'.{BUILTIN_NAME}-', dir=root.parent))
     except OSError as e:
-        raise DataError(f"cannot create the built-in dataset in {root.parent} ({e.strerror}): set RESNEXT_NB_CACHE to a writable folder", root.parent) from e
+        raise DataError(f"cannot create the built-in dataset in {root.parent} ({e.strerror}): set "
+                        "RESNEXT_NB_CACHE to a writable folder", root.parent) from e
     try:
         write_shapes_dataset(building)
         building.chmod(0o755)  # mkdtemp makes it private; the dataset is not
         building.rename(root)
     except OSError as e:
         if not root.is_dir():  # if it is, another process finished first, which is fine
-            raise DataError(f"cannot write the built-in dataset to {root} ({e.strerror}): set RESNEXT_NB_CACHE to a writable folder", root) from e
+            raise DataError(f"cannot write the built-in dataset to {root} ({e.strerror}): set "
+                            "RESNEXT_NB_CACHE to a writable folder", root) from e
     finally: shutil.rmtree(building, ignore_errors=True)
     return root

@@ -10,6 +10,7 @@ import json, math, os, signal, sys, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -25,10 +26,12 @@ from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, Np
 from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
 from .data import STOP_SIGNALS, DataConfig, DataError, normalize
 from .loaders import build_loaders
-from .recipes import (LR_SCHEDULES, OPTIMIZERS, RECIPES, BatchMixer, batch_seed, describe_recipe, ema_decay, lr_factor,
-                                make_optimizer, make_scheduler, model_ema, param_groups, recipe_values, run_notes)
-from .checkpoints import (CheckpointError, MetricSums, Throughput, atomic_write, check_fits, first_line, load_pretrained, load_resumable,
-                                    read_checkpoint, save_checkpoint)
+from .recipes import (LR_SCHEDULES, OPTIMIZERS, RECIPES, BatchMixer, batch_seed, describe_recipe,
+                                ema_decay, lr_factor, make_optimizer, make_scheduler, model_ema, param_groups,
+                                recipe_values, run_notes)
+from .checkpoints import (CheckpointError, MetricSums, Throughput, atomic_write, check_fits,
+                                    first_line, load_pretrained, load_resumable, read_checkpoint,
+                                    save_checkpoint)
 from .interpret import REPORT_FILES, Interpretation, write_report
 
 # %% auto #0
@@ -39,12 +42,16 @@ __all__ = ['RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'CancelFit
            'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
-RUN_FILES = ('checkpoint.pth.tar', 'model_best.pth.tar', 'train.log', 'metrics.jsonl', 'loss.png', 'accuracy.png', 'lr.png', *REPORT_FILES)  # what a run writes
+# what a run writes
+RUN_FILES = ('checkpoint.pth.tar', 'model_best.pth.tar', 'train.log', 'metrics.jsonl', 'loss.png',
+             'accuracy.png', 'lr.png', *REPORT_FILES)
 
 def default_output(arch:str) -> str:
-    "The run folder when `--output` is not given: `output/<arch>-<date>-<time>`, with `-2`, `-3`... if that is taken."
+    """The run folder when `--output` is not given: `output/<arch>-<date>-<time>`, with `-2`, `-3`... if that
+    is taken."""
     base = f"output/{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return next(f"{base}-{k}" if k > 1 else base for k in range(1, 10_000) if not Path(f"{base}-{k}" if k > 1 else base).exists())
+    return next(f"{base}-{k}" if k > 1 else base for k in range(1, 10_000)
+                if not Path(f"{base}-{k}" if k > 1 else base).exists())
 
 # %% ../nbs/03_train.ipynb #8b83df38
 @dataclass
@@ -52,37 +59,65 @@ class TrainConfig:
     "What and how to train; the defaults are the Ascend recipe's single-device run."
     arch:str=opt('resnext50_32x4d', '--arch', '-a', choices=tuple(ARCHS), ascend=True, help='model')
     epochs:int=opt(90, on_resume='apply', check=positive, ascend=True, help='epochs to train')
-    lr:float=opt(RECIPES['ascend']['lr'].value, '--lr', '--learning-rate', check=positive, ascend=True, help='peak learning rate (the recipes scale theirs with the global batch: see --recipe)')
+    lr:float=opt(RECIPES['ascend']['lr'].value, '--lr', '--learning-rate', check=positive, ascend=True,
+                 help='peak learning rate (the recipes scale theirs with the global batch: see --recipe)')
     momentum:float=opt(0.9, check=non_negative, ascend=True, help='SGD momentum')
     weight_decay:float=opt(1e-4, '--wd', '--weight-decay', check=non_negative, help='weight decay')
     no_bn_weight_decay:bool=opt(False, '--no-bn-wd', help='no weight decay on norm and bias parameters')
-    schedule:str=opt('cosine', '--lr-schedule', choices=LR_SCHEDULES, help='per-epoch cosine (the Ascend recipe) or ÷10 every --lr-step-size epochs')
-    step_size:int=opt(30, '--lr-step-size', check=positive, help="epochs between the ÷10 drops of --lr-schedule step")
-    warmup_epochs:float=opt(0.0, check=non_negative, help='linear warmup, per optimiser update, from 0 to --lr')
+    schedule:str=opt('cosine', '--lr-schedule', choices=LR_SCHEDULES,
+                     help='per-epoch cosine (the Ascend recipe) or ÷10 every --lr-step-size epochs')
+    step_size:int=opt(30, '--lr-step-size', check=positive,
+                      help="epochs between the ÷10 drops of --lr-schedule step")
+    warmup_epochs:float=opt(0.0, check=non_negative,
+                            help='linear warmup, per optimiser update, from 0 to --lr')
     label_smoothing:float=opt(0.0, check=non_negative, help='label smoothing (off in the Ascend recipe)')
-    recipe:str=opt('ascend', choices=tuple(RECIPES), help="where the flags not given take their values: the Ascend recipe, the built-in dataset's quick one, or torchvision's IMAGENET1K_V2 (see the recipes chapter)")
-    optimizer:str=opt('sgd', '--opt', choices=OPTIMIZERS, help='optimiser (rmsprop as torchvision: alpha 0.9, eps 0.0316)')
-    clip_grad_norm:float=opt(0.0, check=non_negative, help='clip the gradients to this total norm before each update (0: off)')
-    grad_accum_steps:int=opt(1, check=positive, help='batches per optimiser update: K batches of --batch-size update as one batch of K x --batch-size (batch norm apart)')
+    recipe:str=opt('ascend', choices=tuple(RECIPES),
+                   help="where the flags not given take their values: the Ascend recipe, the built-in "
+                        "dataset's quick one, or torchvision's IMAGENET1K_V2 (see the recipes chapter)")
+    optimizer:str=opt('sgd', '--opt', choices=OPTIMIZERS,
+                      help='optimiser (rmsprop as torchvision: alpha 0.9, eps 0.0316)')
+    clip_grad_norm:float=opt(0.0, check=non_negative,
+                             help='clip the gradients to this total norm before each update (0: off)')
+    grad_accum_steps:int=opt(1, check=positive,
+                             help='batches per optimiser update: K batches of --batch-size update as one '
+                                  'batch of K x --batch-size (batch norm apart)')
     sync_bn:bool=opt(False, help='batch-norm statistics over the global batch, all ranks together')
-    mixup_alpha:float=opt(0.0, check=non_negative, help='MixUp, blend weights from Beta(alpha, alpha) (0: off)')
-    cutmix_alpha:float=opt(0.0, check=non_negative, help='CutMix, box areas from Beta(alpha, alpha) (0: off); with MixUp on, one of the two per batch')
-    model_ema:bool=opt(False, help='also keep, validate and checkpoint an exponential moving average of the weights')
-    model_ema_decay:float=opt(0.99998, check=between(0, 1), help="EMA decay in torchvision's convention, adjusted by global batch x --model-ema-steps / --epochs")
+    mixup_alpha:float=opt(0.0, check=non_negative,
+                          help='MixUp, blend weights from Beta(alpha, alpha) (0: off)')
+    cutmix_alpha:float=opt(0.0, check=non_negative,
+                           help='CutMix, box areas from Beta(alpha, alpha) (0: off); with MixUp on, one of '
+                                'the two per batch')
+    model_ema:bool=opt(False,
+                       help='also keep, validate and checkpoint an exponential moving average of the weights')
+    model_ema_decay:float=opt(0.99998, check=between(0, 1),
+                              help="EMA decay in torchvision's convention, adjusted by global batch x "
+                                   "--model-ema-steps / --epochs")
     model_ema_steps:int=opt(32, check=positive, help='optimiser updates between EMA updates')
     zero_init_residual:bool=opt(False, help="zero-init each block's last BN")
-    pretrained:str|None=opt(None, metavar='SOURCE', help='start from these weights: a state_dict or checkpoint file, or a torchvision weights name such as IMAGENET1K_V2; a head for another class count is re-initialised')
-    freeze_epochs:int=opt(0, check=non_negative, help='train only the head (fc) for the first N epochs, then the whole model (fastai fine_tune)')
+    pretrained:str|None=opt(None, metavar='SOURCE',
+                            help='start from these weights: a state_dict or checkpoint file, or a '
+                                 'torchvision weights name such as IMAGENET1K_V2; a head for another class '
+                                 'count is re-initialised')
+    freeze_epochs:int=opt(0, check=non_negative,
+                          help='train only the head (fc) for the first N epochs, then the whole model '
+                               '(fastai fine_tune)')
     compile:bool=opt(False, on_resume='apply', help='torch.compile the model')
     freeze_bn:bool=opt(False, help='keep batch-norm statistics frozen (eval mode) while training')
-    print_freq:int=opt(10, '--print-freq', '-p', on_resume='apply', check=positive, ascend=True, help='steps between log lines')
-    checkpoint_every:int=opt(0, on_resume='apply', check=non_negative, help='also checkpoint every N steps (0: once per epoch)')
-    max_steps:int=opt(0, on_resume='job', check=non_negative, help='stop after N training steps in all, in this job (0: no budget)')
+    print_freq:int=opt(10, '--print-freq', '-p', on_resume='apply', check=positive, ascend=True,
+                       help='steps between log lines')
+    checkpoint_every:int=opt(0, on_resume='apply', check=non_negative,
+                             help='also checkpoint every N steps (0: once per epoch)')
+    max_steps:int=opt(0, on_resume='job', check=non_negative,
+                      help='stop after N training steps in all, in this job (0: no budget)')
     max_overflow_steps:int=50 # stop when this many fp16 steps in a row overflow
-    output:str|None=opt(None, on_resume='job', metavar='DIR', help='run folder for checkpoints, logs and plots (none: output/<arch>-<date>-<time>)')
+    output:str|None=opt(None, on_resume='job', metavar='DIR',
+                        help='run folder for checkpoints, logs and plots (none: output/<arch>-<date>-<time>)')
     seed:int|None=opt(None, ascend=True, help='seed every RNG (the 8-device recipe uses 49)')
-    resume:str|None=opt(None, on_resume='job', metavar='PATH', help="checkpoint to resume from, mid-epoch included; 'auto': <output>/checkpoint.pth.tar if it exists, else start fresh")
-    evaluate:bool=opt(False, '--evaluate', '-e', on_resume='job', ascend=True, help='score the --resume checkpoint on the validation set, train nothing')
+    resume:str|None=opt(None, on_resume='job', metavar='PATH',
+                        help="checkpoint to resume from, mid-epoch included; 'auto': "
+                             "<output>/checkpoint.pth.tar if it exists, else start fresh")
+    evaluate:bool=opt(False, '--evaluate', '-e', on_resume='job', ascend=True,
+                      help='score the --resume checkpoint on the validation set, train nothing')
     deterministic:bool=opt(False, on_resume='apply', help='deterministic kernels only')
     tensorboard:bool=opt(False, on_resume='apply', help='also log to TensorBoard in <output>/tb')
 
@@ -93,30 +128,42 @@ class RunConfig:
     data:DataConfig=field(default_factory=DataConfig)
     amp:AmpConfig=field(default_factory=AmpConfig)
     npu:NpuConfig=field(default_factory=NpuConfig)
-    device:str=opt('auto', on_resume='job', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
-    device_list:list[int]|None=opt(None, on_resume='job', parse=parse_device_list, ascend=True, help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
-    world_size:int=1 # processes in the job, resolved once by the launcher; each loads data.batch_size // world_size a step
+    device:str=opt('auto', on_resume='job', choices=DEVICE_TYPES,
+                   help='auto prefers an NPU, then CUDA, then the CPU')
+    device_list:list[int]|None=opt(None, on_resume='job', parse=parse_device_list, ascend=True,
+                                   help="physical device ids for local ranks 0, 1, ...: '0,1,2,3,4,5,6,7'")
+    # processes in the job, resolved once by the launcher; each loads data.batch_size // world_size a step
+    world_size:int=1
 
 # %% ../nbs/03_train.ipynb #e1584da2
 class CancelFitException(Exception):
     "Raise from a callback to end `fit` early; `after_fit` still runs."
 
 class Callback:
-    "Base class for callbacks: define any of `before_fit`, `before_epoch`, `after_batch`, `after_train`, `after_epoch`, `after_fit`, `after_failure`."
+    """Base class for callbacks: define any of `before_fit`, `before_epoch`, `after_batch`, `after_train`,
+    `after_epoch`, `after_stop`, `after_fit`, `after_failure`."""
     order, learn = 0, None
 
 # %% ../nbs/03_train.ipynb #585af92e
 class StopRequest:
-    "A signal handler that records the first stop signal; the Learner reads `signal` between steps."
-    def __init__(self): self.signal = None # the name of the first signal received, e.g. 'SIGTERM'
+    """Why a run ends early: a stop signal received, the signal every rank agreed on, or a stop the loop asked
+    for."""
+    def __init__(self):
+        self.signal = None  # the first stop signal this process received, e.g. 'SIGTERM' (set by the handler)
+        self.agreed = None  # the signal every rank stops on (set by `Learner.agree_to_stop`)
+        self.asked = False  # a stop without a signal: the step budget, or a callback done with the run
     def __call__(self, signum, frame=None): self.signal = self.signal or signal.Signals(signum).name
+    def ask(self): self.asked = True
+    @property
+    def now(self) -> bool: return self.asked or self.agreed is not None  # `fit` ends after the current update
 
 @contextmanager
 def stop_on_signals(
     request:StopRequest, # what the handlers set
     names:tuple[str, ...]=STOP_SIGNALS, # the signals to catch
 ):
-    "Route `names` to `request` inside the block (main thread only), restoring the previous handlers afterwards."
+    """Route `names` to `request` inside the block (main thread only), restoring the previous handlers
+    afterwards."""
     if threading.current_thread() is not threading.main_thread(): yield request; return
     old = {n: signal.signal(getattr(signal, n), request) for n in names if hasattr(signal, n)}
     try: yield request
@@ -125,34 +172,43 @@ def stop_on_signals(
 
 # %% ../nbs/03_train.ipynb #df79c56a
 class Learner:
-    "The training loop: model, data, optimiser and callbacks, with the state needed to resume exactly and the run's records."
+    """The training loop: model, data, optimiser and callbacks, with the state needed to resume exactly and
+    the run's records."""
     def __init__(self, model:nn.Module, loaders, cfg:TrainConfig, device:torch.device=torch.device('cpu'),
                  precision:Precision|None=None, cbs=(), opt_class:type=torch.optim.SGD,
                  untimed:int=SEED_UNTIMED_STEPS,
                  config:dict|None=None, # the whole run's config, as a dict, saved in every checkpoint
-                 notes:list[str]|tuple=(), # lines the log starts with: the recipe, accumulation, sync BN, the EMA
-                 recipe:dict|None=None): # the recipe's name and resolved values, saved in every checkpoint
+                 # lines the log starts with: the recipe, accumulation, sync BN, the EMA
+                 notes:list[str]|tuple=(),
+                 recipe:dict|None=None, # the recipe's name and resolved values, saved in every checkpoint
+                 stop_request:StopRequest|None=None): # where stop signals are recorded (None: a new one)
         self.model, self.loaders, self.cfg, self.device = model, loaders, cfg, device
         self.config, self.notes, self.recipe = config, list(notes), recipe
         self.precision = precision or resolve_precision(AmpConfig(), device.type)
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch, self.classes = len(loaders.train), list(getattr(loaders, 'classes', []))
         self.accum = cfg.grad_accum_steps  # batches per optimiser update; the schedule counts updates
-        if self.accum > self.steps_per_epoch:  # an epoch ends an update: it would hold fewer batches than the lr was scaled for
-            raise ValueError(f"--grad-accum-steps {self.accum} is more than the {self.steps_per_epoch} batches of an epoch, and an epoch "
-                             f"ends an update: use --grad-accum-steps {self.steps_per_epoch} or fewer, or a larger --batch-size")
+        # an epoch ends an update: it would hold fewer batches than the lr was scaled for
+        if self.accum > self.steps_per_epoch:
+            raise ValueError(f"--grad-accum-steps {self.accum} is more than the {self.steps_per_epoch} "
+                             "batches of an epoch, and an epoch "
+                             f"ends an update: use --grad-accum-steps {self.steps_per_epoch} or fewer, or a "
+                             "larger --batch-size")
         self.global_batch = loaders.batch_size * self.accum  # images per update, over all ranks
         self.opt = make_optimizer(model, cfg, opt_class)
         self.sched = make_scheduler(self.opt, cfg, math.ceil(self.steps_per_epoch / self.accum))
         self.scaler = LossScaler(self.precision)
-        self.mixer = BatchMixer(len(self.classes), cfg.mixup_alpha, cfg.cutmix_alpha) if cfg.mixup_alpha or cfg.cutmix_alpha else None
-        self.ema = model_ema(model, ema_decay(cfg.model_ema_decay, self.global_batch, cfg.model_ema_steps, cfg.epochs)) if cfg.model_ema else None
+        self.mixer = (BatchMixer(len(self.classes), cfg.mixup_alpha, cfg.cutmix_alpha) if cfg.mixup_alpha
+                      or cfg.cutmix_alpha else None)
+        self.ema = (model_ema(model, ema_decay(cfg.model_ema_decay, self.global_batch, cfg.model_ema_steps,
+                                               cfg.epochs)) if cfg.model_ema else None)
         self.epoch, self.batches_done, self.step, self.best_acc1, self.best_model = 0, 0, 0, 0.0, 'model'
-        self.history, self.summary, self.stop = [], {}, False
-        self.stop_request, self.stopped_by, self.interp, self.ema_metrics = StopRequest(), None, None, None
-        self.log_sizes = {}  # bytes of each log file at the last record: a resume cuts them back to this
-        self.fit_start, self.time_before = None, 0.0  # when this `fit` began; seconds of training in the jobs before a resume
-        self.train_sums, self.throughput, self.lr = MetricSums(device), Throughput(untimed), self.opt.param_groups[0]['lr']
+        self.history, self.summary, self.stop_request = [], {}, stop_request or StopRequest()
+        self.interp, self.ema_metrics = None, None
+        # when this `fit` began; seconds of training in the jobs before a resume
+        self.fit_start, self.time_before = None, 0.0
+        self.train_sums, self.throughput, self.lr = (MetricSums(device), Throughput(untimed),
+                                                     self.opt.param_groups[0]['lr'])
         self.cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in self.cbs: cb.learn = self
 
@@ -160,6 +216,10 @@ class Learner:
         "Run `event` on every callback that defines it, in `order`."
         for cb in self.cbs:
             if hasattr(cb, event): getattr(cb, event)()
+
+    def callback_state(self) -> dict:
+        "What the callbacks keep for a resume (`LogCB`: its log files' sizes), for the checkpoint."
+        return {k: v for cb in self.cbs if hasattr(cb, 'state_dict') for k, v in cb.state_dict().items()}
 
 # %% ../nbs/03_train.ipynb #9c84fac4
 def zero_grads(opt:torch.optim.Optimizer):
@@ -174,7 +234,8 @@ def hold_body(opt:torch.optim.Optimizer):
     for g in body:
         g['lr'] = g['weight_decay'] = 0.0
         for p in g['params']:
-            if p.grad is None: p.grad = torch.zeros_like(p)  # a fused optimiser must see it now, to train it later
+            # a fused optimiser must see it now, to train it later
+            if p.grad is None: p.grad = torch.zeros_like(p)
             else: p.grad.zero_()
     try: yield
     finally:
@@ -188,30 +249,37 @@ def frozen(self:Learner) -> bool:
 # %% ../nbs/03_train.ipynb #bb99acc9
 @patch(as_prop=True)
 def at_update(self:Learner) -> bool:
-    "Whether the batch just trained ended an optimiser update: every `grad_accum_steps` batches, and at the end of an epoch."
+    """Whether the batch just trained ended an optimiser update: every `grad_accum_steps` batches, and at the
+    end of an epoch."""
     return self.batches_done % self.accum == 0 or self.batches_done >= self.steps_per_epoch
 
 @patch
 def train_step(self:Learner, images:torch.Tensor, labels:torch.Tensor):
-    "Forward and backward on one batch, then the update when its `grad_accum_steps` batches are in; add its metrics to `train_sums`."
+    """Forward and backward on one batch, then the update when its `grad_accum_steps` batches are in; add its
+    metrics to `train_sums`."""
     self.xb = normalize(images, self.device, self.precision.memory_format)
     self.yb = self.targets = labels.to(self.device, non_blocking=True)
-    if self.mixer: self.xb, self.targets = self.mixer(self.xb, self.yb, batch_seed(self.cfg.seed or 0, self.epoch, self.batches_done, get_rank()))
+    if self.mixer:
+        seed = batch_seed(self.cfg.seed or 0, self.epoch, self.batches_done, get_rank())
+        self.xb, self.targets = self.mixer(self.xb, self.yb, seed)
     first = self.batches_done - self.batches_done % self.accum
-    in_update = min(self.accum, self.steps_per_epoch - first)  # batches in this update: fewer at the end of an epoch
+    # batches in this update: fewer at the end of an epoch
+    in_update = min(self.accum, self.steps_per_epoch - first)
     self.step, self.batches_done = self.step + 1, self.batches_done + 1
     with (self.model.no_sync() if not self.at_update and hasattr(self.model, 'no_sync') else nullcontext()):
         with self.precision.autocast():
             self.preds = self.model(self.xb)
             self.loss = self.loss_func(self.preds, self.targets)
         self.scaler.scale(self.loss / in_update).backward()
-    self.lr = self.opt.param_groups[0]['lr']  # the rate this batch's update uses, before the schedule moves on
+    # the rate this batch's update uses, before the schedule moves on
+    self.lr = self.opt.param_groups[0]['lr']
     if self.at_update: self.update()
     self.train_sums.add(self.loss, self.preds, self.targets.argmax(1) if self.targets.ndim == 2 else self.yb)
 
 @patch
 def update(self:Learner):
-    "Step the optimiser on the accumulated gradients (the head's only while frozen; clipped when asked), then the schedule and the EMA."
+    """Step the optimiser on the accumulated gradients (the head's only while frozen; clipped when asked),
+    then the schedule and the EMA."""
     with hold_body(self.opt) if self.frozen else nullcontext():
         if self.cfg.clip_grad_norm:
             self.scaler.unscale_(self.opt)
@@ -220,7 +288,9 @@ def update(self:Learner):
     zero_grads(self.opt)
     self.sched.step()
     if self.ema is not None and self.sched.last_epoch % self.cfg.model_ema_steps == 0:
-        if self.epoch + self.batches_done / self.steps_per_epoch <= self.cfg.warmup_epochs: self.ema.n_averaged.zero_()  # in warmup: copy the model
+        # in warmup: copy the model
+        if self.epoch + self.batches_done / self.steps_per_epoch <= self.cfg.warmup_epochs:
+            self.ema.n_averaged.zero_()
         self.ema.update_parameters(unwrap_model(self.model))
 
 # %% ../nbs/03_train.ipynb #bfff5a30
@@ -235,29 +305,37 @@ class TrainingDiverged(RuntimeError):
 
 @patch
 def check_health(self:Learner):
-    "Refresh `train_metrics` over all ranks; raise `TrainingDiverged` on non-finite losses (fp32/bf16) or persistent overflow."
+    """Refresh `train_metrics` over all ranks; raise `TrainingDiverged` on non-finite losses (fp32/bf16) or
+    persistent overflow."""
     self.train_metrics = self.train_sums.all_reduce().summary()
     if self.scaler.consecutive_skipped >= self.cfg.max_overflow_steps:
-        raise TrainingDiverged(f"{self.scaler.consecutive_skipped} fp16 steps in a row overflowed at step {self.step} "
-                               f"(loss scale {self.scaler.current_scale}): lower --lr, or try --amp-dtype bfloat16 or --loss-scale dynamic")
+        raise TrainingDiverged(f"{self.scaler.consecutive_skipped} fp16 steps in a row overflowed at step "
+                               f"{self.step} "
+                               f"(loss scale {self.scaler.current_scale}): lower --lr, or try --amp-dtype "
+                               "bfloat16 or --loss-scale dynamic")
     if self.scaler.current_scale is None and self.train_metrics['nonfinite']:
         ckpt = Path(self.cfg.output or '.') / 'checkpoint.pth.tar'
-        kept = f"the last good checkpoint is kept in {ckpt}" if ckpt.is_file() else "no checkpoint had been written yet"
-        raise TrainingDiverged(f"the loss became non-finite at epoch {self.epoch}, step {self.step}: lower --lr or "
+        kept = (f"the last good checkpoint is kept in {ckpt}" if ckpt.is_file()
+                else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"the loss became non-finite at epoch {self.epoch}, step {self.step}: lower "
+                               "--lr or "
                                f"add --warmup-epochs; {kept}")
 
 # %% ../nbs/03_train.ipynb #c1cd3c5a
 @patch
-def agree_to_stop(self:Learner, now:bool=False) -> bool:
-    "Whether every rank stops here: at once alone; with others at `print_freq` boundaries (or `now`), by an all-reduce."
+def agree_to_stop(
+    self:Learner,
+    now:bool|None=None, # with other ranks: whether they all ask here (None: at a `print_freq` step)
+) -> bool:
+    "Whether every rank stops here: at once alone; with others where they all ask (`now`), by an all-reduce."
     asked = self.stop_request.signal
     if not is_distributed(): got = asked
-    elif now or self.step % self.cfg.print_freq == 0:
+    elif now or (now is None and self.step % self.cfg.print_freq == 0):
         code = torch.tensor([int(signal.Signals[asked]) if asked else 0], device=self.device)
         dist.all_reduce(code, op=dist.ReduceOp.MAX)
         got = signal.Signals(int(code.item())).name if code.item() else None
     else: got = None
-    if got: self.stopped_by, self.stop = got, True
+    if got: self.stop_request.agreed = got
     return bool(got)
 
 # %% ../nbs/03_train.ipynb #37ab3a9a
@@ -265,28 +343,34 @@ def agree_to_stop(self:Learner, now:bool=False) -> bool:
 def record_step(self:Learner):
     "Append this step's record (from the all-reduced `train_metrics`) to `history`."
     m = self.train_metrics
-    self.history.append({'kind': 'step', 'epoch': self.epoch, 'step': self.step, 'lr': self.lr, 'loss': m['loss'],
+    self.history.append({'kind': 'step', 'epoch': self.epoch, 'step': self.step, 'lr': self.lr,
+                         'loss': m['loss'],
                          'acc1': m['acc1'], 'acc5': m['acc5'], 'loss_scale': self.scaler.current_scale})
 
 # %% ../nbs/03_train.ipynb #5a7d41e0
 @contextmanager
 def held_sigchld():
-    "Hold back SIGCHLD's Python handler in the block, then run it: torch raises a dead loader's error after the block, not inside it."
-    if not hasattr(signal, 'SIGCHLD') or threading.current_thread() is not threading.main_thread(): yield; return
+    """Hold back SIGCHLD's Python handler in the block, then run it: torch raises a dead loader's error after
+    the block, not inside it."""
+    if not hasattr(signal, 'SIGCHLD') or threading.current_thread() is not threading.main_thread():
+        yield; return
     held = []
     before = signal.signal(signal.SIGCHLD, lambda signum, frame: held.append(signum))
     try: yield
     finally: signal.signal(signal.SIGCHLD, before)
-    if held and callable(before): before(signal.SIGCHLD, None)  # torch's handler: it raises if a loader process died
+    # torch's handler: it raises if a loader process died
+    if held and callable(before): before(signal.SIGCHLD, None)
 
 class RunFailed(RuntimeError):
     "The run ended on a data failure; the message says what failed and which checkpoint continues the run."
 
 def data_failure(e:BaseException) -> str|None:
-    "What went wrong, in one line, when `e` comes from the data (an unreadable image, a dead loader process); else None."
+    """What went wrong, in one line, when `e` comes from the data (an unreadable image, a dead loader
+    process); else None."""
     if isinstance(e, DataError): return first_line(e)
     if isinstance(e, RuntimeError) and 'DataLoader worker' in str(e):
-        return f"a loader process died ({first_line(e).strip()}): if the system ran out of memory, lower --workers or --batch-size"
+        return (f"a loader process died ({first_line(e).strip()}): if the system ran out of memory, lower "
+                "--workers or --batch-size")
 
 # %% ../nbs/03_train.ipynb #f60daf96
 @patch
@@ -297,18 +381,18 @@ def train_epoch(self:Learner):
     if self.batches_done == 0: self.train_sums = MetricSums(self.device)
     zero_grads(self.opt)
     self.loaders.train.set_epoch(self.epoch, self.batches_done)
-    self.dl = self.loaders.train
     self.throughput.start_epoch()
     self.callback('before_epoch')
-    for images, labels in self.dl:
+    for images, labels in self.loaders.train:
         with held_sigchld():  # a loader's death is raised after the step and its records, never inside them
             self.train_step(images, labels)
             self.throughput.after_step(self.device)
             if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
             if self.at_update: self.agree_to_stop()  # a stop waits for the update its batch belongs to
             self.callback('after_batch')
-            if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update: self.stop = True
-        if self.stop: break
+            if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update:
+                self.stop_request.ask()
+        if self.stop_request.now: break
     self.throughput.end_epoch(self.device, self.loaders.batch_size)
     self.check_health()
     self.callback('after_train')
@@ -321,41 +405,52 @@ def score(
     device:torch.device, # where the model is
     precision:Precision, # autocast and memory format
     interp:Interpretation|None=None, # also count the confusion matrix and the confident mistakes here
-) -> dict:
-    "Loss, Acc@1 and Acc@5 of `model` over every image of `loader`, summed over all ranks."
+    stop:Callable[[int], bool]|None=None, # asked after batch i; True ends the pass (a stop signal)
+) -> dict|None:
+    "Loss, Acc@1 and Acc@5 of `model` over every image of `loader`, summed over all ranks; None if stopped."
     model.eval()
     sums = MetricSums(device)
-    for images, labels in loader:
+    for i, (images, labels) in enumerate(loader):
         xb, yb = normalize(images, device, precision.memory_format), labels.to(device, non_blocking=True)
         with precision.autocast(): logits = model(xb)
         sums.add(F.cross_entropy(logits.float(), yb), logits, yb)
         if interp is not None: interp.add(logits, yb, images)
+        if stop is not None and stop(i): return None
     return sums.all_reduce().summary()
 
 @patch
 def validate(self:Learner, loader=None) -> dict:
-    "`score` over `loader` (default: the validation set), of the model and of its EMA; `interp` follows the better one."
+    """`score` over `loader` (default: the validation set), of the model and of its EMA; `interp` follows the
+    better one."""
     loader, n = loader or self.loaders.val, unwrap_model(self.model).fc.out_features
     self.interp = Interpretation(n, self.device)
-    self.val_metrics = score(self.model, loader, self.device, self.precision, self.interp)
-    if self.ema is not None:
+    # a stop signal ends validation too; the ranks agree every `print_freq` batches, within those all have
+    common, every = getattr(getattr(loader, 'batches', None), 'common_batches', 0), self.cfg.print_freq
+    stop = lambda i: self.agree_to_stop(now=i < common and (i + 1) % every == 0)
+    self.val_metrics = score(self.model, loader, self.device, self.precision, self.interp, stop)
+    if self.ema is not None and self.val_metrics is not None:
         ema_interp = Interpretation(n, self.device)
-        self.ema_metrics = score(self.ema.module, loader, self.device, self.precision, ema_interp)
-        if self.ema_metrics['acc1'] > self.val_metrics['acc1']: self.interp = ema_interp
+        self.ema_metrics = score(self.ema.module, loader, self.device, self.precision, ema_interp, stop)
+        if self.ema_metrics is None: self.val_metrics = None
+        elif self.ema_metrics['acc1'] > self.val_metrics['acc1']: self.interp = ema_interp
     return self.val_metrics
 
 # %% ../nbs/03_train.ipynb #11c44b47
 @patch
 def record_epoch(self:Learner):
-    "Append the epoch's record, and update `best_acc1` and `best_model`, model or EMA (`is_best`: whether this epoch set them)."
+    """Append the epoch's record, and update `best_acc1` and `best_model`, model or EMA (`is_best`: whether
+    this epoch set them)."""
     t, v, e = self.train_metrics, self.val_metrics, self.ema_metrics if self.ema is not None else None
     which = 'ema' if e and e['acc1'] > v['acc1'] else 'model'
     acc = e['acc1'] if which == 'ema' else v['acc1']
     self.is_best = acc > self.best_acc1
     if self.is_best: self.best_acc1, self.best_model = acc, which
-    self.history.append({'kind': 'epoch', 'epoch': self.epoch, 'step': self.step, 'train_loss': t['loss'], 'train_acc1': t['acc1'],
-                         'val_loss': v['loss'], 'val_acc1': v['acc1'], 'val_acc5': v['acc5'], 'val_count': v['count'],
-                         **({'ema_val_loss': e['loss'], 'ema_val_acc1': e['acc1'], 'ema_val_acc5': e['acc5']} if e else {}),
+    self.history.append({'kind': 'epoch', 'epoch': self.epoch, 'step': self.step, 'train_loss': t['loss'],
+                         'train_acc1': t['acc1'],
+                         'val_loss': v['loss'], 'val_acc1': v['acc1'], 'val_acc5': v['acc5'],
+                         'val_count': v['count'],
+                         **({'ema_val_loss': e['loss'], 'ema_val_acc1': e['acc1'], 'ema_val_acc5': e['acc5']}
+                            if e else {}),
                          'fps': self.throughput.epoch_fps, 'skipped_steps': self.scaler.skipped_steps,
                          'skipped_images': self.skipped_images(),
                          'peak_memory_mb': peak_memory_bytes(self.device) / 2**20})
@@ -363,29 +458,35 @@ def record_epoch(self:Learner):
 # %% ../nbs/03_train.ipynb #0bc81024
 @patch
 def skipped_images(self:Learner) -> int:
-    "Unreadable images skipped (`--skip-bad-images`) by the loaders of every rank since they were built, train and val."
-    n = torch.tensor([sum(getattr(l, 'skipped_total', 0) for l in (self.loaders.train, self.loaders.val) if l is not None)])
+    """Unreadable images skipped (`--skip-bad-images`) by the loaders of every rank since they were built,
+    train and val."""
+    n = torch.tensor([sum(getattr(l, 'skipped_total', 0) for l in (self.loaders.train, self.loaders.val)
+                          if l is not None)])
     if is_distributed(): dist.all_reduce(n := n.to(self.device))  # every rank calls this, at the same places
     return int(n.item())
 
 @patch(as_prop=True)
 def train_time_s(self:Learner) -> float:
-    "Seconds spent in `fit` over the whole run: the jobs before a resume (from the checkpoint), and this one so far."
+    """Seconds spent in `fit` over the whole run: the jobs before a resume (from the checkpoint), and this one
+    so far."""
     return self.time_before + (time.perf_counter() - self.fit_start if self.fit_start is not None else 0.0)
 
 @patch
 def record_summary(self:Learner):
     "The run's `summary`: the last epoch's record, the best Acc@1, `FPS@all`, the steps and the time."
     last = next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
-    self.summary = {**{k: v for k, v in last.items() if k not in ('kind', 'fps')}, 'best_acc1': self.best_acc1,
+    self.summary = {**{k: v for k, v in last.items() if k not in ('kind', 'fps')},
+                    'best_acc1': self.best_acc1,
                     'fps': self.throughput.fps, 'steps': self.step, 'train_time_s': self.train_time_s,
                     'skipped_images': self.skipped_images(),
-                    'stopped_by': self.stopped_by, **({'best_model': self.best_model} if self.ema is not None else {})}
+                    'stopped_by': self.stop_request.agreed,
+                    **({'best_model': self.best_model} if self.ema is not None else {})}
 
 # %% ../nbs/03_train.ipynb #d7801217
 @patch
 def resume_position(self:Learner) -> tuple[int, int]:
-    "(epoch, batches done in it) that a run resumed from a checkpoint written now would start at; a trained epoch not yet validated resumes at its validation."
+    """(epoch, batches done in it) that a run resumed from a checkpoint written now would start at; a trained
+    epoch not yet validated resumes at its validation."""
     last = next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
     if self.batches_done >= self.steps_per_epoch and last.get('epoch') == self.epoch: return self.epoch + 1, 0
     return self.epoch, self.batches_done
@@ -393,24 +494,29 @@ def resume_position(self:Learner) -> tuple[int, int]:
 @patch
 def fit(self:Learner, epochs:int|None=None) -> dict:
     "Train to `epochs` (default `cfg.epochs`), validating after each epoch; returns the last epoch's record."
-    self.n_epochs, self.stop, self.fit_start = epochs or self.cfg.epochs, False, time.perf_counter()
+    self.n_epochs, self.fit_start = epochs or self.cfg.epochs, time.perf_counter()
+    self.stop_request.asked = False
     try:
         self.callback('before_fit')
-        while self.epoch < self.n_epochs and not self.stop:
+        self.loaders.start_val()  # its processes start while the first epoch trains
+        while self.epoch < self.n_epochs and not self.stop_request.now:
             if self.batches_done < self.steps_per_epoch: self.train_epoch()
-            else: self.check_health()  # trained, not validated: the run had failed in validation, and resumes there
-            if self.stopped_by and self.batches_done < self.steps_per_epoch: break  # mid-epoch: saved in `after_batch`
-            self.validate()
+            # trained, not validated: the run had failed in validation, and resumes there
+            else: self.check_health()
+            if not self.stop_request.now: self.agree_to_stop(now=True)  # a signal in the epoch's last steps
+            if self.stop_request.agreed or self.validate() is None: break  # stopped: saved below
             self.record_epoch()
             self.callback('after_epoch')
             self.epoch, self.batches_done = self.resume_position()
-            if not self.stop: self.agree_to_stop(now=True)  # a signal during validation
+            if not self.stop_request.now: self.agree_to_stop(now=True)  # a signal while checkpointing
+        if self.stop_request.agreed: self.callback('after_stop')  # `CheckpointCB` saves where the run stands
     except CancelFitException: pass
     except Exception as e:
         if (what := data_failure(e)) is None: raise
         self.callback('after_failure')  # `CheckpointCB` saves the steps done
         raise RunFailed(f"{what}; {self.failure_saved()}") from None
-    finally: self.loaders.close()  # no loader process outlives `fit` (see `Loader.close`); the next `fit` starts new ones
+    # no loader process outlives `fit` (see `Loader.close`); the next `fit` starts new ones
+    finally: self.loaders.close()
     self.record_summary()
     self.callback('after_fit')
     return next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
@@ -431,18 +537,23 @@ def failure_saved(self:Learner) -> str:
 def state_dict(
     self:Learner,
     weights:str='model', # 'ema': the EMA's weights under `state_dict` (for `model_best`)
-    train_sums:MetricSums|None=None, # the epoch's training sums over every rank (None: this rank's, all of them in one process)
+    # the epoch's training sums over every rank (None: this rank's, all of them in one process)
+    train_sums:MetricSums|None=None,
 ) -> dict:
     "The run's full state, as a checkpoint dict."
     epoch, batches_done = self.resume_position()
     model = self.ema.module if weights == 'ema' else unwrap_model(self.model)
     return {'epoch': epoch, 'arch': self.cfg.arch, 'state_dict': model.state_dict(), 'weights': weights,
-            'best_acc1': self.best_acc1, 'best_model': self.best_model, 'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
+            'best_acc1': self.best_acc1, 'best_model': self.best_model, 'optimizer': self.opt.state_dict(),
+            'scaler': self.scaler.state_dict(),
             'scheduler': self.sched.state_dict(), 'rng': rng_state(self.device),
             'sampler': {'epoch': epoch, 'start_batch': batches_done}, 'step': self.step,
-            'train_sums': (train_sums or self.train_sums).sums.cpu(), 'history': self.history, 'train_time_s': self.train_time_s,
-            'throughput': {'images': self.throughput.total_images, 'seconds': self.throughput.total_time}, 'config': self.config, 'recipe': self.recipe,
-            'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size(), 'log_sizes': self.log_sizes,
+            'train_sums': (train_sums or self.train_sums).sums.cpu(), 'history': self.history,
+            'train_time_s': self.train_time_s,
+            'throughput': {'images': self.throughput.total_images, 'seconds': self.throughput.total_time},
+            'config': self.config, 'recipe': self.recipe,
+            'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size(),
+            **self.callback_state(),
             **({'model_ema': self.ema.state_dict()} if self.ema is not None else {})}
 
 # %% ../nbs/03_train.ipynb #f6317524
@@ -457,15 +568,23 @@ def load_state_dict(self:Learner, state:dict):
     self.step = state.get('step', self.epoch * self.steps_per_epoch + self.batches_done)
     if 'scaler' in state: self.scaler.load_state_dict(state['scaler'])
     if 'scheduler' in state: self.sched.load_state_dict(state['scheduler'])
-    else:  # an Ascend-recipe checkpoint has no schedule state: derive the LR from the step, as the schedule would
+    # an Ascend-recipe checkpoint has no schedule state: derive the LR from the step, as the schedule would
+    else:
         self.sched.last_epoch = self.step
-        for group, base in zip(self.opt.param_groups, self.sched.base_lrs): group['lr'] = base * lr_factor(self.cfg, self.step, self.steps_per_epoch)
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            group['lr'] = base * lr_factor(self.cfg, self.step, self.steps_per_epoch)
     if 'rng' in state: set_rng_state(state['rng'], self.device)
-    if 'train_sums' in state:  # the sums of every rank: rank 0 carries them on, so the epoch's all-reduce counts them once
-        self.train_sums.sums.copy_(state['train_sums'] if get_rank() == 0 else torch.zeros_like(state['train_sums']))
-    if 'throughput' in state: self.throughput.total_images, self.throughput.total_time = state['throughput']['images'], state['throughput']['seconds']
+    # the sums of every rank: rank 0 carries them on, so the epoch's all-reduce counts them once
+    if 'train_sums' in state:
+        self.train_sums.sums.copy_(state['train_sums'] if get_rank() == 0
+                                   else torch.zeros_like(state['train_sums']))
+    if 'throughput' in state:
+        tp = state['throughput']
+        self.throughput.total_images, self.throughput.total_time = tp['images'], tp['seconds']
     self.time_before = state.get('train_time_s', 0.0)  # a resumed run's summary covers the whole run
-    self.history, self.log_sizes = list(state.get('history', [])), dict(state.get('log_sizes', {}))
+    self.history = list(state.get('history', []))
+    for cb in self.cbs:
+        if hasattr(cb, 'load_state_dict'): cb.load_state_dict(state)
     if self.ema is not None and 'model_ema' in state: self.ema.load_state_dict(state['model_ema'])
     self.best_model = state.get('best_model', 'model')
 
@@ -474,33 +593,45 @@ def console_line(
     line:str, # a log line
     tty:bool|None=None, # whether stdout is a terminal (None: ask it)
 ) -> str:
-    "`line` as printed to the console: on a terminal, it first erases the line a progress bar may be drawn on."
+    """`line` as printed to the console: on a terminal, it first erases the line a progress bar may be drawn
+    on."""
     return '\r\x1b[K' + line if (sys.stdout.isatty() if tty is None else tty) else line
 
 # %% ../nbs/03_train.ipynb #a4959371
 class LogCB(Callback):
-    "Log every `print_freq` steps and every epoch to `train.log`, `metrics.jsonl`, the console and TensorBoard."
+    """Log every `print_freq` steps and every epoch to `train.log`, `metrics.jsonl`, the console and
+    TensorBoard."""
     order = 20
-    def __init__(self, echo:bool=True): self.echo = echo # also print to the console
+    def __init__(self, echo:bool=True):
+        self.echo = echo  # also print to the console
+        self.log_sizes = {}  # bytes of each log file at the last record: a resume cuts them back to this
+    def state_dict(self) -> dict: return {'log_sizes': dict(self.log_sizes)}
+    def load_state_dict(self, state:dict): self.log_sizes = dict(state.get('log_sizes', {}))
     def before_fit(self):
-        self.out, self.skipped, resumed = Path(self.learn.cfg.output), 0, bool(self.learn.log_sizes)
+        self.out, self.skipped, resumed = Path(self.learn.cfg.output), 0, bool(self.log_sizes)
         self.out.mkdir(parents=True, exist_ok=True)
-        for name, size in self.learn.log_sizes.items():  # what was logged after the checkpoint is logged again: cut it
-            if (self.out / name).is_file() and (self.out / name).stat().st_size > size: os.truncate(self.out / name, size)
+        # what was logged after the checkpoint is logged again: cut it
+        for name, size in self.log_sizes.items():
+            if (self.out / name).is_file() and (self.out / name).stat().st_size > size:
+                os.truncate(self.out / name, size)
         self.log_file, self.jsonl = open(self.out / 'train.log', 'a'), open(self.out / 'metrics.jsonl', 'a')
         self.tb = None
         if self.learn.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
             self.tb = SummaryWriter(self.out / 'tb')
         if resumed:  # the log goes on as if never stopped; only the console says where it picks up
-            if self.echo: print(console_line(f"=> resumed at epoch {self.learn.epoch}, step {self.learn.step}: "
+            if self.echo:
+                print(console_line(f"=> resumed at epoch {self.learn.epoch}, step {self.learn.step}: "
                                              f"the logs in {self.out} go on from there"), flush=True)
             return
-        self.write(f"=> training {self.learn.cfg.arch} on {device_name(self.learn.device)} x {get_world_size()}, "
+        self.write(f"=> training {self.learn.cfg.arch} on {device_name(self.learn.device)} x "
+                   f"{get_world_size()}, "
                    f"precision {self.learn.precision}, {self.learn.steps_per_epoch} steps per epoch")
         for line in self.learn.notes: self.write(line)
         if n := self.learn.cfg.freeze_epochs:
-            self.write(f"=> fine-tuning: {'epoch 0' if n == 1 else f'epochs 0-{n - 1}'} train{'s' if n == 1 else ''} only the head (fc), the body and its batch-norm statistics frozen; "
+            self.write(f"=> fine-tuning: {'epoch 0' if n == 1 else f'epochs 0-{n - 1}'} "
+                       f"train{'s' if n == 1 else ''} only the head (fc), the body and its batch-norm "
+                       "statistics frozen; "
                        f"from epoch {n} the whole model trains")
 
     def write(self, line:str, record:dict|None=None):
@@ -508,7 +639,7 @@ class LogCB(Callback):
         print(line, file=self.log_file, flush=True)
         if self.echo: print(console_line(line), flush=True)
         if record is not None: print(json.dumps(record), file=self.jsonl, flush=True)
-        self.learn.log_sizes = {'train.log': self.log_file.tell(), 'metrics.jsonl': self.jsonl.tell()}
+        self.log_sizes = {'train.log': self.log_file.tell(), 'metrics.jsonl': self.jsonl.tell()}
 
 # %% ../nbs/03_train.ipynb #e46bb8bc
 @patch
@@ -520,7 +651,8 @@ def after_batch(self:LogCB):
     if learn.step % learn.cfg.print_freq: return
     rec = learn.history[-1]
     self.write(f"Epoch: [{learn.epoch}][{learn.batches_done}/{learn.steps_per_epoch}] step {learn.step} "
-               f"Loss {rec['loss']:.4f} Acc@1 {rec['acc1']:.3f} Acc@5 {rec['acc5']:.3f} LR {rec['lr']:.5f}", rec)
+               f"Loss {rec['loss']:.4f} Acc@1 {rec['acc1']:.3f} Acc@5 {rec['acc5']:.3f} LR {rec['lr']:.5f}",
+               rec)
     if self.tb:
         for k in ('loss', 'acc1', 'acc5', 'lr'): self.tb.add_scalar(f'train/{k}', rec[k], learn.step)
 
@@ -538,22 +670,29 @@ def after_epoch(self:LogCB):
     "The epoch's FPS and validation lines and record."
     learn, rec = self.learn, self.learn.history[-1]
     if rec['fps'] is not None: self.write(f"[gpu id: {learn.device}] FPS@all {rec['fps']:.3f}")
-    self.write(f" * Epoch {learn.epoch} Acc@1 {rec['val_acc1']:.3f} Acc@5 {rec['val_acc5']:.3f} val loss {rec['val_loss']:.4f} "
+    self.write(f" * Epoch {learn.epoch} Acc@1 {rec['val_acc1']:.3f} Acc@5 {rec['val_acc5']:.3f} val loss "
+               f"{rec['val_loss']:.4f} "
                f"({rec['val_count']} images) train loss {rec['train_loss']:.4f}", rec)
-    if 'ema_val_acc1' in rec: self.write(f" * Epoch {learn.epoch} EMA Acc@1 {rec['ema_val_acc1']:.3f} Acc@5 {rec['ema_val_acc5']:.3f} val loss {rec['ema_val_loss']:.4f}")
-    if rec['skipped_images'] > self.skipped:  # --skip-bad-images: how many, in the log too (the paths go to stderr)
-        self.write(f"=> epoch {learn.epoch}: skipped {rec['skipped_images'] - self.skipped} unreadable images "
+    if 'ema_val_acc1' in rec:
+        self.write(f" * Epoch {learn.epoch} EMA Acc@1 {rec['ema_val_acc1']:.3f} Acc@5 "
+                   f"{rec['ema_val_acc5']:.3f} val loss {rec['ema_val_loss']:.4f}")
+    # --skip-bad-images: how many, in the log too (the paths go to stderr)
+    if rec['skipped_images'] > self.skipped:
+        self.write(f"=> epoch {learn.epoch}: skipped {rec['skipped_images'] - self.skipped} unreadable "
+                   "images "
                    f"({rec['skipped_images']} in all, over every rank; --skip-bad-images)")
         self.skipped = rec['skipped_images']
     if self.tb:
-        for k in ('val_loss', 'val_acc1', 'val_acc5'): self.tb.add_scalar(k.replace('_', '/', 1), rec[k], learn.epoch)
+        for k in ('val_loss', 'val_acc1', 'val_acc5'):
+            self.tb.add_scalar(k.replace('_', '/', 1), rec[k], learn.epoch)
 
 @patch
 def after_fit(self:LogCB):
     "The run's last line and its summary record; close the files."
     s = self.learn.summary
     end = f"stopped by {s['stopped_by']} at step {s['steps']}" if s.get('stopped_by') else 'done'
-    which = f" ({'the EMA' if s['best_model'] == 'ema' else 'the model, not the EMA'})" if 'best_model' in s else ''
+    which = (f" ({'the EMA' if s['best_model'] == 'ema' else 'the model, not the EMA'})" if 'best_model' in s
+             else '')
     skipped = f", {s['skipped_images']} unreadable images skipped" if s['skipped_images'] else ''
     self.write(f"=> {end}: best Acc@1 {s['best_acc1']:.3f}%{which}, FPS@all {s['fps'] or 0:.1f} images/s, "
                f"{self.learn.scaler.skipped_steps} skipped overflow steps{skipped}", {'kind': 'summary', **s})
@@ -562,40 +701,56 @@ def after_fit(self:LogCB):
 
 # %% ../nbs/03_train.ipynb #47ae235f
 class CheckpointCB(Callback):
-    "Write `checkpoint.pth.tar` every epoch (and every `checkpoint_every` steps) and `model_best.pth.tar`, with the better of model and EMA."
+    """Write `checkpoint.pth.tar` every epoch (and every `checkpoint_every` steps) and `model_best.pth.tar`,
+    with the better of model and EMA."""
     order = 30
     def save(self, is_best:bool=False):
         "Check health, then (rank 0) write the checkpoint, and copy it to `model_best` when `is_best`."
+        self.last_saved = (self.learn.step, self.learn.resume_position())
         self.learn.check_health()
-        sums = self.learn.train_sums.all_reduce()  # every rank's share of the epoch so far, for a mid-epoch resume
+        # every rank's share of the epoch so far, for a mid-epoch resume
+        sums = self.learn.train_sums.all_reduce()
         if not is_main_process(): return
         out = Path(self.learn.cfg.output)
         save_checkpoint(self.learn.state_dict(train_sums=sums), out / 'checkpoint.pth.tar')
         if is_best and self.learn.best_model == 'ema':
             save_checkpoint(self.learn.state_dict(weights='ema', train_sums=sums), out / 'model_best.pth.tar')
-        elif is_best: atomic_write(out / 'model_best.pth.tar', lambda f: f.write((out / 'checkpoint.pth.tar').read_bytes()))
+        elif is_best:
+            atomic_write(out / 'model_best.pth.tar',
+                         lambda f: f.write((out / 'checkpoint.pth.tar').read_bytes()))
 
     def after_batch(self):
         learn, every = self.learn, self.learn.cfg.checkpoint_every
-        if learn.batches_done >= learn.steps_per_epoch or not learn.at_update: return  # the epoch's own follows validation
-        if learn.stopped_by or (every and learn.step % every == 0): self.save()
+        # the epoch's own follows validation
+        if learn.batches_done >= learn.steps_per_epoch or not learn.at_update: return
+        if every and learn.step % every == 0: self.save()
 
     def after_epoch(self): self.save(self.learn.is_best)
 
+    def after_stop(self):
+        "A stop signal, agreed: save where the run stands (mid-epoch, or trained and not yet validated)."
+        saved = (self.learn.step, self.learn.resume_position())
+        if saved != getattr(self, 'last_saved', None): self.save()  # unless the epoch's checkpoint just did
+
     def after_failure(self):
-        "After a data failure (`fit`), save the steps done, if the run stands between two updates; no collective, as other ranks may be gone."
+        """After a data failure (`fit`), save the steps done, if the run stands between two updates; no
+        collective, as other ranks may be gone."""
         learn = self.learn
         if learn.step == 0 or not learn.at_update or not is_main_process(): return
         save_checkpoint(learn.state_dict(), Path(learn.cfg.output) / 'checkpoint.pth.tar')
 
 # %% ../nbs/03_train.ipynb #4b4c3a2e
 class ProgressCB(Callback):
-    "A fastprogress bar over each epoch's batches, with the running loss."
+    "A fastprogress bar over each epoch's batches, with the running loss, moved by hand as fastai's is."
     order = 40
     def before_epoch(self):
-        self.bar = progress_bar(self.learn.dl, total=len(self.learn.dl), leave=False)
-        self.learn.dl = self.bar
+        self.total = len(self.learn.loaders.train)  # the batches this epoch still holds (fewer on a resume)
+        self.bar, self.done = progress_bar(range(self.total), total=self.total, leave=False), 0
+        self.bar.update(0)
+    def after_train(self):
+        if self.bar.last_v is not None: self.bar.on_iter_end()  # a stopped epoch: clear the bar's line too
     def after_batch(self):
+        self.done += 1; self.bar.update(self.done)
         if self.learn.step % self.learn.cfg.print_freq == 0:
             self.bar.comment = f"epoch {self.learn.epoch} loss {self.learn.train_metrics['loss']:.4f}"
 
@@ -611,8 +766,10 @@ def plot_history(history:list[dict], fig=None):
     axs[1].plot([r['step'] for r in steps], [r['acc1'] for r in steps], label='train Acc@1')
     axs[1].plot([r['step'] for r in epochs], [r['val_acc1'] for r in epochs], 'o-', label='val Acc@1')
     axs[2].plot([r['step'] for r in steps], [r['lr'] for r in steps])
-    for ax, t in zip(axs, ('loss (log scale)', 'accuracy (%)', 'learning rate')): ax.set(title=t, xlabel='step')
-    axs[0].set_yscale('log')  # an early validation spike (46.9 against 2.3) would squash the training curve flat
+    for ax, t in zip(axs, ('loss (log scale)', 'accuracy (%)', 'learning rate')):
+        ax.set(title=t, xlabel='step')
+    # an early validation spike (46.9 against 2.3) would squash the training curve flat
+    axs[0].set_yscale('log')
     axs[0].legend(); axs[1].legend(); fig.tight_layout()
     return fig
 
@@ -633,24 +790,28 @@ class LivePlotCB(Callback):
 
 # %% ../nbs/03_train.ipynb #b8d93d03
 class PlotsCB(Callback):
-    "Save loss, accuracy and learning-rate plots as PNGs in the output folder at the end of `fit` (not on a stop)."
+    """Save loss, accuracy and learning-rate plots as PNGs in the output folder at the end of `fit` (not on a
+    stop)."""
     order = 50
     def after_fit(self):
-        if not self.learn.history or self.learn.stopped_by: return  # a stopped job must end fast; its resume plots
+        # a stopped job must end fast; its resume plots
+        if not self.learn.history or self.learn.stop_request.agreed: return
         import matplotlib.pyplot as plt
         fig = plot_history(self.learn.history)
         for ax, name in zip(fig.axes, ('loss', 'accuracy', 'lr')):
             extent = ax.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans.inverted())
-            fig.savefig(Path(self.learn.cfg.output) / f'{name}.png', bbox_inches=extent.expanded(1.05, 1.1), dpi=100)
+            fig.savefig(Path(self.learn.cfg.output) / f'{name}.png', bbox_inches=extent.expanded(1.05, 1.1),
+                        dpi=100)
         plt.close(fig)
 
 # %% ../nbs/03_train.ipynb #42a27781
 class InterpretCB(Callback):
-    "Write the last validation's per-class accuracy, confusion matrix and confident mistakes to the output folder."
+    """Write the last validation's per-class accuracy, confusion matrix and confident mistakes to the output
+    folder."""
     order = 55
     def after_fit(self):
         learn = self.learn
-        if learn.stopped_by or learn.interp is None: return
+        if learn.stop_request.agreed or learn.interp is None: return
         whole = learn.interp.reduce()
         if is_main_process(): write_report(whole, learn.classes, learn.cfg.output)
 
@@ -663,7 +824,8 @@ def default_callbacks(
     "Checkpoints on every rank (they check health together); logs, plots and progress on rank 0 only."
     terminal = (notebook or sys.stdout.isatty()) if terminal is None else terminal
     cbs = [CheckpointCB(), InterpretCB()]
-    if is_main_process(): cbs += [LogCB(echo=echo), PlotsCB()] + ([ProgressCB()] if terminal else []) + ([LivePlotCB()] if notebook else [])
+    if is_main_process():
+        cbs += [LogCB(echo=echo), PlotsCB()] + [ProgressCB()] * terminal + [LivePlotCB()] * notebook
     return cbs
 
 # %% ../nbs/03_train.ipynb #c9c9bb63
@@ -673,25 +835,32 @@ def build_model(
     device:torch.device, # where the model lives
     precision:Precision, # its memory format
 ) -> nn.Module:
-    "The model for `cfg`, on `device`, in the precision's memory format, with sync BN, DDP and torch.compile as asked."
-    model = create_model(cfg.train.arch, num_classes=num_classes, zero_init_residual=cfg.train.zero_init_residual)
+    """The model for `cfg`, on `device`, in the precision's memory format, with sync BN, DDP and torch.compile
+    as asked."""
+    model = create_model(cfg.train.arch, num_classes=num_classes,
+                         zero_init_residual=cfg.train.zero_init_residual)
     if cfg.train.sync_bn and is_distributed(): model = sync_batchnorm(model, device.type)
     model = to_memory_format(model.to(device), precision)
     if is_distributed():
-        with warnings.catch_warnings():  # torch 2.14 deprecates the flag, but its replacement also syncs at init
-            warnings.filterwarnings('ignore', message='`broadcast_buffers` is deprecated', category=FutureWarning)
+        # torch 2.14 deprecates the flag, but its replacement also syncs at init
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='`broadcast_buffers` is deprecated',
+                                    category=FutureWarning)
             model = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     return torch.compile(model) if cfg.train.compile else model
 
 # %% ../nbs/03_train.ipynb #09de0994
 def build_learner(
     cfg:RunConfig, # the run
-    place:Placement|None=None, # where this process runs; None resolves `cfg.device` and `cfg.device_list` here
+    # where this process runs; None resolves `cfg.device` and `cfg.device_list` here
+    place:Placement|None=None,
     cbs:list[Callback]|None=None, # None: `default_callbacks()`
+    stop_request:StopRequest|None=None, # where the stop signals are recorded (None: a new one)
 ) -> Learner:
     "A `Learner` for this process from `cfg`, resumed from `cfg.train.resume` when set."
     place = place or resolve_placement(cfg.device, cfg.device_list)
-    if cfg.train.output is None: cfg = replace(cfg, train=replace(cfg.train, output=default_output(cfg.train.arch)))
+    if cfg.train.output is None:
+        cfg = replace(cfg, train=replace(cfg.train, output=default_output(cfg.train.arch)))
     apply_npu_config(cfg.npu, place.device.type)
     if cfg.train.seed is not None: seed_everything(cfg.train.seed)
     if cfg.train.deterministic: torch.use_deterministic_algorithms(True)
@@ -702,10 +871,14 @@ def build_learner(
     model = build_model(cfg, len(loaders.classes), place.device, precision)
     values = {**asdict(cfg.train), **asdict(cfg.data)}
     notes = [describe_recipe(cfg.train.recipe, values)] + run_notes(cfg, len(loaders.train))
-    if cfg.train.pretrained and not state: notes.append(load_pretrained(model, cfg.train.pretrained, cfg.train.arch))
-    learn = Learner(model, loaders, cfg.train, place.device, precision, default_callbacks() if cbs is None else cbs,
-                    sgd_class(place.device.type, cfg.npu.fused_sgd), untimed_steps(cfg.npu, place.device.type), config=asdict(cfg),
-                    notes=notes, recipe={'name': cfg.train.recipe, 'values': recipe_values(cfg.train.recipe, values)})
+    if cfg.train.pretrained and not state:
+        notes.append(load_pretrained(model, cfg.train.pretrained, cfg.train.arch))
+    cbs = default_callbacks() if cbs is None else cbs
+    sgd = sgd_class(place.device.type, cfg.npu.fused_sgd)
+    learn = Learner(model, loaders, cfg.train, place.device, precision, cbs, sgd,
+                    untimed_steps(cfg.npu, place.device.type), config=asdict(cfg), notes=notes,
+                    recipe={'name': cfg.train.recipe, 'values': recipe_values(cfg.train.recipe, values)},
+                    stop_request=stop_request)
     if state: learn.load_state_dict(state)
     return learn
 
@@ -714,10 +887,15 @@ def train(
     cfg:RunConfig, # the run
     place:Placement|None=None, # where this process runs (None: from `cfg`)
 ) -> dict:
-    "Train as `cfg` says, stopping cleanly (with a checkpoint) on SIGTERM, SIGUSR1 or Ctrl-C; returns the run's summary."
-    learn = build_learner(cfg, place)
-    with stop_on_signals(learn.stop_request): learn.fit()
-    return learn.summary
+    """Train as `cfg` says, stopping cleanly (with a checkpoint) on SIGTERM, SIGUSR1, SIGHUP or Ctrl-C;
+    returns the run's summary."""
+    # from the start: a signal while the data is scanned counts too
+    with stop_on_signals(request := StopRequest()):
+        learn = build_learner(cfg, place, stop_request=request)
+        learn.fit()
+    # a signal after training ended (while the plots were drawn): the run is whole, and ends as stopped, at
+    # once
+    return {**learn.summary, 'stopped_by': learn.summary.get('stopped_by') or request.signal}
 
 def evaluate(
     cfg:RunConfig, # the run; `cfg.train.resume` is the checkpoint to score
@@ -731,15 +909,18 @@ def evaluate(
     precision = resolve_precision(cfg.amp, place.device.type)
     loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device, train=False)
     check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)
-    model = build_model(replace(cfg, train=replace(cfg.train, compile=False)), len(loaders.classes), place.device, precision)
+    model = build_model(replace(cfg, train=replace(cfg.train, compile=False)), len(loaders.classes),
+                        place.device, precision)
     try: load_weights(model, state)
-    except (RuntimeError, ValueError) as e: raise CheckpointError(f"checkpoint {cfg.train.resume}: {first_line(e)}") from None
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {cfg.train.resume}: {first_line(e)}") from None
     interp = Interpretation(len(loaders.classes), place.device)
     try: metrics = score(model, loaders.val, place.device, precision, interp)
     finally: loaders.close()
     whole, out = interp.reduce(), Path(cfg.train.output or Path(cfg.train.resume).parent)
     if is_main_process():
-        print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} ({metrics['count']} images)")
+        print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} "
+              f"({metrics['count']} images)")
         write_report(whole, loaders.classes, out)
         print(f"=> {', '.join(REPORT_FILES)} in {out}", flush=True)
     return metrics

@@ -117,12 +117,14 @@ def test_card_of_a_mid_epoch_checkpoint_claims_no_metrics(runs, tmp_path):
 def test_card_of_an_ema_model_best_has_the_emas_metrics(runs, tmp_path):
     "With an EMA that validates better than the model, `model_best` holds the EMA's weights, and its card the EMA's accuracy."
     data = runs[0]
-    out = tmp_path / 'ema'
-    train(data, out, '--epochs', 3, '--seed', 2, '--lr', 0.5, '--warmup-epochs', 0,
-          '--model-ema', '--model-ema-steps', 1, '--model-ema-decay', 0.9, '--deterministic')  # epoch 0: the EMA 53%, the model 33%
-    best = raw_load(out / 'model_best.pth.tar')
-    rec = next(r for r in best['history'] if r['kind'] == 'epoch' and r['step'] == best['step'])
-    assert best['weights'] == 'ema' and rec['ema_val_acc1'] != rec['val_acc1'], rec  # the case this test is about
+    for seed in range(2, 10):  # a high lr makes the model swing and the EMA smooth it; which seed shows it varies by CPU
+        out = tmp_path / f'ema{seed}'
+        train(data, out, '--epochs', 3, '--seed', seed, '--lr', 0.5, '--warmup-epochs', 0,
+              '--model-ema', '--model-ema-steps', 1, '--model-ema-decay', 0.9, '--deterministic')
+        best = raw_load(out / 'model_best.pth.tar')
+        rec = next(r for r in best['history'] if r['kind'] == 'epoch' and r['step'] == best['step'])
+        if best['weights'] == 'ema' and rec['ema_val_acc1'] != rec['val_acc1']: break  # the case this test is about
+    else: pytest.fail("in none of seeds 2-9 did the EMA validate better than the model: this test's case never arose")
     res = run_module('export', out / 'model_best.pth.tar', '--format', 'pt2', '--out', tmp_path / 'x')
     assert res.returncode == 0, res.stderr[-3000:]
     card = card_of(tmp_path / 'x')

@@ -10,7 +10,7 @@ data = folder_fixture(40, (4, 4))
 
 
 def job(data, out, *extra):
-    "20 steps an epoch on each of 2 ranks, deterministic, the stop agreed at every step."
+    "10 steps an epoch (4 images a step on each of 2 ranks), deterministic, the stop agreed at every step."
     return ['--data-path', data, '--arch', 'resnext_tiny', '--image-size', 16, '--batch-size', 8, '--epochs', 1,
             '--lr', 0.05, '--seed', 0, '--deterministic', '--print-freq', 1, '--device', 'cpu', '--output', out, *extra]
 
@@ -57,7 +57,8 @@ def test_a_signal_to_the_launcher_saves_and_ends_the_job_in_seconds(data, tmp_pa
     took = time.time() - sent
     _, err = proc.communicate()
     assert proc.returncode == 128 + getattr(signal, name), err[-3000:]
-    assert took < 15, f"the job took {took:.1f} s to end after {name}"  # about 1 s measured, 2 s with two busy loops beside it; the margin is for a loaded CI
+    # issue 22 asks for 10 s; measured: about 1 s, 2 s with two busy loops beside it
+    assert took < 10, f"the job took {took:.1f} s to end after {name}"
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith(f'resnext_nb: stopped by {name};') and 'Traceback' not in err, err[-3000:]
     time.sleep(0.5)
@@ -95,3 +96,23 @@ def test_no_rank_outlives_a_killed_launcher(data, tmp_path):
     while alive(pids) and time.time() < deadline: time.sleep(0.2)
     assert not alive(pids), f"ranks outlived the launcher: {alive(pids)}"
     assert torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)['step'] >= 3
+
+
+@pytest.mark.parametrize('when', ['validation', 'end'])
+def test_a_signal_during_validation_or_after_training_ends_the_job_in_seconds(data, tmp_path, when):
+    """SIGTERM as the last epoch's validation begins (it stops after the batch in hand) or once training is over
+    (the plots, the exit): the job ends in seconds with one line; it never waits out the shutdown timeout."""
+    out = tmp_path / 'run'
+    proc = start(job(data, out, '--nproc', 2, '--port', _port()))
+    mark = 'step 10 ' if when == 'validation' else 'val loss'  # 10 steps an epoch; the epoch line follows validation
+    for line in proc.stdout:
+        if mark in line: break
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out_rest, err = proc.communicate(timeout=60)
+    took = time.time() - sent
+    assert proc.returncode == 143 and took < 10, (proc.returncode, f"{took:.1f} s", err[-3000:])
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith('resnext_nb: stopped by SIGTERM;'), err[-3000:]
+    ckpt = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
+    assert ckpt['step'] == 10 and "(step 10)" in lines[0], lines[0]
