@@ -169,8 +169,8 @@ def save_checkpoint(state:dict, path:str|Path):
         need, free = state_bytes(state) / 2**20, shutil.disk_usage(folder).free / 2**20
         raise CheckpointError(f"cannot save checkpoint {path} ({first_line(e)}): it needs about {need:.1f} "
                               f"MiB and {folder} "
-                              f"has {free:.1f} MiB free; free some space or choose another "
-                              "--output") from None
+                              f"has {free:.1f} MiB free; free some "
+                              "space or choose another --output") from None
 
 # %% ../nbs/01a_checkpoints.ipynb #81b27fab
 def checkpoint_file(path:str|Path) -> Path:
@@ -204,8 +204,8 @@ def read_checkpoint(
     source = checkpoint_file(path) if data is None else io.BytesIO(data)
     try: state = torch.load(source, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint {path} was refused: it contains Python objects that could run "
-                              "code "
+        raise CheckpointError(f"checkpoint {path} was refused: it contains "
+                              "Python objects that could run code "
                               "when loaded, and only tensors and plain data are accepted "
                               f"({first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
@@ -262,8 +262,8 @@ def torchvision_weights(
     "The state_dict of torchvision's weights `name` for `arch`, downloaded by torchvision; one-line errors."
     from torchvision.models import get_model_weights
     if not ARCHS[arch].torchvision:
-        raise CheckpointError(f"--pretrained {name}: torchvision has no weights for --arch {arch}; pass a "
-                              "weights file")
+        raise CheckpointError(f"--pretrained {name}: torchvision has no weights for --arch {arch}; "
+                              "pass a weights file")
     weights = get_model_weights(arch)
     key = name.rsplit('.', 1)[-1]
     if key not in weights.__members__:

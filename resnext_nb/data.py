@@ -89,15 +89,15 @@ class DataConfig:
                            ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py '
                                              'folder; none: the built-in dataset')
     dataset:str=opt('auto', choices=DATASETS,
-                    help='data source (auto: imagefolder or cifar10 from what --data-path holds; builtin '
-                         'without it)')
+                    help='data source (auto: imagefolder or cifar10 from what '
+                         '--data-path holds; builtin without it)')
     image_size:int=opt(224, check=at_least(16),
                        help='train crop; validation resizes to size*256/224 and crops size')
     train_crop_size:int|None=opt(None, check=at_least(8),
                                  help='train crop, when it differs from --image-size (none: --image-size)')
     val_resize_size:int|None=opt(None, check=at_least(8),
-                                 help='validation resizes the short side to this (none: the val crop * '
-                                      '256/224)')
+                                 help='validation resizes the short side to this '
+                                      '(none: the val crop * 256/224)')
     val_crop_size:int|None=opt(None, check=at_least(8), help='validation centre crop (none: --image-size)')
     crop_scale:tuple[float, float]=opt((0.08, 1.0), parse=parse_range, check=at_most_one, metavar='LOW,HIGH',
                                        help="the train crop's share of the image area, drawn from this range "
@@ -106,8 +106,8 @@ class DataConfig:
                                        help="the train crop's aspect ratio, width/height, drawn from this "
                                             "range (RandomResizedCrop's ratio, timm's too)")
     hflip:float=opt(0.5, check=between(0, 1),
-                    help='probability of flipping a train image horizontally (0 for digits, text and other '
-                         'handed images)')
+                    help='probability of flipping a train image horizontally (0 for '
+                         'digits, text and other handed images)')
     auto_augment:str=opt('none', choices=AUTO_AUGMENTS,
                          help='augmentation policy after the crop and flip (torchvision v2): '
                               'TrivialAugmentWide, RandAugment, AugMix or AutoAugment-ImageNet')
@@ -337,10 +337,10 @@ def write_image_folder(
 
 # %% ../nbs/02_data.ipynb #139a2730
 CIFAR_FOLDER = 'cifar-10-batches-py'
-CIFAR_HELP = ("download cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and unpack it, "
-              "so that "
-              f"{CIFAR_FOLDER}/ holds data_batch_1..5, test_batch and batches.meta; nothing is downloaded "
-              "for you")
+CIFAR_HELP = ("download cifar-10-python.tar.gz "
+              "(https://www.cs.toronto.edu/~kriz/cifar.html) and unpack it, so that "
+              f"{CIFAR_FOLDER}/ holds data_batch_1..5, test_batch and "
+              "batches.meta; nothing is downloaded for you")
 
 def find_cifar10(
     path:str|os.PathLike, # `--data_path`: the `cifar-10-batches-py` folder itself, or a folder containing it
@@ -360,9 +360,9 @@ def read_cifar_file(path:Path) -> dict:
     try:
         with open(path, 'rb') as f: return pickle.load(f, encoding='latin1')
     except Exception as e:
-        raise DataError(f"cannot read CIFAR-10 file {path} ({type(e).__name__}): it is not a CIFAR-10 python "
-                        "batch; "
-                        f"{CIFAR_HELP}", path) from e
+        raise DataError(f"cannot read CIFAR-10 file {path} ({type(e).__name__}): it "
+                        "is not a CIFAR-10 "
+                        f"python batch; {CIFAR_HELP}", path) from e
 
 # %% ../nbs/02_data.ipynb #799bea64
 class CifarSource(Dataset):
@@ -375,8 +375,8 @@ class CifarSource(Dataset):
         for n, b in batches.items():
             if (b.get('data') is None or b['data'].ndim != 2 or b['data'].shape[1] != 3072
                 or len(b.get('labels', ())) != len(b['data'])):
-                raise DataError(f"CIFAR-10 file {folder/n} is not a CIFAR-10 batch of 32x32 images: "
-                                f"{CIFAR_HELP}", folder/n)
+                raise DataError(f"CIFAR-10 file {folder/n} is not a CIFAR-10 "
+                                f"batch of 32x32 images: {CIFAR_HELP}", folder/n)
         self.data = torch.cat([torch.as_tensor(b['data']) for b in batches.values()]).view(-1, 3, 32, 32)
         self.targets = [t for b in batches.values() for t in b['labels']]
         self.classes = list(read_cifar_file(folder/'batches.meta')['label_names'])
@@ -682,8 +682,8 @@ def _drop_bad(self:Loader, bad:list[BadSample], n_good:int):
     self.bad_images += [b.path for b in bad]
     self.skipped_total += len(bad)
     if n_good == 0:
-        raise DataError(f"every image of {self.name} batch {self.batches_done} is unreadable, e.g. "
-                        f"{bad[0].path}: "
+        raise DataError(f"every image of {self.name} batch {self.batches_done} is "
+                        f"unreadable, e.g. {bad[0].path}: "
                         f"check the data folder", bad[0].path)
 
 def bad_images_summary(

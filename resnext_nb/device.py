@@ -56,14 +56,14 @@ def npu_import_hint(
         return (f"torch_npu is installed but failed to import ({type(err).__name__}: {text}): "
                 f"check that CANN, torch and torch_npu are matching releases")
     if cann_home(env):
-        return (f"torch_npu is installed and CANN is sourced ({cann_home(env)}), but {', '.join(libs)} not "
-                "found: "
-                "that toolkit is incomplete or not the release torch_npu needs; reinstall it or source the "
-                "right set_env.sh")
+        return (f"torch_npu is installed and CANN is sourced ({cann_home(env)}), but {', '.join(libs)} "
+                "not found: "
+                "that toolkit is incomplete or not the release torch_npu needs; reinstall it "
+                "or source the right set_env.sh")
     script = find_cann_set_env(env)
     todo = (f"source {script} (or scripts/env_npu.sh)" if script else
-            f"install CANN and source its set_env.sh (usually {CANN_SET_ENV[0]}; set ASCEND_HOME if it is "
-            "elsewhere)")
+            f"install CANN and source its set_env.sh (usually {CANN_SET_ENV[0]}; set "
+            "ASCEND_HOME if it is elsewhere)")
     return f"torch_npu is installed but CANN is not sourced ({', '.join(libs)} not found): {todo}"
 
 # %% ../nbs/00_device.ipynb #7a120dc6
@@ -145,8 +145,8 @@ def parse_device_list(
     if spec is None or str(spec).strip() == '': return None
     try: ids = [int(s) for s in str(spec).split(',')]
     except ValueError:
-        raise ValueError(f"--device-list {spec!r}: expected comma-separated device ids such as "
-                         "'0,1,2,3'") from None
+        raise ValueError(f"--device-list {spec!r}: expected "
+                         "comma-separated device ids such as '0,1,2,3'") from None
     if any(i < 0 for i in ids): raise ValueError(f"--device-list {spec!r}: device ids cannot be negative")
     if len(set(ids)) != len(ids): raise ValueError(f"--device-list {spec!r}: a device is listed twice")
     return ids

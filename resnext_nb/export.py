@@ -85,8 +85,8 @@ def export_torchvision(pr:Predictor, out:Path) -> tuple[Path, str]:
     "A state_dict that `torchvision.models.<arch>(num_classes=...)` loads, checked for identical outputs."
     import torchvision
     if not ARCHS[pr.arch].torchvision:
-        raise ValueError(f"--format torchvision: torchvision has no {pr.arch} model; choose --format onnx or "
-                         "pt2")
+        raise ValueError(f"--format torchvision: torchvision has no {pr.arch} "
+                         "model; choose --format onnx or pt2")
     model, path = _plain(pr), out / f'{pr.arch}.pth'
     torch.save(model.state_dict(), path)
     tv = getattr(torchvision.models, pr.arch)(num_classes=len(pr.classes)).eval()
@@ -94,8 +94,8 @@ def export_torchvision(pr:Predictor, out:Path) -> tuple[Path, str]:
     x = example_batch(pr)
     with torch.no_grad(): same = torch.equal(tv(x), model(x))
     if not same:
-        raise RuntimeError(f"{path}: torchvision's {pr.arch} gives different outputs from the checkpoint's "
-                           "model")
+        raise RuntimeError(f"{path}: torchvision's {pr.arch} gives different "
+                           "outputs from the checkpoint's model")
     return (path,
             f"torchvision.models.{pr.arch}(num_classes={len(pr.classes)}) loads {path}: identical outputs")
 
@@ -138,10 +138,10 @@ def export_onnx(pr:Predictor, out:Path, tol:float=1e-4) -> tuple[Path, str]:
     with torch.no_grad(): limit = tol * max(1.0, model(x3).abs().max().item())
     diff = onnx_difference(path, model, x3)
     if diff > limit:
-        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by up to {diff:.2e} (more than "
-                           f"{limit:.1e})")
-    return (path, f"onnxruntime runs {path}: largest difference from PyTorch {diff:.2e} on 3 images (limit "
-                  f"{limit:.1e})")
+        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by up to "
+                           f"{diff:.2e} (more than {limit:.1e})")
+    return (path, f"onnxruntime runs {path}: largest difference from PyTorch {diff:.2e} "
+                  f"on 3 images (limit {limit:.1e})")
 
 # %% ../nbs/08_export.ipynb #593f8a7a
 EXPORTERS = {'onnx': export_onnx, 'pt2': export_pt2, 'torchvision': export_torchvision}

@@ -33,10 +33,11 @@ __all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPIL
            'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'JobConfig', 'make_parser', 'external_launcher',
            'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'check_values', 'check_data_path',
            'resume_path', 'saved_values', 'from_checkpoint', 'make_config', 'config_from_args', 'format_config',
-           'leave_process_group', 'UserError', 'run_worker', 'die_with_parent', 'elastic_worker', 'check_port_free',
-           'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal', 'describe_failure',
-           'launch_processes', 'lock_output', 'prepare_output', 'summary_fields', 'write_summary', 'summary_lines',
-           'next_steps', 'finished_line', 'stopped_line', 'run_job', 'main']
+           'leave_process_group', 'UserError', 'join_process_group', 'run_worker', 'die_with_parent', 'restarted',
+           'elastic_worker', 'check_port_free', 'launch_config', 'check_device_count', 'worker_environment',
+           'stopped_by_signal', 'describe_failure', 'launch_processes', 'lock_output', 'prepare_output',
+           'summary_fields', 'write_summary', 'summary_lines', 'next_steps', 'finished_line', 'stopped_line', 'run_job',
+           'main']
 
 # %% ../nbs/04_launch.ipynb #dea0a756
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
@@ -58,17 +59,20 @@ class JobConfig:
     nnodes:int=opt(1, on_resume='job', check=positive, help='machines in the job')
     node_rank:int=opt(0, on_resume='job', check=non_negative, help="this machine's rank, 0..nnodes-1")
     multiprocessing_distributed:bool=opt(False, on_resume='job', ascend=True,
-                                         help='one process per device in --device-list (implied by --nproc > '
-                                              '1)')
+                                         help='one process per device in '
+                                              '--device-list (implied by --nproc > 1)')
     dummy:bool=opt(False, ascend=True, help='synthetic data, made once on the device (as pytorch/examples)')
     case_name:str|None=opt(None, on_resume='job',
                            help='CaseName in the summary file (none: derived from the run)')
     preset:str|None=opt(None, on_resume='job', choices=tuple(PRESETS),
-                        help='values for the flags not given (none: quickstart without data, else the field '
-                             'defaults)')
+                        help='values for the flags not given (none: quickstart without '
+                             'data, else the field defaults)')
+    max_restarts:int=opt(0, on_resume='job', check=non_negative,
+                         help='when a rank fails, restart all of them up to N times; they go on from '
+                              '<output>/checkpoint.pth.tar (see --checkpoint-every)')
     overwrite:bool=opt(False, on_resume='job',
-                       help="replace the run already in --output (its checkpoints and logs) instead of "
-                            "refusing")
+                       help="replace the run already in --output (its "
+                            "checkpoints and logs) instead of refusing")
     print_config:bool=opt(False, on_resume='job',
                           help='print the resolved configuration, with where each value came from, and exit')
     # where each flag's value came from: 'flag', 'preset NAME' or 'default'
@@ -83,20 +87,18 @@ HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups 
     'data': ('data_path', 'dataset', 'image_size', 'workers', 'backend', 'skip_bad_images', 'dummy'),
     'model': ('arch', 'pretrained', 'freeze_epochs', 'zero_init_residual', 'compile'),
     'optimiser and schedule': ('optimizer', 'lr', 'momentum', 'weight_decay', 'no_bn_weight_decay',
-                               'schedule', 'step_size',
-                               'warmup_epochs', 'clip_grad_norm', 'grad_accum_steps', 'max_steps'),
+                               'schedule', 'step_size', 'warmup_epochs', 'clip_grad_norm', 'grad_accum_steps',
+                               'max_steps'),
     'augmentation and regularisation': ('train_crop_size', 'val_resize_size', 'val_crop_size', 'crop_scale',
-                                        'crop_ratio',
-        'hflip', 'auto_augment', 'random_erase', 'ra_sampler', 'ra_reps', 'label_smoothing', 'mixup_alpha',
-                                        'cutmix_alpha',
-        'model_ema', 'model_ema_decay', 'model_ema_steps', 'freeze_bn'),
+                                        'crop_ratio', 'hflip', 'auto_augment', 'random_erase', 'ra_sampler',
+                                        'ra_reps', 'label_smoothing', 'mixup_alpha', 'cutmix_alpha',
+                                        'model_ema', 'model_ema_decay', 'model_ema_steps', 'freeze_bn'),
     'precision and devices': ('device', 'device_list', 'nproc', 'nnodes', 'node_rank', 'addr', 'port',
-        'multiprocessing_distributed', 'amp', 'opt_level', 'loss_scale', 'dtype', 'channels_last', 'sync_bn',
-                              'deterministic',
-        'jit_compile', 'fused_sgd', 'warmup_steps'),
-    'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every', 'print_freq',
-                               'tensorboard',
-                               'case_name'),
+                              'multiprocessing_distributed', 'amp', 'opt_level', 'loss_scale', 'dtype',
+                              'channels_last', 'sync_bn', 'deterministic', 'jit_compile', 'fused_sgd',
+                              'warmup_steps'),
+    'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every', 'max_restarts',
+                               'print_freq', 'tensorboard', 'case_name'),
 }
 LAUNCH_USAGE = 'python -m resnext_nb.launch [--data-path DIR] [--preset NAME] [--nproc N] [flags]'
 LAUNCH_EPILOG = """examples:
@@ -111,8 +113,8 @@ def make_parser() -> OneLineParser:
     "The launcher's argument parser, built from the config fields, in `HELP_GROUPS`."
     return build_parser('python -m resnext_nb.launch',
                         'Train or evaluate ResNeXt on NPUs, GPUs or the CPU.\nWithout '
-                        '--data-path it trains a small model on the built-in dataset; with it, the Ascend '
-                        'recipe applies.',
+                        '--data-path it trains a small model on the built-in dataset; with '
+                        'it, the Ascend recipe applies.',
                         CONFIGS, PRESETS, RECIPES, groups=HELP_GROUPS, usage=LAUNCH_USAGE,
                         epilog=LAUNCH_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,8 +235,8 @@ def from_checkpoint(
             if flag.on_resume == 'apply': continue  # given again: it takes effect
             raise ValueError(f"{flag_names(f, flag)[0]} {shown(values[f.name])} differs from the "
                              f"checkpoint's {shown(saved[f.name])}: "
-                             "a resumed run keeps its recipe; drop the flag, or start a new run in another "
-                             "--output")
+                             "a resumed run keeps its recipe; drop the flag, or "
+                             "start a new run in another --output")
         values[f.name], sources[f.name] = saved[f.name], 'checkpoint'
     mid = (state.get('sampler') or {}).get('start_batch', 0)
     if mid and state.get('world_size', world) != world:
@@ -291,12 +293,22 @@ def leave_process_group():
 class UserError(SystemExit):
     "A one-line error a user can fix; the process exits with code 1."
 
+def join_process_group(backend:str, env=os.environ):
+    """`dist.init_process_group` from the environment. After a restart (`--max-restarts`) it joins under keys of
+    its own attempt: torch elastic's static rendezvous keeps one store across attempts, and the addresses the
+    last attempt's ranks published there would send this one's to processes that are gone."""
+    attempt = int(env.get('TORCHELASTIC_RESTART_COUNT', 0))
+    if attempt == 0: return dist.init_process_group(backend)
+    rank, world = int(env['RANK']), int(env['WORLD_SIZE'])
+    store = dist.TCPStore(env['MASTER_ADDR'], int(env['MASTER_PORT']), world, is_master=False)  # the agent's
+    dist.init_process_group(backend, store=dist.PrefixStore(f'attempt_{attempt}', store), rank=rank, world_size=world)
+
 def run_worker(cfg:RunConfig) -> dict:
     "Train or evaluate in this process, inside the process group the environment describes (if any)."
     place, failed = None, None
     try:
         place = resolve_placement(cfg.device, cfg.device_list)
-        if place.world_size > 1: dist.init_process_group(dist_backend(place.device.type))
+        if place.world_size > 1: join_process_group(dist_backend(place.device.type))
         return (evaluate if cfg.train.evaluate else train)(cfg, place)
     except (DataError, CheckpointError, TrainingDiverged, RunFailed, DeviceUnavailable, ValueError) as e:
         rank = f"[rank {place.rank}] " if place and place.world_size > 1 else ''
@@ -315,12 +327,24 @@ def die_with_parent(sig:int=signal.SIGTERM):
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1: PR_SET_PDEATHSIG
 
+def restarted(cfg:RunConfig, env=os.environ) -> RunConfig:
+    """`cfg` for ranks that torch elastic restarted after a failure (`--max-restarts`): the run goes on from its
+    own checkpoint, as `--resume auto` would, and rank 0 says so in one line."""
+    attempt = int(env.get('TORCHELASTIC_RESTART_COUNT', 0))
+    if attempt == 0 or cfg.train.evaluate: return cfg
+    ckpt = Path(cfg.train.output) / 'checkpoint.pth.tar'
+    if env.get('RANK', '0') == '0':
+        where = f"{ckpt} (step {read_checkpoint(ckpt).get('step')})" if ckpt.is_file() else "the start"
+        print(f"resnext_nb: a rank failed; restart {attempt} of {env.get('TORCHELASTIC_MAX_RESTARTS', '?')} "
+              f"goes on from {where}", file=sys.stderr, flush=True)
+    return replace(cfg, train=replace(cfg.train, resume=str(ckpt) if ckpt.is_file() else None))
+
 @record
 def elastic_worker(cfg:RunConfig) -> dict:
     """The entry point torch elastic runs in each process; a rank stopped by a signal exits with its code once
     saved."""
     die_with_parent()
-    summary = run_worker(cfg)
+    summary = run_worker(restarted(cfg))
     gc.freeze()  # what is left goes with the process: Python's last collection of it at exit takes a second
     # torch elastic, stopping too, never collects a result: waiting for it would hang
     if summary.get('stopped_by'):
@@ -335,14 +359,14 @@ def check_port_free(addr:str, port:int):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try: s.bind(('', port))
         except OSError:
-            raise ValueError(f"--port {port} is already in use on this machine (another job?): choose a free "
-                             "port with --port") from None
+            raise ValueError(f"--port {port} is already in use on this machine (another job?): "
+                             "choose a free port with --port") from None
 
 # %% ../nbs/04_launch.ipynb #7fa41a2d
 FORWARDED_SIGNALS = (*STOP_SIGNALS, 'SIGQUIT')  # what the launcher takes and passes on to every rank
 SHUTDOWN_TIMEOUT = 120  # seconds the ranks get to save after a forwarded signal, before SIGKILL
 
-def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int) -> LaunchConfig:
+def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int, max_restarts:int=0) -> LaunchConfig:
     "A torch elastic `LaunchConfig` for a static rendezvous at `addr:port`, forwarding `FORWARDED_SIGNALS`."
     # torch >= 2.9
     newer = dict(signals_to_handle=','.join(FORWARDED_SIGNALS), shutdown_timeout=SHUTDOWN_TIMEOUT)
@@ -350,7 +374,7 @@ def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int) -> L
     return LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=f'resnext_nb-{port}',
                         rdzv_backend='static', rdzv_endpoint=f'{addr}:{port}',
                         rdzv_configs={'rank': node_rank, 'timeout': 900},
-                        max_restarts=0, monitor_interval=0.5, start_method='spawn',
+                        max_restarts=max_restarts, monitor_interval=0.5, start_method='spawn',
                         **{k: v for k, v in newer.items() if k in known})
 
 # %% ../nbs/04_launch.ipynb #124b6e57
@@ -363,8 +387,8 @@ def check_device_count(device_type:str, nproc:int, device_list:list[int]|None, a
         unit = 'CPU cores' if device_type == 'cpu' else f'{device_type} devices'
         raise ValueError(f"this run asks for {nproc} processes (devices up to id {need - 1}) but this "
                          f"machine has {available} {unit}: "
-                         f"pass --nproc {available} (and a matching --device-list), scaling --batch-size and "
-                         "--lr with it")
+                         f"pass --nproc {available} (and a matching --device-list), "
+                         "scaling --batch-size and --lr with it")
 
 # %% ../nbs/04_launch.ipynb #913a558c
 def worker_environment(device_type:str, nproc:int) -> dict[str, str]:
@@ -407,12 +431,15 @@ def launch_processes(
     # older torch reads these two
     os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', ','.join(FORWARDED_SIGNALS))
     os.environ.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', str(SHUTDOWN_TIMEOUT))
+    # a rank killed outright leaves its loaders' semaphores, which multiprocessing's tracker frees, with a warning
+    quiet = 'ignore::UserWarning:multiprocessing.resource_tracker'
+    os.environ['PYTHONWARNINGS'] = ','.join(w for w in (os.environ.get('PYTHONWARNINGS'), quiet) if w)
     for name in [n for n in logging.root.manager.loggerDict
                  if n.startswith(('torch.distributed.elastic', 'torch.multiprocessing'))]:
         # each sets its own level; `describe_failure` reports failures, in one line
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    results = elastic_launch(launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port),
-                             elastic_worker)(cfg)
+    lc = launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port, job.max_restarts)
+    results = elastic_launch(lc, elastic_worker)(cfg)
     return results.get(0, {}) if job.node_rank == 0 else {}
 
 # %% ../nbs/04_launch.ipynb #76085399
@@ -428,8 +455,8 @@ def lock_output(
         folder.mkdir(parents=True, exist_ok=True)
         f = open(folder / LOCK_FILE, 'a+')
     except OSError as e:
-        raise ValueError(f"--output {folder} is not writable ({e.strerror}): choose a folder you can write "
-                         "to") from None
+        raise ValueError(f"--output {folder} is not writable ({e.strerror}): "
+                         "choose a folder you can write to") from None
     try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0); holder = f.read().strip() or 'another process'
@@ -450,8 +477,8 @@ def prepare_output(
     lock = lock_output(folder)
     if (folder / 'checkpoint.pth.tar').exists() and not (cfg.train.resume or cfg.train.evaluate):
         if not job.overwrite:
-            raise ValueError(f"--output {folder} already holds a run (checkpoint.pth.tar): continue it with "
-                             "--resume auto, "
+            raise ValueError(f"--output {folder} already holds a run (checkpoint.pth.tar): "
+                             "continue it with --resume auto, "
                              f"replace it with --overwrite, or choose another --output")
         for name in RUN_FILES: (folder / name).unlink(missing_ok=True)
     # logs of a run that never saved: it starts again

@@ -119,8 +119,8 @@ def check_data_config(cfg:DataConfig, rank:int, world_size:int):
 def check_train_size(n:int, cfg:DataConfig, world_size:int, where):
     "Raise a `DataError` when `n` train images cannot fill one batch on each of `world_size` ranks."
     if n // world_size < (per_rank := rank_batch(cfg, world_size)):
-        raise DataError(f"{where} has {n} train images, too few for one batch of {per_rank} on each of "
-                        f"{world_size} "
+        raise DataError(f"{where} has {n} train images, too few for one batch of "
+                        f"{per_rank} on each of {world_size} "
                         f"rank(s): lower --batch-size", where)
 
 # %% ../nbs/02b_loaders.ipynb #e679d9cc

@@ -203,8 +203,8 @@ def clean_state_dict(state:Mapping) -> dict[str, torch.Tensor]:
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         inner = next((k for k in ('state_dict', 'model') if isinstance(state.get(k), Mapping)), None)
         if inner is None:
-            raise ValueError("this checkpoint holds no weights: expected a state_dict, or a dict with a "
-                             "'state_dict' "
+            raise ValueError("this checkpoint holds no weights: expected a state_dict, "
+                             "or a dict with a 'state_dict' "
                              f"or 'model' entry; its keys are {', '.join(map(str, state))}")
         return clean_state_dict(state[inner])
     clean = OrderedDict((strip_wrappers(k), v) for k, v in state.items())
@@ -227,8 +227,8 @@ def state_mismatch(
               for k, v in expected.items() if k in given and given[k].shape != v.shape]
     problems = [f"{len(shapes)} shape mismatch(es): {_some(shapes, 3, '; ')}"] if shapes else []
     if strict and missing:
-        problems.append(f"{len(missing)} missing key(s), in the model but not the checkpoint: "
-                        f"{_some(missing)}")
+        problems.append(f"{len(missing)} missing key(s), in the model but not "
+                        f"the checkpoint: {_some(missing)}")
     if strict and unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s), in the checkpoint but not the model: "
                         f"{_some(unexpected)}")

@@ -188,8 +188,8 @@ class PredictConfig:
     "How `python -m resnext_nb.predict` runs."
     topk:int=opt(5, check=positive, help='classes per image, most probable first')
     out:str|None=opt(None, metavar='FILE',
-                     help='write every prediction here: .csv, or .jsonl for JSON lines (none: print the '
-                          'table only)')
+                     help='write every prediction here: .csv, or .jsonl for JSON '
+                          'lines (none: print the table only)')
     batch_size:int=opt(64, '--batch-size', '-b', check=positive, help='images per forward pass')
     device:str=opt('auto', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
     show:int=opt(10, check=non_negative, help='rows of the table printed')

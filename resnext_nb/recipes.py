@@ -223,6 +223,6 @@ def run_notes(cfg, steps_per_epoch:int|None=None) -> list[str]:
             n = steps_per_epoch * batch
             notes.append(f"=> warning: the EMA averages over about {share:.0%} of this run (3.9% in "
                          "torchvision's ImageNet recipe), so it will trail the model; "
-                         f"for {n} training images, --model-ema-decay {1 - 2e-5 * 1281167 / n:.5f} keeps "
-                         "ImageNet's share")
+                         f"for {n} training images, --model-ema-decay {1 - 2e-5 * 1281167 / n:.5f} "
+                         "keeps ImageNet's share")
     return notes

@@ -309,16 +309,16 @@ def check_health(self:Learner):
     persistent overflow."""
     self.train_metrics = self.train_sums.all_reduce().summary()
     if self.scaler.consecutive_skipped >= self.cfg.max_overflow_steps:
-        raise TrainingDiverged(f"{self.scaler.consecutive_skipped} fp16 steps in a row overflowed at step "
-                               f"{self.step} "
+        raise TrainingDiverged(f"{self.scaler.consecutive_skipped} fp16 steps in a row "
+                               f"overflowed at step {self.step} "
                                f"(loss scale {self.scaler.current_scale}): lower --lr, or try --amp-dtype "
                                "bfloat16 or --loss-scale dynamic")
     if self.scaler.current_scale is None and self.train_metrics['nonfinite']:
         ckpt = Path(self.cfg.output or '.') / 'checkpoint.pth.tar'
         kept = (f"the last good checkpoint is kept in {ckpt}" if ckpt.is_file()
                 else "no checkpoint had been written yet")
-        raise TrainingDiverged(f"the loss became non-finite at epoch {self.epoch}, step {self.step}: lower "
-                               "--lr or "
+        raise TrainingDiverged(f"the loss became non-finite at epoch {self.epoch}, step {self.step}: "
+                               "lower --lr or "
                                f"add --warmup-epochs; {kept}")
 
 # %% ../nbs/03_train.ipynb #c1cd3c5a
@@ -614,7 +614,8 @@ class LogCB(Callback):
         for name, size in self.log_sizes.items():
             if (self.out / name).is_file() and (self.out / name).stat().st_size > size:
                 os.truncate(self.out / name, size)
-        self.log_file, self.jsonl = open(self.out / 'train.log', 'a'), open(self.out / 'metrics.jsonl', 'a')
+        mode = 'a' if resumed else 'w'  # a new run (or one restarted before its first checkpoint) starts them over
+        self.log_file, self.jsonl = open(self.out / 'train.log', mode), open(self.out / 'metrics.jsonl', mode)
         self.tb = None
         if self.learn.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
@@ -678,8 +679,8 @@ def after_epoch(self:LogCB):
                    f"{rec['ema_val_acc5']:.3f} val loss {rec['ema_val_loss']:.4f}")
     # --skip-bad-images: how many, in the log too (the paths go to stderr)
     if rec['skipped_images'] > self.skipped:
-        self.write(f"=> epoch {learn.epoch}: skipped {rec['skipped_images'] - self.skipped} unreadable "
-                   "images "
+        self.write(f"=> epoch {learn.epoch}: skipped {rec['skipped_images'] - self.skipped} "
+                   "unreadable images "
                    f"({rec['skipped_images']} in all, over every rank; --skip-bad-images)")
         self.skipped = rec['skipped_images']
     if self.tb:
