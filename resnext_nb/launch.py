@@ -67,7 +67,7 @@ class JobConfig:
     preset:str|None=opt(None, on_resume='job', choices=tuple(PRESETS),
                         help='values for the flags not given (none: quickstart without '
                              'data, else the field defaults)')
-    max_restarts:int=opt(0, on_resume='job', check=non_negative,
+    max_restarts:int=opt(0, on_resume='job', check=non_negative, metavar='N',
                          help='when a rank fails, restart all of them up to N times; they go on from '
                               '<output>/checkpoint.pth.tar (see --checkpoint-every)')
     overwrite:bool=opt(False, on_resume='job',
@@ -97,8 +97,8 @@ HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups 
                               'multiprocessing_distributed', 'amp', 'opt_level', 'loss_scale', 'dtype',
                               'channels_last', 'sync_bn', 'deterministic', 'jit_compile', 'fused_sgd',
                               'warmup_steps'),
-    'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every', 'max_restarts',
-                               'print_freq', 'tensorboard', 'case_name'),
+    'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every',
+                               'max_restarts', 'print_freq', 'tensorboard', 'case_name'),
 }
 LAUNCH_USAGE = 'python -m resnext_nb.launch [--data-path DIR] [--preset NAME] [--nproc N] [flags]'
 LAUNCH_EPILOG = """examples:
@@ -294,14 +294,15 @@ class UserError(SystemExit):
     "A one-line error a user can fix; the process exits with code 1."
 
 def join_process_group(backend:str, env=os.environ):
-    """`dist.init_process_group` from the environment. After a restart (`--max-restarts`) it joins under keys of
-    its own attempt: torch elastic's static rendezvous keeps one store across attempts, and the addresses the
-    last attempt's ranks published there would send this one's to processes that are gone."""
+    """`dist.init_process_group` from the environment. After a restart (`--max-restarts`) it joins under
+    keys of its own attempt: torch elastic's static rendezvous keeps one store across attempts, and the
+    addresses the last attempt's ranks published there would send this one's to processes that are gone."""
     attempt = int(env.get('TORCHELASTIC_RESTART_COUNT', 0))
     if attempt == 0: return dist.init_process_group(backend)
     rank, world = int(env['RANK']), int(env['WORLD_SIZE'])
     store = dist.TCPStore(env['MASTER_ADDR'], int(env['MASTER_PORT']), world, is_master=False)  # the agent's
-    dist.init_process_group(backend, store=dist.PrefixStore(f'attempt_{attempt}', store), rank=rank, world_size=world)
+    dist.init_process_group(backend, store=dist.PrefixStore(f'attempt_{attempt}', store), rank=rank,
+                            world_size=world)
 
 def run_worker(cfg:RunConfig) -> dict:
     "Train or evaluate in this process, inside the process group the environment describes (if any)."
@@ -328,8 +329,8 @@ def die_with_parent(sig:int=signal.SIGTERM):
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1: PR_SET_PDEATHSIG
 
 def restarted(cfg:RunConfig, env=os.environ) -> RunConfig:
-    """`cfg` for ranks that torch elastic restarted after a failure (`--max-restarts`): the run goes on from its
-    own checkpoint, as `--resume auto` would, and rank 0 says so in one line."""
+    """`cfg` for ranks that torch elastic restarted after a failure (`--max-restarts`): the run goes on from
+    its own checkpoint, as `--resume auto` would, and rank 0 says so in one line."""
     attempt = int(env.get('TORCHELASTIC_RESTART_COUNT', 0))
     if attempt == 0 or cfg.train.evaluate: return cfg
     ckpt = Path(cfg.train.output) / 'checkpoint.pth.tar'
@@ -366,7 +367,8 @@ def check_port_free(addr:str, port:int):
 FORWARDED_SIGNALS = (*STOP_SIGNALS, 'SIGQUIT')  # what the launcher takes and passes on to every rank
 SHUTDOWN_TIMEOUT = 120  # seconds the ranks get to save after a forwarded signal, before SIGKILL
 
-def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int, max_restarts:int=0) -> LaunchConfig:
+def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int,
+                  max_restarts:int=0) -> LaunchConfig:
     "A torch elastic `LaunchConfig` for a static rendezvous at `addr:port`, forwarding `FORWARDED_SIGNALS`."
     # torch >= 2.9
     newer = dict(signals_to_handle=','.join(FORWARDED_SIGNALS), shutdown_timeout=SHUTDOWN_TIMEOUT)
@@ -431,7 +433,7 @@ def launch_processes(
     # older torch reads these two
     os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', ','.join(FORWARDED_SIGNALS))
     os.environ.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', str(SHUTDOWN_TIMEOUT))
-    # a rank killed outright leaves its loaders' semaphores, which multiprocessing's tracker frees, with a warning
+    # a rank killed outright leaves semaphores, which multiprocessing's tracker frees, with a warning
     quiet = 'ignore::UserWarning:multiprocessing.resource_tracker'
     os.environ['PYTHONWARNINGS'] = ','.join(w for w in (os.environ.get('PYTHONWARNINGS'), quiet) if w)
     for name in [n for n in logging.root.manager.loggerDict

@@ -614,7 +614,8 @@ class LogCB(Callback):
         for name, size in self.log_sizes.items():
             if (self.out / name).is_file() and (self.out / name).stat().st_size > size:
                 os.truncate(self.out / name, size)
-        mode = 'a' if resumed else 'w'  # a new run (or one restarted before its first checkpoint) starts them over
+        # a new run (or one restarted before its first checkpoint) starts them over
+        mode = 'a' if resumed else 'w'
         self.log_file, self.jsonl = open(self.out / 'train.log', mode), open(self.out / 'metrics.jsonl', mode)
         self.tb = None
         if self.learn.cfg.tensorboard:
