@@ -334,11 +334,13 @@ def restarted(cfg:RunConfig, env=os.environ) -> RunConfig:
     attempt = int(env.get('TORCHELASTIC_RESTART_COUNT', 0))
     if attempt == 0 or cfg.train.evaluate: return cfg
     ckpt = Path(cfg.train.output) / 'checkpoint.pth.tar'
+    resume = str(ckpt) if ckpt.is_file() else cfg.train.resume  # none written yet: where the run began
     if env.get('RANK', '0') == '0':
-        where = f"{ckpt} (step {read_checkpoint(ckpt).get('step')})" if ckpt.is_file() else "the start"
+        step = read_checkpoint(resume).get('step') if resume else None
+        where = f"{resume}{f' (step {step})' if step is not None else ''}" if resume else "the start"
         print(f"resnext_nb: a rank failed; restart {attempt} of {env.get('TORCHELASTIC_MAX_RESTARTS', '?')} "
               f"goes on from {where}", file=sys.stderr, flush=True)
-    return replace(cfg, train=replace(cfg.train, resume=str(ckpt) if ckpt.is_file() else None))
+    return replace(cfg, train=replace(cfg.train, resume=resume))
 
 @record
 def elastic_worker(cfg:RunConfig) -> dict:
