@@ -534,26 +534,26 @@ class EpochBatches:
                  rank:int=0, world_size:int=1, # this process and the number of processes
                  train:bool=True, # shuffle and drop the remainder (train), or keep every image in order (val)
                  seed:int=0, # the shuffle and augmentation seed
-                 reps:int=1): # copies of each image per epoch (the repeated-augmentation sampler; train only)
+                 reps:int=1, # copies of each image per epoch (the repeated-augmentation sampler; train only)
+                 accum:int=1): # batches per optimiser update on each rank (`grad_accum_steps`; train only)
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
         self.train, self.seed = train, seed
-        self.reps = reps if train else 1
+        self.reps, self.accum = (reps, accum) if train else (1, 1)
         self.epoch, self.batches_done = 0, 0
+
+    def sequence(self) -> list[tuple[int, int]]:
+        """The epoch's `(index, repeat)` pairs in the order the updates take them: `DistributedSampler`'s
+        permutation, each image `reps` times in a row; the same on every rank and for every device count."""
+        order = torch.randperm(self.n,
+                               generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        return [(i, r) for i in order for r in range(self.reps)][:self.n]  # an epoch holds n draws
 
     def draws(self) -> list[tuple[int, int]]:
         "The `(index, repeat)` pairs this rank visits in the current epoch, in order."
         if not self.train: return [(i, 0) for i in shard_indices(self.n, self.rank, self.world_size)]
-        if self.reps == 1:
-            sampler = DistributedSampler(range(self.n), self.world_size, self.rank, shuffle=True,
-                                         seed=self.seed, drop_last=True)
-            sampler.set_epoch(self.epoch)
-            return [(i, 0) for i in sampler]
-        order = torch.randperm(self.n,
-                               generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        dealt = [(i, r) for i in order for r in range(self.reps)]  # each image's copies side by side...
-        dealt += dealt[:-len(dealt) % self.world_size]  # ...padded to a multiple of the ranks
-        # ...and dealt out, so the copies go to different ranks
-        return dealt[self.rank::self.world_size][:self.num_samples]
+        seq, bs, S = self.sequence(), self.batch_size, self.micro_batches
+        return [seq[u * bs * S + s + S * j] for u in range(self.n // (bs * S))
+                for s in range(self.rank, S, self.world_size) for j in range(bs)]
 
     def indices(self) -> list[int]:
         "The dataset indices this rank visits in the current epoch, in order."
@@ -561,15 +561,26 @@ class EpochBatches:
 
 # %% ../nbs/02_data.ipynb #e61935d7
 @patch(as_prop=True)
+def micro_batches(self:EpochBatches) -> int:
+    "Batches in one optimiser update, over all ranks: what an update's images are split into (train)."
+    return self.world_size * self.accum
+
+@patch(as_prop=True)
 def num_samples(self:EpochBatches) -> int:
-    "The images this rank loads in a whole epoch."
-    return self.n // self.world_size if self.train else len(shard_indices(self.n, self.rank, self.world_size))
+    "The images this rank loads in a whole epoch: in whole updates for train, its shard for val."
+    if not self.train: return len(shard_indices(self.n, self.rank, self.world_size))
+    return self.n // (self.batch_size * self.micro_batches) * self.batch_size * self.accum
 
 @patch(as_prop=True)
 def batches_per_epoch(self:EpochBatches) -> int:
     "Batches in a whole epoch: full batches only for train, a smaller last batch allowed for val."
-    return (self.num_samples // self.batch_size if self.train
-            else math.ceil(self.num_samples / self.batch_size))
+    return math.ceil(self.num_samples / self.batch_size)
+
+@patch
+def slot(self:EpochBatches, batch:int) -> tuple[int, int]:
+    """`(update, micro-batch)` of this rank's `batch` of the epoch: which update it belongs to and which of
+    the update's micro-batches it is, whatever the device count (for seeds that must not depend on it)."""
+    return batch // self.accum, batch % self.accum * self.world_size + self.rank
 
 @patch(as_prop=True)
 def common_batches(self:EpochBatches) -> int:
@@ -592,11 +603,18 @@ def __len__(self:EpochBatches) -> int:
     return self.batches_per_epoch - self.batches_done
 
 @patch
+def batch(self:EpochBatches, b:int,
+          draws:list|None=None) -> list[tuple[int, int]]: # the epoch's `draws()`, when the caller has them
+    "This rank's batch `b` of the epoch: its `(index, sample_seed)` pairs."
+    draws = self.draws() if draws is None else draws
+    return [(i, sample_seed(self.seed, self.epoch, i, r))
+            for i, r in draws[b * self.batch_size:(b + 1) * self.batch_size]]
+
+@patch
 def __iter__(self:EpochBatches):
     "Yield this rank's batches of `(index, sample_seed)`, from `batches_done` on."
-    draws, bs = self.draws(), self.batch_size
-    for b in range(self.batches_done, self.batches_per_epoch):
-        yield [(i, sample_seed(self.seed, self.epoch, i, r)) for i, r in draws[b*bs:(b+1)*bs]]
+    draws = self.draws()
+    for b in range(self.batches_done, self.batches_per_epoch): yield self.batch(b, draws)
 
 # %% ../nbs/02_data.ipynb #0f6eb157
 # Ctrl-C, preemption, SLURM's --signal, a closed terminal
@@ -775,6 +793,7 @@ class SyntheticLoader:
     def __iter__(self):
         "Yield the same batch (the last one cut to size) for each remaining batch of the epoch."
         self.batches_done, bs = self.batches.batches_done, self.batches.batch_size
+        # no draws: nothing is loaded
         for b in range(self.batches.batches_done, self.batches.batches_per_epoch):
             n = min(bs, self.batches.num_samples - b * bs)
             self.batches_done += 1

@@ -272,14 +272,18 @@ def seed_everything(seed:int):
 def rng_state(device:torch.device) -> dict:
     "Every RNG state a run on `device` draws from: Python's, the CPU's and the device's."
     state = {'python': random.getstate(), 'cpu': torch.get_rng_state()}
-    if device.type != 'cpu': state['device'] = torch.get_device_module(device).get_rng_state(device)
+    # under its type's name: a checkpoint moved to another type knows it is not its own
+    if device.type != 'cpu': state[device.type] = torch.get_device_module(device).get_rng_state(device)
     return state
 
 def set_rng_state(state:dict, device:torch.device):
-    "Restore the states saved by `rng_state`."
+    """Restore the states saved by `rng_state`: Python's and the CPU's always, the device's when it was saved
+    on this device type (another type's is left: the recipe's random draws are seeded per sample and per
+    batch)."""
     random.setstate(state['python'])
     torch.set_rng_state(state['cpu'])
-    if 'device' in state: torch.get_device_module(device).set_rng_state(state['device'], device)
+    if device.type != 'cpu' and device.type in state:
+        torch.get_device_module(device).set_rng_state(state[device.type], device)
 
 # %% ../nbs/00_device.ipynb #e700ebf2
 def device_name(device:torch.device) -> str:

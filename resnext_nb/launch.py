@@ -32,12 +32,12 @@ from .train import (RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverg
 __all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'FORWARDED_SIGNALS', 'SHUTDOWN_TIMEOUT',
            'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'JobConfig', 'make_parser', 'external_launcher',
            'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'check_values', 'check_data_path',
-           'resume_path', 'saved_values', 'from_checkpoint', 'make_config', 'config_from_args', 'format_config',
-           'leave_process_group', 'UserError', 'join_process_group', 'run_worker', 'die_with_parent', 'restarted',
-           'elastic_worker', 'check_port_free', 'launch_config', 'check_device_count', 'worker_environment',
-           'stopped_by_signal', 'describe_failure', 'launch_processes', 'lock_output', 'prepare_output',
-           'summary_fields', 'write_summary', 'summary_lines', 'next_steps', 'finished_line', 'stopped_line', 'run_job',
-           'main']
+           'resume_path', 'saved_values', 'moved_layout', 'from_checkpoint', 'make_config', 'config_from_args',
+           'format_config', 'leave_process_group', 'UserError', 'join_process_group', 'run_worker', 'die_with_parent',
+           'restarted', 'elastic_worker', 'check_port_free', 'launch_config', 'check_device_count',
+           'worker_environment', 'stopped_by_signal', 'describe_failure', 'launch_processes', 'lock_output',
+           'prepare_output', 'summary_fields', 'write_summary', 'summary_lines', 'next_steps', 'finished_line',
+           'stopped_line', 'run_job', 'main']
 
 # %% ../nbs/04_launch.ipynb #dea0a756
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
@@ -98,7 +98,7 @@ HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups 
                               'channels_last', 'sync_bn', 'deterministic', 'jit_compile', 'fused_sgd',
                               'warmup_steps'),
     'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every',
-                               'max_restarts', 'print_freq', 'tensorboard', 'case_name'),
+                               'max_restarts', 'print_freq', 'tensorboard', 'log_samples', 'case_name'),
 }
 LAUNCH_USAGE = 'python -m resnext_nb.launch [--data-path DIR] [--preset NAME] [--nproc N] [flags]'
 LAUNCH_EPILOG = """examples:
@@ -218,6 +218,24 @@ def saved_values(state:dict) -> dict:
         saved['batch_size'] *= state.get('world_size', 1)
     return saved
 
+# %% ../nbs/04_launch.ipynb #980dff81
+def moved_layout(
+    # the checkpoint's run: images per step (all ranks), batches per update, ranks
+    batch_size:int, accum:int, world:int,
+    new_world:int, # the ranks it continues on
+) -> tuple[int, int]:
+    """`(batch_size, grad_accum_steps)` that continue a run on `new_world` ranks with the same updates: the
+    same micro-batches, more of them per rank on fewer ranks; on more ranks than micro-batches, each split
+    evenly."""
+    S, m = world * accum, batch_size // world  # micro-batches per update, and their size
+    if S % new_world == 0: return m * new_world, S // new_world
+    if new_world > S and m * S % new_world == 0: return m * S, 1
+    counts = [str(d) for d in range(1, S + 1) if S % d == 0]
+    raise ValueError(f"its updates of {m * S} images are {S} micro-batches of {m}, which {new_world} "
+                     "processes "
+                     f"cannot share evenly: resume it on {', '.join(counts[:-1])}{' or ' * (len(counts) > 1)}"
+                     f"{counts[-1]} processes, or a multiple of {S} that divides {m * S}")
+
 # %% ../nbs/04_launch.ipynb #b764575e
 def from_checkpoint(
     values:dict, # the resolved values; updated in place
@@ -228,21 +246,24 @@ def from_checkpoint(
     """Take every value not given now from the checkpoint at `path`; refuse a flag given now that would change
     its recipe."""
     state = read_checkpoint(path)
-    saved = saved_values(state)
+    saved, moved = saved_values(state), {}
+    if (was := state.get('world_size', 1)) != world and 'batch_size' in saved:  # the same updates, on `world`
+        try: layout = moved_layout(saved['batch_size'], saved.get('grad_accum_steps', 1), was, world)
+        except ValueError as e: raise ValueError(f"checkpoint {path} ran on {was} processes: {e}") from None
+        moved = dict(zip(('batch_size', 'grad_accum_steps'), layout))
     for _, f, flag in flag_fields(CONFIGS):
-        if f.name not in saved or flag.on_resume == 'job' or values[f.name] == saved[f.name]: continue
+        if f.name not in saved or flag.on_resume == 'job': continue
+        keep = moved.get(f.name, saved[f.name])  # what the run goes on with: the checkpoint's, or its move's
+        if values[f.name] in (saved[f.name], keep):
+            if values[f.name] != keep: values[f.name], sources[f.name] = keep, 'checkpoint'
+            continue
         if sources[f.name] == 'flag':
             if flag.on_resume == 'apply': continue  # given again: it takes effect
             raise ValueError(f"{flag_names(f, flag)[0]} {shown(values[f.name])} differs from the "
-                             f"checkpoint's {shown(saved[f.name])}: "
+                             f"checkpoint's {shown(keep)}: "
                              "a resumed run keeps its recipe; drop the flag, or "
                              "start a new run in another --output")
-        values[f.name], sources[f.name] = saved[f.name], 'checkpoint'
-    mid = (state.get('sampler') or {}).get('start_batch', 0)
-    if mid and state.get('world_size', world) != world:
-        raise ValueError(f"checkpoint {path} stopped mid-epoch with {state['world_size']} processes and this "
-                         f"job has {world}: "
-                         f"resume it with the same --nproc and --nnodes")
+        values[f.name], sources[f.name] = keep, 'checkpoint'
 
 # %% ../nbs/04_launch.ipynb #262a7702
 def make_config(cls, values:dict):

@@ -116,19 +116,26 @@ def check_data_config(cfg:DataConfig, rank:int, world_size:int):
     if not 0 <= rank < world_size: raise DataError(f"rank {rank} is not in 0..{world_size - 1}")
     rank_batch(cfg, world_size)
 
-def check_train_size(n:int, cfg:DataConfig, world_size:int, where):
-    "Raise a `DataError` when `n` train images cannot fill one batch on each of `world_size` ranks."
-    if n // world_size < (per_rank := rank_batch(cfg, world_size)):
-        raise DataError(f"{where} has {n} train images, too few for one batch of "
-                        f"{per_rank} on each of {world_size} "
-                        f"rank(s): lower --batch-size", where)
+def check_train_size(
+    # the images, the config, the ranks, the data named in errors
+    n:int, cfg:DataConfig, world_size:int, where,
+    accum:int=1, # batches per optimiser update (`grad_accum_steps`)
+):
+    "Raise a `DataError` when `n` train images cannot fill one optimiser update on `world_size` ranks."
+    if n < cfg.batch_size * accum:
+        per_rank, update = rank_batch(cfg, world_size), f" x {accum} batches" if accum > 1 else ''
+        raise DataError(f"{where} has {n} train images, too few for one update of "
+                        f"{per_rank} images{update} on each of {world_size} "
+                        f"rank(s): lower --batch-size" + (" or --grad-accum-steps" if accum > 1 else ''),
+                        where)
 
 # %% ../nbs/02b_loaders.ipynb #e679d9cc
-def synthetic_loaders(cfg:DataConfig, rank:int, world_size:int, device:torch.device) -> Loaders:
+def synthetic_loaders(cfg:DataConfig, rank:int, world_size:int, device:torch.device, accum:int=1) -> Loaders:
     "Synthetic train and val loaders on `device`, sized like ImageNet unless `cfg` says otherwise."
-    check_train_size(cfg.synthetic_size, cfg, world_size, 'synthetic data')
+    check_train_size(cfg.synthetic_size, cfg, world_size, 'synthetic data', accum)
     batch = rank_batch(cfg, world_size)
-    make = lambda n, train: SyntheticLoader(EpochBatches(n, batch, rank, world_size, train, cfg.seed),
+    make = lambda n, train: SyntheticLoader(EpochBatches(n, batch, rank, world_size, train, cfg.seed,
+                                                         accum=accum),
                                             cfg.image_size, cfg.num_classes, device,
                                             cfg.seed + (0 if train else 1))
     return Loaders(make(cfg.synthetic_size, True), make(cfg.synthetic_val_size, False),
@@ -144,22 +151,24 @@ def build_loaders(
     device:torch.device=torch.device('cpu'),
     # False: the val split only (scoring a checkpoint needs no train/ and no minimum train size)
     train:bool=True,
+    # batches per optimiser update on each rank (`grad_accum_steps`): the train epoch holds whole updates
+    accum:int=1,
 ) -> Loaders:
     "This rank's train and val loaders for the data `cfg` describes, with clear errors for bad input."
     check_data_config(cfg, rank, world_size)
     kind, root = resolve_dataset(cfg)
     backend = resolve_backend(cfg.backend, kind, device, cpu_only_augmentations(cfg) if train else None)
     sizes, reps = crop_sizes(cfg), cfg.ra_reps if cfg.ra_sampler else 1
-    if kind == 'synthetic': return synthetic_loaders(cfg, rank, world_size, device)
+    if kind == 'synthetic': return synthetic_loaders(cfg, rank, world_size, device, accum)
     if kind == 'cifar10':
         train_src, val_src = (CifarSource(root, True) if train else None), CifarSource(root, False)
     elif train: train_src, val_src = open_image_folder(root)
     else: train_src, val_src = None, open_val_folder(root)
-    if train: check_train_size(len(train_src), cfg, world_size, root)
+    if train: check_train_size(len(train_src), cfg, world_size, root, accum)
     pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
         batches = EpochBatches(len(source), rank_batch(cfg, world_size), rank, world_size, is_train, cfg.seed,
-                               reps)
+                               reps, accum)
         if backend == 'gpu':
             return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')
         tfm = (train_transform(sizes.train, cfg.auto_augment, cfg.random_erase, cfg.crop_scale,

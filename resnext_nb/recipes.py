@@ -161,9 +161,13 @@ def make_scheduler(optimizer:torch.optim.Optimizer, cfg, steps_per_epoch:int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
 
 # %% ../nbs/02d_recipes.ipynb #296352f6
-def batch_seed(seed:int, epoch:int, batch:int, rank:int=0) -> int:
-    "The seed of one batch's mixing draws: the same after a resume, different on each rank."
-    digest = hashlib.blake2b(f'mix/{seed}/{epoch}/{batch}/{rank}'.encode(), digest_size=8).digest()
+def batch_seed(
+    seed:int, epoch:int, # the data seed and the epoch
+    update:int, micro_batch:int=0, # the batch's place, `EpochBatches.slot`: its update and micro-batch in it
+) -> int:
+    """The seed of one batch's mixing draws: the same after a resume and on any device count, different per
+    batch."""
+    digest = hashlib.blake2b(f'mix/{seed}/{epoch}/{update}/{micro_batch}'.encode(), digest_size=8).digest()
     return int.from_bytes(digest, 'little') >> 1
 
 class BatchMixer:

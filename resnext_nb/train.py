@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #36ddb126
 from __future__ import annotations
-import json, math, os, signal, sys, threading, time, warnings
+import hashlib, json, math, os, signal, sys, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,9 +37,9 @@ from .interpret import REPORT_FILES, Interpretation, write_report
 # %% auto #0
 __all__ = ['RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'CancelFitException', 'Callback', 'StopRequest',
            'stop_on_signals', 'Learner', 'zero_grads', 'hold_body', 'freeze_batchnorm', 'TrainingDiverged',
-           'held_sigchld', 'RunFailed', 'data_failure', 'score', 'console_line', 'LogCB', 'CheckpointCB', 'ProgressCB',
-           'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB', 'default_callbacks', 'build_model', 'build_learner',
-           'train', 'evaluate']
+           'held_sigchld', 'RunFailed', 'data_failure', 'score', 'console_line', 'LogCB', 'CheckpointCB', 'gather_keys',
+           'SampleLogCB', 'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB', 'default_callbacks',
+           'build_model', 'build_learner', 'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
 # what a run writes
@@ -120,6 +120,9 @@ class TrainConfig:
                       help='score the --resume checkpoint on the validation set, train nothing')
     deterministic:bool=opt(False, on_resume='apply', help='deterministic kernels only')
     tensorboard:bool=opt(False, on_resume='apply', help='also log to TensorBoard in <output>/tb')
+    log_samples:bool=opt(False, on_resume='apply',
+                         help="log a digest of each optimiser update's images and augmentation to "
+                              "metrics.jsonl, to compare two runs (one all-gather per update)")
 
 @dataclass
 class RunConfig:
@@ -188,13 +191,11 @@ class Learner:
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch, self.classes = len(loaders.train), list(getattr(loaders, 'classes', []))
         self.accum = cfg.grad_accum_steps  # batches per optimiser update; the schedule counts updates
-        # an epoch ends an update: it would hold fewer batches than the lr was scaled for
-        if self.accum > self.steps_per_epoch:
-            raise ValueError(f"--grad-accum-steps {self.accum} is more than the {self.steps_per_epoch} "
-                             "batches of an epoch, and an epoch "
-                             f"ends an update: use --grad-accum-steps {self.steps_per_epoch} or fewer, or a "
-                             "larger --batch-size")
         self.global_batch = loaders.batch_size * self.accum  # images per update, over all ranks
+        # an epoch holds whole updates (`EpochBatches`): the loaders must have been built for `accum`
+        if self.steps_per_epoch % self.accum or not self.steps_per_epoch:
+            raise ValueError(f"the train loader's {self.steps_per_epoch} batches are not whole updates of "
+                             f"--grad-accum-steps {self.accum}: build the loaders with accum={self.accum}")
         self.opt = make_optimizer(model, cfg, opt_class)
         self.sched = make_scheduler(self.opt, cfg, math.ceil(self.steps_per_epoch / self.accum))
         self.scaler = LossScaler(self.precision)
@@ -205,6 +206,8 @@ class Learner:
         self.epoch, self.batches_done, self.step, self.best_acc1, self.best_model = 0, 0, 0, 0.0, 'model'
         self.history, self.summary, self.stop_request = [], {}, stop_request or StopRequest()
         self.interp, self.ema_metrics = None, None
+        # (world size, grad_accum_steps) of the checkpoint resumed, set by `load_state_dict`
+        self.moved_from = None
         # when this `fit` began; seconds of training in the jobs before a resume
         self.fit_start, self.time_before = None, 0.0
         self.train_sums, self.throughput, self.lr = (MetricSums(device), Throughput(untimed),
@@ -259,18 +262,15 @@ def train_step(self:Learner, images:torch.Tensor, labels:torch.Tensor):
     metrics to `train_sums`."""
     self.xb = normalize(images, self.device, self.precision.memory_format)
     self.yb = self.targets = labels.to(self.device, non_blocking=True)
-    if self.mixer:
-        seed = batch_seed(self.cfg.seed or 0, self.epoch, self.batches_done, get_rank())
+    if self.mixer:  # seeded by the batch's place in its update, the same on any number of devices
+        seed = batch_seed(self.cfg.seed or 0, self.epoch, *self.loaders.train.batches.slot(self.batches_done))
         self.xb, self.targets = self.mixer(self.xb, self.yb, seed)
-    first = self.batches_done - self.batches_done % self.accum
-    # batches in this update: fewer at the end of an epoch
-    in_update = min(self.accum, self.steps_per_epoch - first)
     self.step, self.batches_done = self.step + 1, self.batches_done + 1
     with (self.model.no_sync() if not self.at_update and hasattr(self.model, 'no_sync') else nullcontext()):
         with self.precision.autocast():
             self.preds = self.model(self.xb)
             self.loss = self.loss_func(self.preds, self.targets)
-        self.scaler.scale(self.loss / in_update).backward()
+        self.scaler.scale(self.loss / self.accum).backward()
     # the rate this batch's update uses, before the schedule moves on
     self.lr = self.opt.param_groups[0]['lr']
     if self.at_update: self.update()
@@ -552,7 +552,9 @@ def state_dict(
             'train_time_s': self.train_time_s,
             'throughput': {'images': self.throughput.total_images, 'seconds': self.throughput.total_time},
             'config': self.config, 'recipe': self.recipe,
-            'num_classes': len(self.classes), 'classes': self.classes, 'world_size': get_world_size(),
+            'num_classes': len(self.classes), 'classes': self.classes,
+            # how its updates were shared: a resume on another device count counts batches and steps anew
+            'world_size': get_world_size(), 'accum': self.accum,
             **self.callback_state(),
             **({'model_ema': self.ema.state_dict()} if self.ema is not None else {})}
 
@@ -564,8 +566,11 @@ def load_state_dict(self:Learner, state:dict):
     self.opt.load_state_dict(state['optimizer'])
     self.best_acc1 = float(state['best_acc1'])
     sampler = state.get('sampler', {'epoch': state['epoch'], 'start_batch': 0})
-    self.epoch, self.batches_done = sampler['epoch'], sampler['start_batch']
-    self.step = state.get('step', self.epoch * self.steps_per_epoch + self.batches_done)
+    # on another device count the same updates are another number of batches (see `moved`): count in updates
+    self.moved_from = (state.get('world_size', 1), saved := state.get('accum', self.accum))
+    self.epoch, self.batches_done = sampler['epoch'], sampler['start_batch'] // saved * self.accum
+    self.step = (state['step'] // saved * self.accum if 'step' in state
+                 else self.epoch * self.steps_per_epoch + self.batches_done)
     if 'scaler' in state: self.scaler.load_state_dict(state['scaler'])
     if 'scheduler' in state: self.sched.load_state_dict(state['scheduler'])
     # an Ascend-recipe checkpoint has no schedule state: derive the LR from the step, as the schedule would
@@ -587,6 +592,22 @@ def load_state_dict(self:Learner, state:dict):
         if hasattr(cb, 'load_state_dict'): cb.load_state_dict(state)
     if self.ema is not None and 'model_ema' in state: self.ema.load_state_dict(state['model_ema'])
     self.best_model = state.get('best_model', 'model')
+
+# %% ../nbs/03_train.ipynb #4044bb0e
+@patch
+def moved(self:Learner) -> str|None:
+    """One line for a run resumed on another number of processes: how its updates are shared now, and
+    whether it goes on exactly (None when it did not move)."""
+    if self.moved_from is None or self.moved_from == (get_world_size(), self.accum): return None
+    (world, accum), now = self.moved_from, get_world_size()
+    per, parts = self.loaders.batch_size // now, now * self.accum  # the micro-batches' size and number
+    how = (f"its updates of {self.global_batch} images stay {parts} micro-batches of {per}, {self.accum} per "
+           f"process (--grad-accum-steps {self.accum}): the same images, batch-norm batches and mixing"
+           if parts == world * accum else
+           f"its updates of {self.global_batch} images are now {parts} micro-batches of {per}, not "
+           f"{world * accum}: the same images, but batch norm and MixUp/CutMix see smaller batches, so it "
+           "goes on close to, not exactly, as before")
+    return f"=> moved from {world} to {now} process{'es' * (now > 1)}: {how}"
 
 # %% ../nbs/03_train.ipynb #4d857905
 def console_line(
@@ -625,6 +646,7 @@ class LogCB(Callback):
             if self.echo:
                 print(console_line(f"=> resumed at epoch {self.learn.epoch}, step {self.learn.step}: "
                                              f"the logs in {self.out} go on from there"), flush=True)
+            if moved := self.learn.moved(): self.write(moved)  # on another device count: the log says how
             return
         self.write(f"=> training {self.learn.cfg.arch} on {device_name(self.learn.device)} x "
                    f"{get_world_size()}, "
@@ -636,10 +658,11 @@ class LogCB(Callback):
                        "statistics frozen; "
                        f"from epoch {n} the whole model trains")
 
-    def write(self, line:str, record:dict|None=None):
-        "One line to the log (and the console), and optionally one JSON record."
-        print(line, file=self.log_file, flush=True)
-        if self.echo: print(console_line(line), flush=True)
+    def write(self, line:str|None, record:dict|None=None):
+        "One line to the log (and the console) unless None, and optionally one JSON record."
+        if line is not None:
+            print(line, file=self.log_file, flush=True)
+            if self.echo: print(console_line(line), flush=True)
         if record is not None: print(json.dumps(record), file=self.jsonl, flush=True)
         self.log_sizes = {'train.log': self.log_file.tell(), 'metrics.jsonl': self.jsonl.tell()}
 
@@ -740,6 +763,33 @@ class CheckpointCB(Callback):
         learn = self.learn
         if learn.step == 0 or not learn.at_update or not is_main_process(): return
         save_checkpoint(learn.state_dict(), Path(learn.cfg.output) / 'checkpoint.pth.tar')
+
+# %% ../nbs/03_train.ipynb #67aee9e1
+def gather_keys(keys:list) -> list:
+    "Every rank's `keys`, rank 0's first (one all-gather); `keys` itself in a single process."
+    if not is_distributed(): return keys
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, keys)
+    return [k for part in parts for k in part]
+
+class SampleLogCB(Callback):
+    """`--log-samples`: after each optimiser update, a record in `metrics.jsonl` with a digest of the
+    `(index, sample_seed)` pairs it trained on, over all ranks: two runs whose records agree trained each
+    update on the same images with the same augmentation, whatever their device counts."""
+    order = 25  # after `LogCB`, before `CheckpointCB`: a checkpoint's log sizes include the update's record
+    def before_epoch(self):
+        self.keys, self.draws = [], self.learn.loaders.train.batches.draws()  # drawn once an epoch
+    def after_batch(self):
+        learn = self.learn
+        # the batch just trained
+        self.keys += learn.loaders.train.batches.batch(learn.batches_done - 1, self.draws)
+        if not learn.at_update: return
+        keys, self.keys = gather_keys(self.keys), []
+        log = next((cb for cb in learn.cbs if isinstance(cb, LogCB)), None)  # rank 0's
+        if log is None: return
+        digest = hashlib.blake2b(repr(sorted(keys)).encode(), digest_size=8).hexdigest()
+        log.write(None, {'kind': 'update', 'epoch': learn.epoch, 'update': learn.sched.last_epoch,
+                         'images': len(keys), 'samples': digest})
 
 # %% ../nbs/03_train.ipynb #4b4c3a2e
 class ProgressCB(Callback):
@@ -867,7 +917,8 @@ def build_learner(
     if cfg.train.seed is not None: seed_everything(cfg.train.seed)
     if cfg.train.deterministic: torch.use_deterministic_algorithms(True)
     precision = resolve_precision(cfg.amp, place.device.type)
-    loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device)
+    loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device,
+                            accum=cfg.train.grad_accum_steps)
     state = load_resumable(cfg.train.resume) if cfg.train.resume else None
     if state: check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)  # before the model exists
     model = build_model(cfg, len(loaders.classes), place.device, precision)
@@ -875,7 +926,7 @@ def build_learner(
     notes = [describe_recipe(cfg.train.recipe, values)] + run_notes(cfg, len(loaders.train))
     if cfg.train.pretrained and not state:
         notes.append(load_pretrained(model, cfg.train.pretrained, cfg.train.arch))
-    cbs = default_callbacks() if cbs is None else cbs
+    cbs = (default_callbacks() if cbs is None else cbs) + [SampleLogCB()] * cfg.train.log_samples
     sgd = sgd_class(place.device.type, cfg.npu.fused_sgd)
     learn = Learner(model, loaders, cfg.train, place.device, precision, cbs, sgd,
                     untimed_steps(cfg.npu, place.device.type), config=asdict(cfg), notes=notes,

@@ -123,8 +123,9 @@ def test_under_the_launcher_rank_0s_failure_saves_too(straight, tmp_path, free_p
 
 
 def test_more_accumulation_steps_than_batches_is_one_line(straight, tmp_path):
-    "15 batches an epoch and --grad-accum-steps 20: each update would hold 15 batches while the lr is scaled for 20."
+    "15 batches an epoch and --grad-accum-steps 20: not one whole update of 20 batches in an epoch, said in one line."
     data, _ = straight
     r = run_cli(*job(data, tmp_path / 'run', '--grad-accum-steps', 20))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
-    assert '--grad-accum-steps 20 is more than the 15 batches of an epoch' in r.stderr and '--grad-accum-steps 15 or fewer' in r.stderr
+    assert 'train images, too few for one update of 4 images x 20 batches on each of 1 rank(s)' in r.stderr, r.stderr
+    assert r.stderr.rstrip().endswith('lower --batch-size or --grad-accum-steps'), r.stderr

@@ -4,7 +4,7 @@ without a reachable package index these skip with one line; on CI they fail inst
 import os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from conftest import TINY, cli_env, folder_fixture, launch_cmd, make_image_folder, wait_for_step
+from conftest import TINY, cli_env, folder_fixture, launch_cmd, make_image_folder, run_cli, wait_for_step
 import npu_standin
 
 WHEEL = npu_standin.wheel_or_skip()  # the cached torch_npu wheel; else one line: a skip here, a failure on CI
@@ -161,3 +161,49 @@ def test_fused_sgd_matches_torch_sgd_over_an_epoch(standin, data, tmp_path):
     close = lambda a, b, name: torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     for k, v in s['state_dict'].items(): close(f['state_dict'][k], v, k)
     for k, v in s['optimizer']['state'].items(): close(f['optimizer']['state'][k]['momentum_buffer'], v['momentum_buffer'], k)
+
+
+def updates(out):
+    "Each optimiser update's (epoch, update, digest of its images and augmentation), from `--log-samples`."
+    import json
+    recs = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
+    return [(r['epoch'], r['update'], r['samples']) for r in recs if r['kind'] == 'update']
+
+
+def test_a_checkpoint_from_the_npu_branch_continues_on_the_cpu(standin, data, tmp_path):
+    """Issue 24, must-show 2: a checkpoint written mid-epoch by the NPU branch (the wheel's NpuFusedSGD state, and an
+    RNG state under a device type this machine lacks, as an NPU or CUDA run saves it) continues on the plain CPU
+    (torch.optim.SGD): every update trains the same images with the same augmentation as the uninterrupted NPU-branch
+    run, and the weights agree to float rounding (the fused and plain SGD round differently)."""
+    from resnext_nb.checkpoints import save_checkpoint
+    args = lambda out, *more: job(data, out, '--epochs', 2, '--log-samples', '--random-erase', 0.5, *more)
+    straight = launch(standin, tmp_path, *args(tmp_path / 'npu'))
+    cut = launch(standin, tmp_path, *args(tmp_path / 'moved', '--max-steps', 2, '--checkpoint-every', 1))
+    assert straight.returncode == 0 and cut.returncode == 0, (straight.stderr + cut.stderr)[-3000:]
+    ckpt = checkpoint(tmp_path / 'moved')
+    assert_npu_parts(ckpt, scaler=False)
+    assert (ckpt['step'], ckpt['sampler']) == (2, {'epoch': 0, 'start_batch': 2}), ckpt['sampler']
+    ckpt['rng']['npu'] = torch.randint(0, 256, (16,), dtype=torch.uint8)  # what torch.npu.get_rng_state() returns
+    save_checkpoint(ckpt, tmp_path / 'moved' / 'checkpoint.pth.tar')
+    r = run_cli(*args(tmp_path / 'moved', '--resume', 'auto'), cwd=tmp_path)  # no stand-in: the CPU
+    assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
+    done = checkpoint(tmp_path / 'moved')
+    assert 'foreach' in done['optimizer']['param_groups'][0] and 'npu' not in done['rng']  # torch's SGD, the CPU's
+    assert updates(tmp_path / 'moved') == updates(tmp_path / 'npu') and len(updates(tmp_path / 'npu')) == 8
+    want = checkpoint(tmp_path / 'npu')
+    for k, v in params(want).items(): torch.testing.assert_close(done['state_dict'][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_cpu_checkpoint_continues_on_the_npu_branch(standin, data, tmp_path):
+    "The other way: torch.optim.SGD's state, written mid-epoch on the CPU, continues under the wheel's NpuFusedSGD."
+    args = lambda out, *more: job(data, out, '--epochs', 2, '--log-samples', *more)
+    straight = run_cli(*args(tmp_path / 'cpu'), cwd=tmp_path)
+    cut = run_cli(*args(tmp_path / 'moved', '--max-steps', 2, '--checkpoint-every', 1), cwd=tmp_path)
+    assert straight.returncode == 0 and cut.returncode == 0, (straight.stderr + cut.stderr)[-3000:]
+    assert 'foreach' in checkpoint(tmp_path / 'moved')['optimizer']['param_groups'][0]
+    r = launch(standin, tmp_path, *args(tmp_path / 'moved', '--resume', 'auto'))
+    assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
+    done = checkpoint(tmp_path / 'moved')  # its param groups keep the keys torch's SGD wrote; NpuFusedSGD ignores them
+    assert updates(tmp_path / 'moved') == updates(tmp_path / 'cpu') and len(updates(tmp_path / 'cpu')) == 8
+    want = checkpoint(tmp_path / 'cpu')
+    for k, v in params(want).items(): torch.testing.assert_close(done['state_dict'][k], v, rtol=1e-5, atol=1e-6, msg=k)

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import ROOT, TINY, cli_env, folder_fixture, launch_cmd, read_records, run_cli, wait_for_step
 
-STEPS_PER_EPOCH = 60 // 4  # batches per epoch; with --grad-accum-steps 2 that is 8 updates, the last of one batch
+STEPS_PER_EPOCH = 60 // 8 * 2  # batches per epoch: 7 whole updates of 2 batches of 4; the 4 images left over are dealt next epoch
 
 
 data = folder_fixture(30, (5, 4))
@@ -109,7 +109,7 @@ def _sync_bn_rank(rank, port, x, result):
 
 
 def test_allreduce_batchnorm_over_two_ranks_is_batchnorm_over_the_whole_batch(free_port):
-    x = torch.randn(8, 3, 5, 5)
+    x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(0))
     with mp.Manager() as manager:
         result = manager.dict()
         mp.spawn(_sync_bn_rank, args=(free_port, x, result), nprocs=2)
@@ -120,5 +120,6 @@ def test_allreduce_batchnorm_over_two_ranks_is_batchnorm_over_the_whole_batch(fr
     weights = torch.cat([torch.arange(4 * 75).view(4, 3, 5, 5)] * 2).float()  # what each rank used on its half
     (out * weights).sum().backward()
     torch.testing.assert_close(torch.cat([p[0] for p in parts]), out.detach(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(torch.cat([p[1] for p in parts]), whole.grad, atol=1e-5, rtol=1e-5)
+    # gradients of up to a few hundred: float32 rounds them at about 1e-5 (an unseeded input missed 1e-5 once)
+    torch.testing.assert_close(torch.cat([p[1] for p in parts]), whole.grad, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(parts[0][2], ref.running_var, atol=1e-6, rtol=1e-6)
