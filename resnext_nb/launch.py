@@ -30,14 +30,14 @@ from .train import (RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverg
 
 # %% auto #0
 __all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'FORWARDED_SIGNALS', 'SHUTDOWN_TIMEOUT',
-           'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'JobConfig', 'make_parser', 'external_launcher',
-           'slurm_environment', 'preset_for', 'resolve_values', 'world_size', 'check_values', 'check_data_path',
-           'resume_path', 'saved_values', 'moved_layout', 'from_checkpoint', 'make_config', 'config_from_args',
-           'format_config', 'leave_process_group', 'UserError', 'join_process_group', 'run_worker', 'die_with_parent',
-           'restarted', 'elastic_worker', 'check_port_free', 'launch_config', 'check_device_count',
-           'worker_environment', 'stopped_by_signal', 'describe_failure', 'launch_processes', 'lock_output',
-           'prepare_output', 'summary_fields', 'write_summary', 'summary_lines', 'next_steps', 'finished_line',
-           'stopped_line', 'run_job', 'main']
+           'RDZV_LAST_CALL', 'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'node_range', 'parse_nnodes', 'JobConfig',
+           'make_parser', 'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values', 'world_size',
+           'check_values', 'check_data_path', 'resume_path', 'saved_values', 'moved_layout', 'from_checkpoint',
+           'make_config', 'config_from_args', 'format_config', 'leave_process_group', 'rescaled', 'UserError',
+           'join_process_group', 'run_worker', 'die_with_parent', 'restarted', 'elastic_worker', 'check_port_free',
+           'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal', 'describe_failure',
+           'launch_processes', 'lock_output', 'prepare_output', 'summary_fields', 'write_summary', 'summary_lines',
+           'next_steps', 'finished_line', 'stopped_line', 'run_job', 'main']
 
 # %% ../nbs/04_launch.ipynb #dea0a756
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
@@ -45,6 +45,19 @@ ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the defaul
 def tcp_port(v) -> str|None:
     "A `Flag.check`: None for a TCP port number (1-65535), else the complaint."
     return None if 0 < v < 65536 else 'not a TCP port'
+
+def node_range(nnodes:int|str) -> tuple[int, int]:
+    "`--nnodes` as (fewest, most) machines: `N` is (N, N), `MIN:MAX` as torchrun's."
+    lo, _, hi = str(nnodes).partition(':')
+    try: lo, hi = int(lo), int(hi or lo)
+    except ValueError: raise ValueError(f"--nnodes {nnodes}: give N or MIN:MAX, e.g. 2 or 1:2") from None
+    if not 1 <= lo <= hi: raise ValueError(f"--nnodes {nnodes}: need 1 <= MIN <= MAX")
+    return lo, hi
+
+def parse_nnodes(text:str) -> int|str:
+    "A `Flag.parse` for `--nnodes`: `N` as a number, `MIN:MAX` kept as written, both checked."
+    lo, hi = node_range(text)
+    return lo if lo == hi else f'{lo}:{hi}'
 
 
 # %% ../nbs/04_launch.ipynb #e4d38664
@@ -56,7 +69,9 @@ class JobConfig:
     nproc:int|None=opt(None, on_resume='job', check=positive,
                        help='processes (devices) per node (none: 1, or one per --device-list entry with '
                             '--multiprocessing-distributed)')
-    nnodes:int=opt(1, on_resume='job', check=positive, help='machines in the job')
+    nnodes:int|str=opt(1, on_resume='job', parse=parse_nnodes, metavar='N|MIN:MAX',
+                       help='machines in the job; MIN:MAX is elastic: it goes on while MIN remain (with '
+                            '--max-restarts), its updates unchanged')
     node_rank:int=opt(0, on_resume='job', check=non_negative, help="this machine's rank, 0..nnodes-1")
     multiprocessing_distributed:bool=opt(False, on_resume='job', ascend=True,
                                          help='one process per device in '
@@ -165,10 +180,11 @@ def world_size(values:dict, env=os.environ) -> tuple[int, int]:
     if launcher: return 1, int(env['WORLD_SIZE'] if launcher == 'torchrun' else env['SLURM_NTASKS'])
     nproc, listed = values['nproc'], values['device_list']
     if nproc is None: nproc = len(listed) if (listed and values['multiprocessing_distributed']) else 1
-    if not 0 <= values['node_rank'] < values['nnodes']:
+    most = node_range(values['nnodes'])[1]  # elastic: the run's updates are laid out for all of them
+    if not 0 <= values['node_rank'] < most:
         raise ValueError(f"--node-rank {values['node_rank']} with --nnodes {values['nnodes']}: need 0 <= "
                          "node-rank < nnodes")
-    return nproc, nproc * values['nnodes']
+    return nproc, nproc * most
 
 # %% ../nbs/04_launch.ipynb #3f4ec657
 def check_values(values:dict, world:int):
@@ -310,6 +326,17 @@ def leave_process_group():
     if is_distributed(): dist.destroy_process_group()
 
 
+# %% ../nbs/04_launch.ipynb #d056f64f
+def rescaled(cfg:RunConfig, env=os.environ) -> RunConfig:
+    """`cfg` for the world size this process was started in (`WORLD_SIZE`): fewer processes than the most of
+    an elastic job keep its updates, with more batches per update (`moved_layout`)."""
+    world = int(env.get('WORLD_SIZE', cfg.world_size))
+    if world == cfg.world_size: return cfg
+    try: batch, accum = moved_layout(cfg.data.batch_size, cfg.train.grad_accum_steps, cfg.world_size, world)
+    except ValueError as e: raise ValueError(f"this elastic job now has {world} processes: {e}") from None
+    return replace(cfg, data=replace(cfg.data, batch_size=batch), world_size=world,
+                   train=replace(cfg.train, grad_accum_steps=accum))
+
 # %% ../nbs/04_launch.ipynb #30b7b86e
 class UserError(SystemExit):
     "A one-line error a user can fix; the process exits with code 1."
@@ -329,6 +356,7 @@ def run_worker(cfg:RunConfig) -> dict:
     "Train or evaluate in this process, inside the process group the environment describes (if any)."
     place, failed = None, None
     try:
+        cfg = rescaled(cfg)
         place = resolve_placement(cfg.device, cfg.device_list)
         if place.world_size > 1: join_process_group(dist_backend(place.device.type))
         return (evaluate if cfg.train.evaluate else train)(cfg, place)
@@ -389,16 +417,22 @@ def check_port_free(addr:str, port:int):
 # %% ../nbs/04_launch.ipynb #7fa41a2d
 FORWARDED_SIGNALS = (*STOP_SIGNALS, 'SIGQUIT')  # what the launcher takes and passes on to every rank
 SHUTDOWN_TIMEOUT = 120  # seconds the ranks get to save after a forwarded signal, before SIGKILL
+RDZV_LAST_CALL = 10  # seconds an elastic rendezvous waits for more machines once it has MIN
 
-def launch_config(nproc:int, nnodes:int, node_rank:int, addr:str, port:int,
+def launch_config(nproc:int, nnodes:int|str, node_rank:int, addr:str, port:int,
                   max_restarts:int=0) -> LaunchConfig:
-    "A torch elastic `LaunchConfig` for a static rendezvous at `addr:port`, forwarding `FORWARDED_SIGNALS`."
+    """A torch elastic `LaunchConfig` for a rendezvous at `addr:port`, forwarding `FORWARDED_SIGNALS`: static
+    for a fixed `nnodes`, c10d (hosted by node 0) for `MIN:MAX`."""
     # torch >= 2.9
     newer = dict(signals_to_handle=','.join(FORWARDED_SIGNALS), shutdown_timeout=SHUTDOWN_TIMEOUT)
     known = {f.name for f in fields(LaunchConfig)}
-    return LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=f'resnext_nb-{port}',
-                        rdzv_backend='static', rdzv_endpoint=f'{addr}:{port}',
-                        rdzv_configs={'rank': node_rank, 'timeout': 900},
+    lo, hi = node_range(nnodes)
+    rdzv = (dict(rdzv_backend='static', rdzv_configs={'rank': node_rank, 'timeout': 900}) if lo == hi else
+            # a new round waits RDZV_LAST_CALL s for more machines once MIN are there
+            dict(rdzv_backend='c10d', rdzv_configs={'is_host': node_rank == 0, 'join_timeout': 900,
+                                                    'last_call_timeout': RDZV_LAST_CALL}))
+    return LaunchConfig(min_nodes=lo, max_nodes=hi, nproc_per_node=nproc, run_id=f'resnext_nb-{port}',
+                        rdzv_endpoint=f'{addr}:{port}', **rdzv,
                         max_restarts=max_restarts, monitor_interval=0.5, start_method='spawn',
                         **{k: v for k, v in newer.items() if k in known})
 
@@ -465,7 +499,7 @@ def launch_processes(
         logging.getLogger(name).setLevel(logging.CRITICAL)
     lc = launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port, job.max_restarts)
     results = elastic_launch(lc, elastic_worker)(cfg)
-    return results.get(0, {}) if job.node_rank == 0 else {}
+    return results.get(0, {})  # on the machine that held rank 0 (an elastic rendezvous deals the ranks)
 
 # %% ../nbs/04_launch.ipynb #76085399
 LOCK_FILE = '.resnext_nb.lock'  # in the output folder, held for the whole job
@@ -571,7 +605,7 @@ def _start(cfg:RunConfig, job:JobConfig) -> dict:
     "Run the job the way the environment and the flags ask: torchrun/SLURM, in-process, or torch elastic."
     launcher = external_launcher()
     if launcher == 'slurm': os.environ.update(slurm_environment(os.environ, job.addr, job.port))
-    if launcher or (job.nproc == 1 and job.nnodes == 1): return run_worker(cfg)
+    if launcher or (job.nproc == 1 and node_range(job.nnodes) == (1, 1)): return run_worker(cfg)
     return launch_processes(cfg, job)
 
 def finished_line(cfg:RunConfig) -> str|None:

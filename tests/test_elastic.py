@@ -1,7 +1,8 @@
 """Restart by itself (issue 24, item 3): under `--nproc 2 --max-restarts 1`, one rank SIGKILLed mid-epoch makes torch
 elastic restart both ranks; they go on from the run's last checkpoint (`--checkpoint-every 2`, so at most one step
 is trained again), and the job ends with exit 0, one line about the restart, the weights of an uninterrupted run
-and logs that hold each step once."""
+and logs that hold each step once. And under `--nnodes 1:2`, a machine that leaves leaves the job running on the
+other, which goes on with the same updates (issue 24, item 3's second half)."""
 import json, os, signal, socket, subprocess
 import pytest, torch
 from conftest import folder_fixture, run_cli, start_cli, wait_for_step
@@ -30,9 +31,16 @@ def steps(out):
     return [json.loads(l)['step'] for l in (out / 'metrics.jsonl').read_text().splitlines() if '"kind": "step"' in l]
 
 
-def test_a_killed_rank_restarts_the_job_which_ends_as_if_uninterrupted(data, tmp_path):
-    straight = run_cli(*job(data, tmp_path / 'straight'), timeout=600)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+@pytest.fixture(scope='module')
+def straight(data, tmp_path_factory):
+    "The uninterrupted 2-process run both tests compare with (`--log-samples` changes nothing it computes)."
+    out = tmp_path_factory.mktemp('straight')
+    r = run_cli(*job(data, out, '--log-samples'), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_a_killed_rank_restarts_the_job_which_ends_as_if_uninterrupted(data, straight, tmp_path):
     out = tmp_path / 'run'
     proc = start_cli(*job(data, out), start_new_session=True)
     wait_for_step(out, 5, proc)
@@ -43,7 +51,35 @@ def test_a_killed_rank_restarts_the_job_which_ends_as_if_uninterrupted(data, tmp
     lines = [l for l in err.splitlines() if l.strip()]
     assert proc.returncode == 0 and len(lines) == 1, err[-3000:]
     assert lines[0].startswith('resnext_nb: a rank failed; restart 1 of 1 goes on from ') and '(step ' in lines[0], lines
-    want = torch.load(tmp_path / 'straight' / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
+    want = torch.load(straight / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
     got = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
     for k, v in want['state_dict'].items(): assert torch.equal(v, got['state_dict'][k]), k
-    assert steps(out) == steps(tmp_path / 'straight') == list(range(1, 21))  # each step once, in order
+    assert steps(out) == steps(straight) == list(range(1, 21))  # each step once, in order
+
+
+def test_an_elastic_job_goes_on_when_a_machine_leaves(data, straight, tmp_path):
+    """`--nnodes 1:2`: two machines (two launchers here, one process each); SIGKILL one whole machine mid-epoch and
+    the other restarts, goes on alone from the last checkpoint with 2 batches per update, and ends with exit 0 and
+    the weights of an uninterrupted 2-process run (the same samples in every update, one thread per process)."""
+    out, p = tmp_path / 'elastic', port()
+    def machine(rank):
+        args = [*job(data, out)[:-6], '--log-samples', '--nnodes', '1:2', '--node-rank', rank, '--nproc', 1,
+                '--port', p, '--max-restarts', 1]  # job's own --nproc 2, --port and --max-restarts replaced
+        return start_cli(*args, start_new_session=True)
+    first, second = machine(0), machine(1)
+    wait_for_step(out, 5, first)
+    os.killpg(second.pid, signal.SIGKILL)  # the machine and every process on it
+    second.wait(timeout=30)
+    _, err = first.communicate(timeout=600)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert first.returncode == 0 and len(lines) == 1 and 'restart 1 of 1 goes on from' in lines[0], err[-3000:]
+    log = (out / 'train.log').read_text()
+    assert '=> moved from 2 to 1 process: its updates of 8 images stay 2 micro-batches of 4' in log, log[-2000:]
+    updates = lambda o: [r for r in map(json.loads, (o / 'metrics.jsonl').read_text().splitlines())
+                         if r['kind'] == 'update']
+    assert updates(out) == updates(straight) and len(updates(out)) == 20
+    want = torch.load(straight / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
+    got = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
+    for k, v in want['state_dict'].items():
+        if v.is_floating_point() and not k.endswith(('running_mean', 'running_var')):
+            assert ((got['state_dict'][k] - v).norm() / v.norm()).item() <= 1e-5, k
