@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #2b1022f8
 from __future__ import annotations
-import gc, hashlib, logging, math, os, pickle, random, signal, threading, time
+import gc, hashlib, io, logging, math, os, pickle, random, signal, threading, time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from collections import Counter
@@ -61,7 +61,7 @@ class DataError(ValueError):
         self.path = None if path is None else str(path)
 
 # %% ../nbs/02_data.ipynb #520561cb
-DATASETS = ('auto', 'imagefolder', 'cifar10', 'synthetic', 'builtin')
+DATASETS = ('auto', 'imagefolder', 'cifar10', 'hf', 'wds', 'synthetic', 'builtin')
 # where JPEGs are decoded and cropped: see "A GPU input pipeline" at the end
 DATA_BACKENDS = ('auto', 'pil', 'gpu')
 AUTO_AUGMENTS = ('none', 'ta_wide', 'ra', 'augmix', 'imagenet')  # torchvision's --auto-augment policies
@@ -89,8 +89,9 @@ class DataConfig:
                            ascend=True, help='ImageNet-layout folder (train/, val/) or a cifar-10-batches-py '
                                              'folder; none: the built-in dataset')
     dataset:str=opt('auto', choices=DATASETS,
-                    help='data source (auto: imagefolder or cifar10 from what '
-                         '--data-path holds; builtin without it)')
+                    help='data source (auto: an ImageFolder, CIFAR-10, Hugging Face parquet or '
+                         'save_to_disk, or WebDataset shards, from what --data-path holds; builtin without '
+                         'it)')
     image_size:int=opt(224, check=at_least(16),
                        help='train crop; validation resizes to size*256/224 and crops size')
     train_crop_size:int|None=opt(None, check=at_least(8),
@@ -137,11 +138,12 @@ class DataConfig:
 IMG_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
 
 def read_image(
-    path:str|os.PathLike, # an image file
+    path:str|os.PathLike, # an image file (or, with `data`, the name its bytes go by, as in a shard)
+    data:bytes|None=None, # the encoded image, when it is not read from `path`
 ) -> torch.Tensor:
     "Decode an image file into a `uint8` RGB tensor (3, H, W), or raise a `DataError` naming the file."
     try:
-        with Image.open(path) as im: rgb = im.convert('RGB')
+        with Image.open(path if data is None else io.BytesIO(data)) as im: rgb = im.convert('RGB')
     except Exception as e:
         # Pillow sometimes repeats the path
         reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '')

@@ -24,6 +24,7 @@ from .data import STOP_SIGNALS, DataConfig, DataError
 from .checkpoints import CheckpointError, read_checkpoint
 from .recipes import PRESETS, RECIPES, Scaled
 from .shapes import builtin_dataset_path
+from .shards import is_url, shard_kind
 from .interpret import REPORT_FILES
 from .train import (RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverged, default_output,
                               evaluate, train)
@@ -203,8 +204,8 @@ def check_values(values:dict, world:int):
     parse_loss_scale(values['loss_scale'])
 
 def check_data_path(path:str|None):
-    "Before anything loads: `--data_path` must be an existing folder."
-    if path is None: return
+    "Before anything loads: `--data_path` must be an existing folder (or the http(s) URL of shards)."
+    if path is None or is_url(path): return
     p = Path(path).expanduser()
     if not p.exists(): raise ValueError(f"--data_path {p} does not exist: check the path")
     if not p.is_dir():
@@ -588,7 +589,9 @@ def next_steps(
     out = Path(cfg.train.output); best = out / 'model_best.pth.tar'
     data = f" --data_path {cfg.data.data_path}" if cfg.data.data_path else ''
     model = f" --arch {cfg.train.arch} --image-size {cfg.data.image_size}"
-    images = Path(cfg.data.data_path or builtin_dataset_path()) / 'val'
+    data_path = cfg.data.data_path or builtin_dataset_path()
+    # shards have no image files to point at: then any of yours
+    images = 'IMAGES_OR_FOLDERS' if shard_kind(data_path) else Path(data_path) / 'val'
     commands = {f"python -m resnext_nb.predict {best} {images}": 'the top-5 classes of images or folders',
                 f"python -m resnext_nb.launch --evaluate --resume {best}{model}{data}":
                     'score it on the validation set',

@@ -15,6 +15,7 @@ from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, CifarSource, DataConfi
                              EpochBatches, Loader, SampleDataset, SyntheticLoader, crop_sizes, find_cifar10,
                              image_grid, open_image_folder, open_val_folder, train_transform, val_transform)
 from .gpu_jpeg import GpuLoader
+from .shards import is_url, open_shards, shard_kind
 from .shapes import builtin_dataset_path
 
 # %% auto #0
@@ -22,23 +23,29 @@ __all__ = ['resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Load
            'check_train_size', 'synthetic_loaders', 'build_loaders', 'show_batch']
 
 # %% ../nbs/02b_loaders.ipynb #e2580e02
-def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|None]:
-    "Which source `cfg` asks for ('imagefolder', 'cifar10', 'builtin' or 'synthetic') and its root folder."
+def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|str|None]:
+    """Which source `cfg` asks for ('imagefolder', 'cifar10', 'hf', 'wds', 'builtin' or 'synthetic') and its
+    root folder (for shards, possibly a URL)."""
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset {cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
     if cfg.dataset == 'synthetic': return 'synthetic', None
     if cfg.dataset == 'builtin' or (cfg.dataset == 'auto' and cfg.data_path is None):
         return 'builtin', builtin_dataset_path()
     if cfg.data_path is None: raise DataError(f"dataset {cfg.dataset!r} needs --data_path")
+    if is_url(cfg.data_path): return 'wds', cfg.data_path.rstrip('/')  # shards served over http(s)
     root = Path(cfg.data_path).expanduser()
     if not root.exists(): raise DataError(f"data path {root} does not exist: check --data_path", root)
     if cfg.dataset == 'cifar10' or (cfg.dataset == 'auto'
                                     and (root.name == CIFAR_FOLDER or (root/CIFAR_FOLDER).is_dir())):
         return 'cifar10', find_cifar10(root)
+    if cfg.dataset in ('hf', 'wds'): return cfg.dataset, root
+    if cfg.dataset == 'auto' and (kind := shard_kind(root)): return kind, root
     if cfg.dataset == 'auto' and not ((root/'train').is_dir() or (root/'val').is_dir()):
         raise DataError(f"{root} is neither an ImageFolder root (train/<class>/<images>, "
-                        "val/<class>/<images>) "
-                        f"nor a CIFAR-10 folder ({CIFAR_FOLDER}/): check --data_path", root)
+                        "val/<class>/<images>), a CIFAR-10 folder "
+                        f"({CIFAR_FOLDER}/), a Hugging Face dataset (data/train-*.parquet, or save_to_disk) "
+                        "nor "
+                        "WebDataset shards (train.json): check --data_path", root)
     return 'imagefolder', root
 
 # %% ../nbs/02b_loaders.ipynb #06403583
@@ -61,7 +68,10 @@ def resolve_backend(
     if backend == 'pil': return 'pil'
     if kind not in ('imagefolder', 'builtin'):
         if backend == 'gpu':
-            raise DataError(f"--data-backend gpu decodes JPEG files, and {kind} data has none: use "
+            has = ("holds JPEGs, but the GPU path reads them from files only, for now"
+                   if kind in ('hf', 'wds')
+                   else "has none")
+            raise DataError(f"--data-backend gpu decodes JPEG files, and {kind} data {has}: use "
                             "--data-backend auto or pil")
         return 'pil'
     if cpu_only:  # never a silently different augmentation: the device path has no policies and no erasing
@@ -162,6 +172,7 @@ def build_loaders(
     if kind == 'synthetic': return synthetic_loaders(cfg, rank, world_size, device, accum)
     if kind == 'cifar10':
         train_src, val_src = (CifarSource(root, True) if train else None), CifarSource(root, False)
+    elif kind in ('hf', 'wds'): train_src, val_src = open_shards(kind, root, train)
     elif train: train_src, val_src = open_image_folder(root)
     else: train_src, val_src = None, open_val_folder(root)
     if train: check_train_size(len(train_src), cfg, world_size, root, accum)
