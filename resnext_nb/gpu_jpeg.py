@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/gpu_jpeg.html.md"""
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #747a923f
 from __future__ import annotations
-import math, re
+import atexit, math, re, weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -20,10 +20,10 @@ from .data import (BadSample, DataConfig, DataError, EpochBatches, ImageFolderSo
                              val_resize_size)
 
 # %% auto #0
-__all__ = ['NVJPEG_STATUS_ALLOCATOR_FAILURE', 'JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'EncodedImages', 'pack_bytes',
-           'unpack_bytes', 'EncodedBatch', 'collate_encoded', 'decoder_out_of_memory', 'decode_jpegs',
+__all__ = ['NVJPEG_STATUS_ALLOCATOR_FAILURE', 'DECODING', 'JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'EncodedImages',
+           'pack_bytes', 'unpack_bytes', 'EncodedBatch', 'collate_encoded', 'decoder_out_of_memory', 'decode_jpegs',
            'sample_crop_boxes', 'fallback_box', 'ks_statistic', 'center_crop_boxes', 'resized_crops', 'GpuLoader',
-           'drain_side_stream']
+           'drain_side_stream', 'end_decoding']
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #25f24908
 class JpegInfo(NamedTuple):
@@ -321,12 +321,15 @@ def __iter__(self:GpuLoader):
     self.bad_images, self.cpu_decoded, self.batches_done = [], [], self.batches.batches_done
     self.pass_iter = batches = iter(self.dataloader)  # kept for `close`
     self.decoder = decoder = ThreadPoolExecutor(1, thread_name_prefix=f'{self.name}-decode')
+    DECODING.add(self)
     try:
         ahead = decoder.submit(self._prepare_next, batches)
         while (ready := ahead.result()) is not None:  # what the thread raised is raised here, unchanged
             ahead = decoder.submit(self._prepare_next, batches)  # batch k + 1 decodes while batch k trains
             yield self._hand_over(ready)
-    finally: decoder.shutdown(cancel_futures=True)  # after the batch in hand: no thread outlives its pass
+    finally:  # after the batch in hand: no thread outlives its pass (unless `close` ended it already)
+        if self.decoder is decoder: decoder.shutdown(cancel_futures=True)
+        DECODING.discard(self)
     if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
     if self.cpu_decoded:
         log.info(f"{self.name}: {len(self.cpu_decoded)} images decoded on the CPU (greyscale, CMYK or "
@@ -339,3 +342,11 @@ def close(self:GpuLoader):
     if self.decoder is not None: self.decoder.shutdown(cancel_futures=True)
     self.decoder = None
     Loader.close(self)
+
+DECODING = weakref.WeakSet()  # the loaders whose pass has a decode thread now
+
+@atexit.register
+def end_decoding():
+    """At interpreter exit, `close` every pass still suspended (a loader left in a global) while the modules
+    its thread needs are there: left to the generator's finaliser, the shutdown would fail in the teardown."""
+    for loader in list(DECODING): loader.close()

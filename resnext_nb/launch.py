@@ -30,15 +30,15 @@ from .train import (RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverg
                               evaluate, train)
 
 # %% auto #0
-__all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'FORWARDED_SIGNALS', 'SHUTDOWN_TIMEOUT',
-           'RDZV_LAST_CALL', 'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'node_range', 'parse_nnodes', 'JobConfig',
-           'make_parser', 'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values', 'world_size',
-           'check_values', 'check_data_path', 'resume_path', 'saved_values', 'moved_layout', 'from_checkpoint',
-           'make_config', 'config_from_args', 'format_config', 'leave_process_group', 'rescaled', 'UserError',
-           'join_process_group', 'run_worker', 'die_with_parent', 'restarted', 'elastic_worker', 'check_port_free',
-           'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal', 'describe_failure',
-           'launch_processes', 'lock_output', 'prepare_output', 'summary_fields', 'write_summary', 'summary_lines',
-           'next_steps', 'finished_line', 'stopped_line', 'run_job', 'main']
+__all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'ELASTIC_ENV', 'FORWARDED_SIGNALS',
+           'SHUTDOWN_TIMEOUT', 'RDZV_LAST_CALL', 'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'node_range', 'parse_nnodes',
+           'JobConfig', 'make_parser', 'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values',
+           'world_size', 'check_values', 'check_data_path', 'resume_path', 'saved_values', 'moved_layout',
+           'from_checkpoint', 'make_config', 'config_from_args', 'format_config', 'leave_process_group', 'rescaled',
+           'UserError', 'join_process_group', 'run_worker', 'die_with_parent', 'restarted', 'elastic_worker',
+           'check_port_free', 'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal',
+           'describe_failure', 'launch_processes', 'lock_output', 'prepare_output', 'summary_fields', 'write_summary',
+           'summary_lines', 'next_steps', 'finished_line', 'stopped_line', 'run_job', 'main']
 
 # %% ../nbs/04_launch.ipynb #dea0a756
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
@@ -291,9 +291,10 @@ def config_from_args(args, env=os.environ) -> tuple[RunConfig, JobConfig]:
     "Map the parsed flags onto a `RunConfig` for the workers and a `JobConfig` for the launcher."
     values, sources = resolve_values(vars(args))
     nproc, world = world_size(values, env)
-    check_values(values, world)
     values['resume'] = resume_path(values['resume'], values['output'])
     if values['resume'] and not values['evaluate']: from_checkpoint(values, sources, values['resume'], world)
+    # after the checkpoint's values: a resume on another world size chose its batch
+    check_values(values, world)
     job = replace(make_config(JobConfig, {**values, 'nproc': nproc}), preset=values['preset'],
                   sources=sources)
     tr = make_config(TrainConfig, values)
@@ -378,18 +379,23 @@ def die_with_parent(sig:int=signal.SIGTERM):
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1: PR_SET_PDEATHSIG
 
+ELASTIC_ENV = 'RESNEXT_NB_ELASTIC'  # set for the workers of a `--nnodes MIN:MAX` job
+
 def restarted(cfg:RunConfig, env=os.environ) -> RunConfig:
-    """`cfg` for ranks that torch elastic restarted after a failure (`--max-restarts`): the run goes on from
-    its own checkpoint, as `--resume auto` would, and rank 0 says so in one line."""
+    """`cfg` for ranks that torch elastic restarted after a failure (`--max-restarts`), or, in an elastic job,
+    because a machine joined (which torch does not count as a restart): the run goes on from its own
+    checkpoint, as `--resume auto` would, and rank 0 says so in one line."""
     attempt = int(env.get('TORCHELASTIC_RESTART_COUNT', 0))
-    if attempt == 0 or cfg.train.evaluate: return cfg
     ckpt = Path(cfg.train.output) / 'checkpoint.pth.tar'
+    regrouped = env.get(ELASTIC_ENV) == '1' and ckpt.is_file() and cfg.train.resume != str(ckpt)
+    if (attempt == 0 and not regrouped) or cfg.train.evaluate: return cfg
     resume = str(ckpt) if ckpt.is_file() else cfg.train.resume  # none written yet: where the run began
     if env.get('RANK', '0') == '0':
         step = read_checkpoint(resume).get('step') if resume else None
         where = f"{resume}{f' (step {step})' if step is not None else ''}" if resume else "the start"
-        print(f"resnext_nb: a rank failed; restart {attempt} of {env.get('TORCHELASTIC_MAX_RESTARTS', '?')} "
-              f"goes on from {where}", file=sys.stderr, flush=True)
+        why = (f"a rank failed; restart {attempt} of {env.get('TORCHELASTIC_MAX_RESTARTS', '?')}" if attempt
+               else "the job's machines changed; it")
+        print(f"resnext_nb: {why} goes on from {where}", file=sys.stderr, flush=True)
     return replace(cfg, train=replace(cfg.train, resume=resume))
 
 @record
@@ -483,7 +489,7 @@ def launch_processes(
     cfg:RunConfig, # what every worker runs
     job:JobConfig, # processes per node, machines, this node's rank, the rendezvous
 ) -> dict:
-    "Run `elastic_worker` in `job.nproc` processes on this node; returns rank 0's result (on node 0)."
+    "Run `elastic_worker` in `job.nproc` processes on this node; returns rank 0's result (on its node)."
     device_type = resolve_device_type(cfg.device)
     check_device_count(device_type, job.nproc, cfg.device_list, available_devices(device_type))
     if job.node_rank == 0: check_port_free(job.addr, job.port)
@@ -498,6 +504,8 @@ def launch_processes(
                  if n.startswith(('torch.distributed.elastic', 'torch.multiprocessing'))]:
         # each sets its own level; `describe_failure` reports failures, in one line
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    lo, hi = node_range(job.nnodes)
+    if lo != hi: os.environ[ELASTIC_ENV] = '1'  # its workers may start again on a checkpoint: see `restarted`
     lc = launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port, job.max_restarts)
     results = elastic_launch(lc, elastic_worker)(cfg)
     return results.get(0, {})  # on the machine that held rank 0 (an elastic rendezvous deals the ranks)

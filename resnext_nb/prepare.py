@@ -126,6 +126,10 @@ def prepare_split(
                 raise DataError(f"shard {path} does not read back as it was written: check the disk", path)
             counts['written'] += 1
         shardlist.append({'url': path.name, 'nsamples': len(r), 'filesize': path.stat().st_size})
+    names = {shard_file(fmt, split, k, len(ranges)) for k in range(len(ranges))}
+    pattern = f'{split}-*.tar' if fmt == 'wds' else f'data/{HF_SPLITS[split][0]}-*.parquet'
+    for stale in dst.glob(pattern):  # from an earlier run with another --shard-size: they would be read too
+        if str(stale.relative_to(dst)) not in names: stale.unlink()
     if fmt == 'wds':
         index = {'__kind__': WDS_KIND, 'wids_version': 1, 'name': split, 'classes': source.classes,
                  'shardlist': shardlist}
@@ -147,7 +151,8 @@ def prepare(
         raise DataError(f"{src} is not a folder: pass an ImageFolder root (train/, val/)", src)
     splits = [s for s in SPLITS if (src / s).is_dir()]
     if not splits: raise DataError(f"{src} has no train/ or val/ folder: pass an ImageFolder root", src)
-    for stale in dst.glob('**/.*.tmp'): stale.unlink()  # from a run that was killed while writing
+    for pattern in ('.*.tar.*.tmp', '.*.json.*.tmp', 'data/.*.parquet.*.tmp'):  # `atomic_write`'s, from a
+        for stale in dst.glob(pattern): stale.unlink()  # run killed while writing
     sources = {s: ImageFolderSource(src / s) for s in splits}
     if len({tuple(s.classes) for s in sources.values()}) > 1:
         raise DataError(f"{src}/train and {src}/val have different classes: give both the same class folders",

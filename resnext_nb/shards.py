@@ -6,32 +6,44 @@ Docs: https://resnext-nb.github.io/resnext_nb/shards.html.md"""
 
 # %% ../nbs/02a_shards.ipynb #096f1d06
 from __future__ import annotations
-import contextlib, io, os, warnings
+import contextlib, io, os, re, tarfile, warnings
 from pathlib import Path
 from urllib.parse import quote
 from torch.utils.data import Dataset
-from .data import DataError, read_image
+from .checkpoints import first_line
+from .data import IMG_EXTENSIONS, DataError, read_image
 
 # %% auto #0
-__all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'is_url', 'shard_cache', 'WdsSource', 'hf_split_files',
-           'hf_datasets', 'HfSource', 'open_hf', 'shard_kind', 'open_shards']
+__all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'open_files_limit', 'is_url', 'shard_cache', 'WdsSource',
+           'hf_split_files', 'check_complete', 'hf_datasets', 'HfSource', 'open_hf', 'shard_kind', 'open_shards']
 
 # %% ../nbs/02a_shards.ipynb #ffa10775
 WDS_KIND = 'wids-shard-index-v1'  # the `__kind__` of a wids index
-IMAGE_KEYS = ('.jpg', '.jpeg', '.png', '.webp')  # the members a sample's image may be stored under
+IMAGE_KEYS = IMG_EXTENSIONS  # the members a sample's image may be stored under: what ImageFolder reads
 LABEL_KEYS = ('.cls', '.label')
+
+def open_files_limit() -> int:
+    "How many files this process may open (its soft limit; 1024 where the platform does not say)."
+    try:
+        import resource
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError): return 1024
 
 def is_url(path) -> bool:
     "Whether `path` is an http(s) URL rather than a local path."
     return str(path).startswith(('http://', 'https://'))
 
 def shard_cache(shard:str) -> str:
-    """Where wids reads `shard` from: a local shard where it is (wids's default would copy it), a remote one
-    from `$RESNEXT_NB_WDS_CACHE` (default `~/.cache/resnext_nb/wds`), downloaded there once."""
-    if not is_url(shard): return shard
+    """Where wids reads `shard` from, in `$RESNEXT_NB_WDS_CACHE` (default `~/.cache/resnext_nb/wds`): a
+    remote shard is downloaded there once; a local one gets a link there (wids would copy it, and it writes a
+    lock file beside what it reads, which read-only storage refuses)."""
     folder = Path(os.environ.get('RESNEXT_NB_WDS_CACHE', '~/.cache/resnext_nb/wds')).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    return str(folder / quote(shard, safe='+-.'))
+    local = folder / quote(shard if is_url(shard) else str(Path(shard).resolve()), safe='+-.')
+    if not is_url(shard) and not local.is_symlink():
+        try: local.symlink_to(Path(shard).resolve())
+        except FileExistsError: pass  # another loader process made it first
+    return str(local)
 
 # %% ../nbs/02a_shards.ipynb #eba61d84
 class WdsSource(Dataset):
@@ -57,6 +69,10 @@ class WdsSource(Dataset):
         try:  # wids prints a line each time a dataset opens
             with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
                 self.ds = wids.ShardListDataset(self.index, transformations=[], localname=shard_cache)
+            # every shard kept open, as far as file descriptors allow: reading by index in a shuffled order, a
+            # smaller cache (wids's default is 10) opens and indexes a whole tar again for nearly every sample
+            self.ds.cache = wids.wids.LRUShards(min(len(self.ds.shards), max(10, open_files_limit() // 4)),
+                                                localname=shard_cache)
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"cannot open the shard index {self.index} ({type(e).__name__}: {e}): check "
                             "--data_path", self.index) from None
@@ -68,7 +84,12 @@ class WdsSource(Dataset):
         """Image `i` as a `uint8` RGB tensor and its label; a `DataError` naming the shard member when
         unreadable."""
         if self.ds is None: self.open()
-        sample = self.ds[i]
+        try: sample = self.ds[i]
+        # wids asserts that a download worked
+        except (OSError, AssertionError, ValueError, tarfile.TarError) as e:
+            raise DataError(f"cannot read sample {i} of {self.index} ({type(e).__name__}: {first_line(e)}): "
+                            "check "
+                            "that its shards are there and whole", self.index) from None
         name = f"{sample['__shard__']}:{sample['__key__']}"
         image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
         label = next((sample[k] for k in LABEL_KEYS if k in sample), None)
@@ -76,7 +97,10 @@ class WdsSource(Dataset):
             raise DataError(f"shard member {name} has no {'image' if image is None else 'label'} "
                             f"({', '.join(IMAGE_KEYS if image is None else LABEL_KEYS)}): check the shards",
                             name)
-        return read_image(name, image.read()), int(label.read())
+        try: label = int(label.read())
+        except ValueError:
+            raise DataError(f"shard member {name} has a label that is not a class index", name) from None
+        return read_image(name, image.read()), label
 
 # %% ../nbs/02a_shards.ipynb #aa082706
 HF_SPLITS = {'train': ('train',), 'val': ('validation', 'val', 'valid')}  # our split: the Hub's names for it
@@ -91,6 +115,19 @@ def hf_split_files(root:Path) -> dict[str, list[Path]]:
                      for f in sorted(base.glob(f'{n}-*.parquet')) + sorted(base.glob(f'{n}/*.parquet'))]
             if files: found[ours] = files; break
     return found
+
+def check_complete(files:list[Path]) -> list[Path]:
+    """`files`, checked to be every part of a split whose names say how many there are (`-00003-of-00012`): a
+    `DataError` for a missing part or a stale one of another count, as a `prepare` stopped half-way leaves."""
+    parts = [re.search(r'-(\d+)-of-(\d+)\.parquet$', f.name) for f in files]
+    if not all(parts): return files  # not numbered: taken as they are
+    counts = {int(p[2]) for p in parts}
+    if len(counts) > 1 or sorted(int(p[1]) for p in parts) != list(range(next(iter(counts)))):
+        raise DataError(f"{files[0].parent} holds {len(files)} parquet files of a split whose names say "
+                        f"{'/'.join(map(str, sorted(counts)))} parts: some are missing or left from another "
+                        "write; run python -m resnext_nb.prepare again, or remove the stray files",
+                        files[0].parent)
+    return files
 
 def hf_datasets():
     """Hugging Face `datasets`, without its progress bars and notices in a run's log or a notebook (a one-line
@@ -139,15 +176,20 @@ def open_hf(
 ) -> dict[str, HfSource]:
     "Our splits of the Hugging Face dataset at `root`, as `HfSource`s."
     datasets = hf_datasets()
-    if (root / 'dataset_dict.json').is_file():
-        saved = datasets.load_from_disk(str(root))
-        names = {ours: next((n for n in HF_SPLITS[ours] if n in saved), None) for ours in splits}
-        parts = {ours: saved[n] for ours, n in names.items() if n}
-    else:
-        files = hf_split_files(root)
-        parts = {ours: datasets.load_dataset('parquet', data_files=[str(f) for f in files[ours]],
-                                             split='train')
-                 for ours in splits if ours in files}
+    try:
+        if (root / 'dataset_dict.json').is_file():
+            saved = datasets.load_from_disk(str(root))
+            names = {ours: next((n for n in HF_SPLITS[ours] if n in saved), None) for ours in splits}
+            parts = {ours: saved[n] for ours, n in names.items() if n}
+        else:
+            files = {s: check_complete(f) for s, f in hf_split_files(root).items() if s in splits}
+            parts = {ours: datasets.load_dataset('parquet', data_files=[str(f) for f in fs], split='train')
+                     for ours, fs in files.items()}
+    except DataError: raise
+    except Exception as e:  # datasets' own errors are not ValueErrors: one line, whatever they are
+        raise DataError(f"cannot open the Hugging Face dataset in {root} ({type(e).__name__}: "
+                        f"{first_line(e)})",
+                        root) from None
     if missing := [s for s in splits if s not in parts]:
         raise DataError(f"{root} has no {missing[0]} split: expected {' or '.join(HF_SPLITS[missing[0]])} in "
                         "a "

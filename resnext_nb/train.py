@@ -567,10 +567,11 @@ def load_state_dict(self:Learner, state:dict):
     self.best_acc1 = float(state['best_acc1'])
     sampler = state.get('sampler', {'epoch': state['epoch'], 'start_batch': 0})
     # on another device count the same updates are another number of batches (see `moved`): count in updates
-    self.moved_from = (state.get('world_size', 1), saved := state.get('accum', self.accum))
+    saved = state.get('accum') or ((state.get('config') or {}).get('train') or {}).get('grad_accum_steps', 1)
+    self.moved_from = (state.get('world_size', 1), saved)
     self.epoch, self.batches_done = sampler['epoch'], sampler['start_batch'] // saved * self.accum
-    self.step = (state['step'] // saved * self.accum if 'step' in state
-                 else self.epoch * self.steps_per_epoch + self.batches_done)
+    # `step` goes on counting this process's batches, so that the logs' step axis never goes back
+    self.step = state.get('step', self.epoch * self.steps_per_epoch + self.batches_done)
     if 'scaler' in state: self.scaler.load_state_dict(state['scaler'])
     if 'scheduler' in state: self.sched.load_state_dict(state['scheduler'])
     # an Ascend-recipe checkpoint has no schedule state: derive the LR from the step, as the schedule would

@@ -61,7 +61,8 @@ def test_stopped_mid_epoch_and_resumed_on_another_device_count(straight, data, t
     assert proc.returncode == 128 + signal.SIGTERM and 'stopped by SIGTERM' in err, err[-3000:]
     sampler = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)['sampler']
     assert sampler['epoch'] == 0 and 0 < sampler['start_batch'] < 4 * per_update, sampler  # mid-epoch
-    r = run_cli(*job(data, out, recipe, *LAYOUTS[after], '--resume', 'auto'), timeout=600)
+    # only the device count: the launcher chooses --batch-size and --grad-accum-steps for it
+    r = run_cli(*job(data, out, recipe, '--nproc', after, '--resume', 'auto'), timeout=600)
     assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
     moved = [l for l in r.stdout.splitlines() if '=> moved from' in l]
     assert len(moved) == 1 and f'moved from {before} to {after} process' in moved[0], moved

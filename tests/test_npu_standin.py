@@ -188,7 +188,7 @@ def test_a_checkpoint_from_the_npu_branch_continues_on_the_cpu(standin, data, tm
     r = run_cli(*args(tmp_path / 'moved', '--resume', 'auto'), cwd=tmp_path)  # no stand-in: the CPU
     assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
     done = checkpoint(tmp_path / 'moved')
-    assert 'foreach' in done['optimizer']['param_groups'][0] and 'npu' not in done['rng']  # torch's SGD, the CPU's
+    assert 'foreach' in done['optimizer']['param_groups'][0]  # torch's SGD took over the fused one's state
     assert updates(tmp_path / 'moved') == updates(tmp_path / 'npu') and len(updates(tmp_path / 'npu')) == 8
     want = checkpoint(tmp_path / 'npu')
     for k, v in params(want).items(): torch.testing.assert_close(done['state_dict'][k], v, rtol=1e-5, atol=1e-6, msg=k)

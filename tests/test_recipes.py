@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import ROOT, TINY, cli_env, folder_fixture, launch_cmd, read_records, run_cli, wait_for_step
 
-STEPS_PER_EPOCH = 60 // 8 * 2  # batches per epoch: 7 whole updates of 2 batches of 4; the 4 images left over are dealt next epoch
+STEPS_PER_EPOCH = 60 // 8 * 2  # batches per epoch: 7 whole updates of 2 batches of 4; 4 images a (reshuffled) epoch are left out
 
 
 data = folder_fixture(30, (5, 4))

@@ -31,6 +31,14 @@ def prepare(*args, **kw):
                           capture_output=True, text=True, **kw)
 
 
+@pytest.fixture(scope='module', autouse=True)
+def shard_cache(tmp_path_factory):
+    "The runs' wids cache (links to local shards, downloads of remote ones) in a folder of this module's."
+    os.environ['RESNEXT_NB_WDS_CACHE'] = str(tmp_path_factory.mktemp('wds-cache'))
+    yield
+    os.environ.pop('RESNEXT_NB_WDS_CACHE')
+
+
 @pytest.fixture(scope='module')
 def sources(tmp_path_factory):
     "The digits as a folder, as WebDataset shards of 64 (200 = 3 x 64 + 8) and as parquet shards of 96."
@@ -116,4 +124,20 @@ def test_prepare_killed_midway_resumes_and_says_what_it_verified(sources, tmp_pa
     line = r.stdout.splitlines()[0]
     assert f'train: 50 shards of up to 4 images, {50 - written} written and {written} kept from an earlier run' in line
     assert 'all read back and verified: 200 images, their bytes, labels and order' in line, line
-    assert not list(dst.glob('.*.tmp'))  # the shard being written when it was killed was never left half-done
+
+
+def test_shards_over_http_train_as_the_local_ones(sources, straight, tmp_path):
+    "`--data_path http://...`: the indexes and shards come over HTTP, each shard downloaded once into the cache."
+    import functools, http.server, threading
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args): pass
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Quiet, directory=str(sources['wds'])))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out, cache = tmp_path / 'http', tmp_path / 'cache'
+    try: r = run_cli(*job(f'http://127.0.0.1:{server.server_address[1]}', out), env=cli_env(RESNEXT_NB_WDS_CACHE=cache))
+    finally: server.shutdown()
+    assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
+    want = weights(straight['wds'])
+    for k, v in weights(out).items(): assert torch.equal(v, want[k]), k
+    assert sorted(p.name.rsplit('%2F', 1)[-1] for p in cache.iterdir()) == [
+        'train-000000.tar', 'train-000001.tar', 'train-000002.tar', 'train-000003.tar', 'val-000000.tar']
