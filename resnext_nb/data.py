@@ -548,7 +548,8 @@ class EpochBatches:
         permutation, each image `reps` times in a row; the same on every rank and for every device count."""
         order = torch.randperm(self.n,
                                generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        return [(i, r) for i in order for r in range(self.reps)][:self.n]  # an epoch holds n draws
+        kept = order[:math.ceil(self.n / self.reps)]  # an epoch holds n draws: only these images are drawn
+        return [(i, r) for i in kept for r in range(self.reps)][:self.n]
 
     def draws(self) -> list[tuple[int, int]]:
         "The `(index, repeat)` pairs this rank visits in the current epoch, in order."
@@ -792,6 +793,7 @@ class SyntheticLoader:
     def epoch(self) -> int: return self.batches.epoch
 
     def close(self): "Nothing to end: no processes."
+    def start(self): "Nothing to start: no processes."
     def __iter__(self):
         "Yield the same batch (the last one cut to size) for each remaining batch of the epoch."
         self.batches_done, bs = self.batches.batches_done, self.batches.batch_size

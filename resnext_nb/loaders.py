@@ -107,7 +107,7 @@ def close(self:Loaders):
 @patch
 def start_val(self:Loaders):
     "Start the val loader's processes now, while training runs (see `Loader.start`)."
-    if isinstance(self.val, Loader): self.val.start()
+    self.val.start()
 
 # %% ../nbs/02b_loaders.ipynb #7f7bdda9
 def rank_batch(cfg:DataConfig, world_size:int) -> int:
