@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #2b1022f8
 from __future__ import annotations
-import gc, hashlib, io, logging, math, os, pickle, random, signal, threading, time
+import gc, hashlib, io, itertools, logging, math, os, pickle, random, signal, threading, time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from collections import Counter
@@ -27,15 +27,15 @@ from .device import is_main_process, seeded_generator
 log = logging.getLogger(__name__)  # one-line warnings: files reached twice, images skipped
 
 # %% auto #0
-__all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP', 'IMAGENET_MEAN',
-           'IMAGENET_STD', 'STOP_SIGNALS', 'printable', 'is_utf8', 'DataError', 'parse_range', 'at_most_one',
-           'default_workers', 'DataConfig', 'read_image', 'walk_images', 'not_utf8_error', 'duplicates_summary',
-           'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image', 'write_image_folder',
-           'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'val_resize_size', 'CropSizes',
-           'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset',
-           'collate_samples', 'shard_indices', 'EpochBatches', 'ignore_stop_signals', 'init_loader_process',
-           'make_dataloader', 'Loader', 'bad_images_summary', 'dead_process_named', 'quiet_sigchld', 'SyntheticLoader',
-           'normalize', 'image_grid']
+__all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'SHUFFLES', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP',
+           'IMAGENET_MEAN', 'IMAGENET_STD', 'STOP_SIGNALS', 'printable', 'is_utf8', 'DataError', 'parse_range',
+           'at_most_one', 'default_workers', 'DataConfig', 'read_image', 'walk_images', 'not_utf8_error',
+           'duplicates_summary', 'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image',
+           'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder',
+           'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample',
+           'one_thread', 'SampleDataset', 'collate_samples', 'shard_indices', 'epoch_order', 'EpochBatches',
+           'ignore_stop_signals', 'init_loader_process', 'make_dataloader', 'Loader', 'bad_images_summary',
+           'dead_process_named', 'quiet_sigchld', 'SyntheticLoader', 'normalize', 'image_grid']
 
 # %% ../nbs/02_data.ipynb #19705041
 def printable(
@@ -65,6 +65,7 @@ DATASETS = ('auto', 'imagefolder', 'cifar10', 'hf', 'wds', 'synthetic', 'builtin
 # where JPEGs are decoded and cropped: see "A GPU input pipeline" at the end
 DATA_BACKENDS = ('auto', 'pil', 'gpu')
 AUTO_AUGMENTS = ('none', 'ta_wide', 'ra', 'augmix', 'imagenet')  # torchvision's --auto-augment policies
+SHUFFLES = ('images', 'shards')  # --shuffle: one permutation of all the images, or shard by shard
 
 def parse_range(text:str) -> tuple[float, float]:
     "'LOW,HIGH' as two floats with 0 < LOW <= HIGH: the ranges of `--crop-scale` and `--crop-ratio`."
@@ -130,6 +131,11 @@ class DataConfig:
     synthetic_size:int=1_281_167 # synthetic train images per epoch, over all ranks (ImageNet's train set)
     synthetic_val_size:int=50_000 # synthetic val images, over all ranks (ImageNet's val set)
     num_classes:int=1000 # classes of the synthetic data
+    shuffle:str=opt('images', choices=SHUFFLES,
+                    help='the train order: one permutation of all the images, or shard by shard (the '
+                         'shards in a random order, the images of each shuffled), for storage that reads '
+                         'best '
+                         'in sequence; the shards must mix the classes, as prepare --shuffle writes them')
     backend:str=opt('auto', '--data-backend', on_resume='apply', choices=DATA_BACKENDS,
                     help='where JPEGs are decoded and cropped: gpu (nvjpeg on a CUDA GPU), pil (loader '
                          'processes), auto (gpu where it works)')
@@ -526,6 +532,21 @@ def shard_indices(
     if not 0 <= rank < world_size: raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     return range(rank, n, world_size)
 
+# %% ../nbs/02_data.ipynb #9d9e08a7
+def epoch_order(
+    n:int, # images in the split
+    seed:int, # the shuffle seed plus the epoch
+    blocks:list[int]|None=None, # sizes of the runs of consecutive indices kept together (shards), or None
+) -> list[int]:
+    """The train epoch's permutation of 0..n-1: `DistributedSampler`'s, or with `blocks` a permutation of the
+    blocks, each shuffled within, so that the epoch reads one shard after another."""
+    g = torch.Generator().manual_seed(seed)
+    if blocks is None: return torch.randperm(n, generator=g).tolist()
+    if sum(blocks) != n: raise ValueError(f"the shards hold {sum(blocks)} images, and the split {n}")
+    starts = [0, *itertools.accumulate(blocks)]
+    return [starts[b] + j for b in torch.randperm(len(blocks), generator=g).tolist()
+            for j in torch.randperm(blocks[b], generator=g).tolist()]
+
 # %% ../nbs/02_data.ipynb #ab809b44
 class EpochBatches:
     """Batches of `(index, sample_seed)` for one rank: shuffled `DistributedSampler`-style (or repeated) for
@@ -537,17 +558,17 @@ class EpochBatches:
                  train:bool=True, # shuffle and drop the remainder (train), or keep every image in order (val)
                  seed:int=0, # the shuffle and augmentation seed
                  reps:int=1, # copies of each image per epoch (the repeated-augmentation sampler; train only)
-                 accum:int=1): # batches per optimiser update on each rank (`grad_accum_steps`; train only)
+                 accum:int=1, # batches per optimiser update on each rank (`grad_accum_steps`; train only)
+                 blocks:list[int]|None=None): # shard sizes, to shuffle shard by shard (`epoch_order`; train)
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
-        self.train, self.seed = train, seed
+        self.train, self.seed, self.blocks = train, seed, blocks if train else None
         self.reps, self.accum = (reps, accum) if train else (1, 1)
         self.epoch, self.batches_done = 0, 0
 
     def sequence(self) -> list[tuple[int, int]]:
-        """The epoch's `(index, repeat)` pairs in the order the updates take them: `DistributedSampler`'s
+        """The epoch's `(index, repeat)` pairs in the order the updates take them: `epoch_order`'s
         permutation, each image `reps` times in a row; the same on every rank and for every device count."""
-        order = torch.randperm(self.n,
-                               generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        order = epoch_order(self.n, self.seed + self.epoch, self.blocks)
         kept = order[:math.ceil(self.n / self.reps)]  # an epoch holds n draws: only these images are drawn
         return [(i, r) for i in kept for r in range(self.reps)][:self.n]
 

@@ -20,11 +20,11 @@ __all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'VISIBLE_DEVICES', 
            'wants_pinned_memory', 'get_device', 'Placement', 'resolve_placement', 'synchronize', 'peak_memory_bytes',
            'reset_peak_memory', 'seeded_generator', 'seed_everything', 'rng_state', 'set_rng_state', 'device_name',
            'dist_backend', 'device_environment', 'set_device_environment', 'is_distributed', 'get_rank',
-           'get_world_size', 'is_main_process', 'parse_loss_scale', 'AmpConfig', 'Precision', 'supports_channels_last',
-           'autocast_dtype', 'resolve_precision', 'to_memory_format', 'npu_branch', 'npu_saturates_fp16',
-           'make_grad_scaler', 'LossScaler', 'AllReduceBatchNorm', 'sync_batchnorm', 'gpu_jpeg_unavailable_reason',
-           'supports_gpu_jpeg', 'SideStream', 'release', 'npu_version_mismatch', 'NpuConfig', 'apply_npu_config',
-           'sgd_class', 'untimed_steps', 'warmup_message']
+           'get_world_size', 'is_main_process', 'host_group', 'parse_loss_scale', 'AmpConfig', 'Precision',
+           'supports_channels_last', 'autocast_dtype', 'resolve_precision', 'to_memory_format', 'npu_branch',
+           'npu_saturates_fp16', 'make_grad_scaler', 'LossScaler', 'AllReduceBatchNorm', 'sync_batchnorm',
+           'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg', 'SideStream', 'release', 'npu_version_mismatch',
+           'NpuConfig', 'apply_npu_config', 'sgd_class', 'untimed_steps', 'warmup_message']
 
 # %% ../nbs/00_device.ipynb #d1c8951e
 CANN_SET_ENV = ('/usr/local/Ascend/ascend-toolkit/set_env.sh', '/usr/local/Ascend/cann/set_env.sh',
@@ -332,6 +332,19 @@ def get_world_size() -> int:
 def is_main_process() -> bool:
     "True on the process that logs and saves: global rank 0."
     return get_rank() == 0
+
+# %% ../nbs/00_device.ipynb #b84b46b6
+_host = {}  # the host group of the current process group: {'world': its WORLD group, 'group': the host group}
+
+def host_group():
+    """A process group whose collectives run on the host (gloo), for the small agreements the training loop
+    makes before every batch: with NCCL or HCCL, reading a collective's result waits for the device's whole
+    queue. Made once per process group, at the first call, which every rank makes at the same place; None (the
+    default group) where that is gloo already, or outside a process group."""
+    if not is_distributed() or dist.get_backend() == 'gloo': return None
+    if _host.get('world') is not dist.group.WORLD:
+        _host.update(world=dist.group.WORLD, group=dist.new_group(backend='gloo'))
+    return _host['group']
 
 # %% ../nbs/00_device.ipynb #e74b5fd7
 OPT_LEVELS = ('O0', 'O1', 'O2')

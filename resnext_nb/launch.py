@@ -100,7 +100,8 @@ CONFIGS = {'launch': JobConfig, 'device': RunConfig, 'training': TrainConfig, 'd
 # %% ../nbs/04_launch.ipynb #454e41d3
 HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups its flags
     'the run': ('preset', 'recipe', 'epochs', 'batch_size', 'seed', 'print_config'),
-    'data': ('data_path', 'dataset', 'image_size', 'workers', 'backend', 'skip_bad_images', 'dummy'),
+    'data': ('data_path', 'dataset', 'image_size', 'workers', 'backend', 'shuffle', 'skip_bad_images',
+             'dummy'),
     'model': ('arch', 'pretrained', 'freeze_epochs', 'zero_init_residual', 'compile'),
     'optimiser and schedule': ('optimizer', 'lr', 'momentum', 'weight_decay', 'no_bn_weight_decay',
                                'schedule', 'step_size', 'warmup_epochs', 'clip_grad_norm', 'grad_accum_steps',
@@ -342,7 +343,6 @@ def rescaled(cfg:RunConfig, env=os.environ) -> RunConfig:
 # %% ../nbs/04_launch.ipynb #30b7b86e
 class UserError(SystemExit):
     "A one-line error a user can fix; the process exits with code 1."
-
 def join_process_group(backend:str, env=os.environ):
     """`dist.init_process_group` from the environment. After a restart (`--max-restarts`) it joins under
     keys of its own attempt: torch elastic's static rendezvous keeps one store across attempts, and the
@@ -356,7 +356,7 @@ def join_process_group(backend:str, env=os.environ):
 
 def run_worker(cfg:RunConfig) -> dict:
     "Train or evaluate in this process, inside the process group the environment describes (if any)."
-    place, failed = None, None
+    place, code = None, 1
     try:
         cfg = rescaled(cfg)
         place = resolve_placement(cfg.device, cfg.device_list)
@@ -364,11 +364,17 @@ def run_worker(cfg:RunConfig) -> dict:
         return (evaluate if cfg.train.evaluate else train)(cfg, place)
     except (DataError, CheckpointError, TrainingDiverged, RunFailed, DeviceUnavailable, ValueError) as e:
         rank = f"[rank {place.rank}] " if place and place.world_size > 1 else ''
-        # kept as text: `e` and the frames it holds go with this block
-        failed = f"resnext_nb: error: {rank}{e}"
+        if getattr(e, 'here', True): print(f"resnext_nb: error: {rank}{e}", file=sys.stderr, flush=True)
+        # ended on another rank's failure, which that rank tells: exit 0, so that the launcher, which stops
+        # every rank at the first failed exit, reports the rank that failed; on another machine, whose
+        # launcher would see only exits of 0, exit 1, and its local rank 0 says why
+        elif getattr(e, 'near', True): code = 0
+        elif os.environ.get('LOCAL_RANK', '0') == '0':
+            print(f"resnext_nb: error: {rank}the run ended on another machine's failure: {e}",
+                  file=sys.stderr,
+                  flush=True)
     finally: leave_process_group()
-    print(failed, file=sys.stderr, flush=True)
-    raise UserError(1)
+    raise UserError(code)
 
 
 # %% ../nbs/04_launch.ipynb #b277d285

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 from .device import gpu_jpeg_unavailable_reason, wants_pinned_memory
-from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, CifarSource, DataConfig, DataError,
-                             EpochBatches, Loader, SampleDataset, SyntheticLoader, crop_sizes, find_cifar10,
+from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, SHUFFLES, CifarSource, DataConfig,
+                             DataError, EpochBatches, Loader, SampleDataset, SyntheticLoader, crop_sizes,
+                             find_cifar10,
                              image_grid, open_image_folder, open_val_folder, train_transform, val_transform)
 from .gpu_jpeg import GpuLoader
 from .shards import is_url, open_shards, shard_kind
@@ -20,7 +21,7 @@ from .shapes import builtin_dataset_path
 
 # %% auto #0
 __all__ = ['resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders', 'rank_batch', 'check_data_config',
-           'check_train_size', 'synthetic_loaders', 'build_loaders', 'show_batch']
+           'check_train_size', 'train_blocks', 'synthetic_loaders', 'build_loaders', 'show_batch']
 
 # %% ../nbs/02b_loaders.ipynb #e2580e02
 def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|str|None]:
@@ -139,10 +140,25 @@ def check_train_size(
                         f"rank(s): lower --batch-size" + (" or --grad-accum-steps" if accum > 1 else ''),
                         where)
 
+# %% ../nbs/02b_loaders.ipynb #263d7d76
+def train_blocks(
+    cfg:DataConfig, # `shuffle`: 'images' or 'shards'
+    source, # the train split (shards have `shard_sizes`); None for synthetic data
+    where, # the data, as messages name it
+) -> list[int]|None:
+    "The shard sizes `--shuffle shards` keeps together (`epoch_order`); None to shuffle the images."
+    if cfg.shuffle == 'images': return None
+    if not (sizes := getattr(source, 'shard_sizes', None)):
+        raise DataError(f"--shuffle shards reads the train split shard by shard, and {where} has no shards: "
+                        "write them with python -m resnext_nb.prepare SRC DST --shuffle, or drop --shuffle",
+                        where)
+    return sizes
+
 # %% ../nbs/02b_loaders.ipynb #e679d9cc
 def synthetic_loaders(cfg:DataConfig, rank:int, world_size:int, device:torch.device, accum:int=1) -> Loaders:
     "Synthetic train and val loaders on `device`, sized like ImageNet unless `cfg` says otherwise."
     check_train_size(cfg.synthetic_size, cfg, world_size, 'synthetic data', accum)
+    train_blocks(cfg, None, 'synthetic data')
     batch = rank_batch(cfg, world_size)
     make = lambda n, train: SyntheticLoader(EpochBatches(n, batch, rank, world_size, train, cfg.seed,
                                                          accum=accum),
@@ -176,10 +192,11 @@ def build_loaders(
     elif train: train_src, val_src = open_image_folder(root)
     else: train_src, val_src = None, open_val_folder(root)
     if train: check_train_size(len(train_src), cfg, world_size, root, accum)
+    blocks = train_blocks(cfg, train_src, root) if train else None
     pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
         batches = EpochBatches(len(source), rank_batch(cfg, world_size), rank, world_size, is_train, cfg.seed,
-                               reps, accum)
+                               reps, accum, blocks)
         if backend == 'gpu':
             return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')
         tfm = (train_transform(sizes.train, cfg.auto_augment, cfg.random_erase, cfg.crop_scale,

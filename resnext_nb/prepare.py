@@ -1,4 +1,4 @@
-"""`python -m resnext_nb.prepare SRC DST --format wds|parquet`: an ImageFolder written as WebDataset tar shards with their index, or as parquet files in the Hugging Face Hub's layout; resumable, and verified.
+"""`python -m resnext_nb.prepare SRC DST --format wds|parquet|folder`: an ImageFolder written as WebDataset tar shards with their index, or as parquet files in the Hugging Face Hub's layout, or shards written back as a folder; resumable, and verified.
 
 Docs: https://resnext-nb.github.io/resnext_nb/prepare.html.md"""
 
@@ -6,23 +6,27 @@ Docs: https://resnext-nb.github.io/resnext_nb/prepare.html.md"""
 
 # %% ../nbs/09_prepare.ipynb #7665c2b9
 from __future__ import annotations
-import hashlib, io, json, sys, tarfile
+import hashlib, io, json, os, random, sys, tarfile
+from typing import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from .config import build_parser, field_checks, non_negative, opt, parse_config, positive
-from .data import DataError, ImageFolderSource, printable
+from .data import IMG_EXTENSIONS, DataError, ImageFolderSource, printable
 from .checkpoints import atomic_write
-from .shards import HF_SPLITS, WDS_KIND, hf_datasets
+from .shards import (HF_SPLITS, WDS_KIND, check_complete, hf_datasets, hf_split_files, is_url,
+                               shard_kind)
 
 # %% auto #0
-__all__ = ['PREPARE_FORMATS', 'SPLITS', 'stored_bytes', 'shard_ranges', 'shard_file', 'write_wds_shard', 'read_wds_shard',
-           'write_parquet_shard', 'read_parquet_shard', 'shard_items', 'fingerprint', 'holds', 'prepare_split',
-           'prepare', 'PrepareConfig', 'make_parser', 'main']
+__all__ = ['SHARD_FORMATS', 'PREPARE_FORMATS', 'SPLITS', 'stored_bytes', 'shard_ranges', 'shard_file', 'write_wds_shard',
+           'read_wds_shard', 'write_parquet_shard', 'read_parquet_shard', 'shard_items', 'write_order', 'fingerprint',
+           'holds', 'prepare_split', 'prepare', 'shard_splits', 'parquet_split', 'unpack_shard', 'unpack_split',
+           'unpack', 'PrepareConfig', 'make_parser', 'main']
 
 # %% ../nbs/09_prepare.ipynb #08472b14
-PREPARE_FORMATS = ('wds', 'parquet')
+SHARD_FORMATS = ('wds', 'parquet')
+PREPARE_FORMATS = (*SHARD_FORMATS, 'folder')  # --format: shards from a folder, or a folder from shards
 SPLITS = ('train', 'val')
 
 def stored_bytes(
@@ -67,7 +71,7 @@ def write_wds_shard(path:Path, items:list[tuple[str, bytes, str, int]]):
 def read_wds_shard(path:Path) -> list[tuple[str, bytes, str, int]]:
     "The items of a tar shard, in order."
     with tarfile.open(path) as tar:
-        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
     images = [(n.rsplit('.', 1), d) for n, d in members if not n.endswith('.cls')]
     labels = {n[:-4]: int(d) for n, d in members if n.endswith('.cls')}
     return [(key, d, ext, labels.get(key)) for (key, ext), d in images]
@@ -81,18 +85,32 @@ def write_parquet_shard(path:Path, items:list[tuple[str, bytes, str, int]], clas
     part = datasets.Dataset.from_dict(rows, features=features)
     atomic_write(path, lambda f: part.to_parquet(f))
 
-def read_parquet_shard(path:Path) -> list[tuple[str, bytes, str, int]]:
-    "The items of a parquet shard, in order."
+def read_parquet_shard(
+    path:Path,
+    image:str='image', label:str='label', # the columns: encoded images (bytes, path) and class indices
+) -> list[tuple[str, bytes, str, int]]:
+    """The items of a parquet shard, in order; an image stored without a file name is keyed by the shard and
+    its row, its extension read from its bytes."""
     import pyarrow.parquet as pq
-    table = pq.read_table(path).to_pydict()
-    return [(im['path'].rsplit('.', 1)[0], im['bytes'], im['path'].rsplit('.', 1)[-1], label)
-            for im, label in zip(table['image'], table['label'])]
+    table, items = pq.read_table(path, columns=[image, label]).to_pydict(), []
+    for k, (im, y) in enumerate(zip(table[image], table[label])):
+        if im.get('path'): key, ext = (im['path'].rsplit('.', 1) + ['jpg'])[:2]
+        else:
+            with Image.open(io.BytesIO(im['bytes'])) as pil: kind = (pil.format or 'jpeg').lower()
+            key, ext = f'{path.stem}-{k:06d}', {'jpeg': 'jpg'}.get(kind, kind)
+        items.append((key, im['bytes'], ext, y))
+    return items
 
 # %% ../nbs/09_prepare.ipynb #00f852a8
-def shard_items(source:ImageFolderSource, r:range, max_side:int=0, quality:int=90) -> list[tuple]:
-    "The items of the shard that holds images `r` of `source`: key `00000042` for image 42."
+def shard_items(source:ImageFolderSource, r:Sequence[int], max_side:int=0, quality:int=90) -> list[tuple]:
+    "The items of the shard that holds images `r` of `source`, in that order: key `00000042` for image 42."
     return [(f'{i:08d}', *stored_bytes(source.samples[i][0], max_side, quality), source.samples[i][1])
             for i in r]
+
+def write_order(n:int, shuffle:bool=False) -> Sequence[int]:
+    """The order a split's `n` images go into its shards: the folder's, or a shuffled one (seeded, so a rerun
+    writes the same shards), whose every shard mixes the classes as `--shuffle shards` needs."""
+    return random.Random(0).sample(range(n), n) if shuffle else range(n)
 
 def fingerprint(items:list[tuple]) -> list[tuple]:
     "What verification compares: each item's key, SHA-256 of its bytes, extension and label, in order."
@@ -112,12 +130,14 @@ def prepare_split(
     dst:Path, split:str, fmt:str, # where, which split ('train' or 'val'), which format
     shard_size:int=1000, max_side:int=0, quality:int=90, # images per shard; `stored_bytes`
     progress:bool=True, # show a progress bar over the shards
+    shuffle:bool=False, # write the images in a shuffled order (`write_order`)
 ) -> dict:
     "Write (or keep) every shard of one split, verify each, and index them; returns the counts."
     ranges, counts = shard_ranges(len(source), shard_size), {'written': 0, 'kept': 0}
-    shardlist = []
+    shardlist, order = [], write_order(len(source), shuffle)
     for k, r in enumerate(progress_bar(ranges, leave=False) if progress else ranges):
-        items, path = shard_items(source, r, max_side, quality), dst / shard_file(fmt, split, k, len(ranges))
+        path = dst / shard_file(fmt, split, k, len(ranges))
+        items = shard_items(source, [order[p] for p in r], max_side, quality)
         if holds(path, items, fmt): counts['kept'] += 1
         else:
             if fmt == 'wds': write_wds_shard(path, items)
@@ -142,11 +162,13 @@ def prepare(
     fmt:str='wds', # 'wds' or 'parquet'
     shard_size:int=1000, max_side:int=0, quality:int=90, # images per shard; `stored_bytes`
     progress:bool=True, # progress bars
+    shuffle:bool=False, # write each split in a shuffled order (`write_order`)
 ) -> list[str]:
     "Write `src` as shards in `dst`, resuming and verifying (`prepare_split`); returns the report's lines."
     if fmt not in PREPARE_FORMATS:
         raise ValueError(f"--format {fmt}: choose one of {', '.join(PREPARE_FORMATS)}")
     src, dst = Path(src), Path(dst)
+    if fmt == 'folder': return unpack(src, dst, progress)
     if not src.is_dir():
         raise DataError(f"{src} is not a folder: pass an ImageFolder root (train/, val/)", src)
     splits = [s for s in SPLITS if (src / s).is_dir()]
@@ -159,34 +181,118 @@ def prepare(
                         src)
     lines = []
     for split, source in sources.items():
-        c = prepare_split(source, dst, split, fmt, shard_size, max_side, quality, progress)
+        c = prepare_split(source, dst, split, fmt, shard_size, max_side, quality, progress, shuffle)
+        order = 'a shuffled order (seed 0) of' if shuffle else 'order as in'
         lines.append(f"=> {dst}: {split}: {c['shards']} shard{'s' * (c['shards'] != 1)} of up to "
                      f"{shard_size} "
                      f"images, {c['written']} written and {c['kept']} kept from an earlier run; all read "
                      "back "
-                     f"and verified: {c['images']} images, their bytes, labels and order as in {src / split}")
+                     f"and verified: {c['images']} images, their bytes, labels and {order} {src / split}")
+    return lines + [f"=> train on it: python -m resnext_nb.launch --data_path {dst} ..."]
+
+# %% ../nbs/09_prepare.ipynb #d4b9e68a
+def shard_splits(src:Path) -> dict[str, tuple[list[Path], list[str], Callable]]:
+    """Each split's shard files (whole: none missing), its class names and how to read one shard's items, from
+    a local wids index (`train.json`, `val.json`) or parquet files in the Hub's layout."""
+    kind = None if is_url(src) or not src.is_dir() else shard_kind(src)
+    if kind is None or (src / 'dataset_dict.json').is_file():
+        raise DataError(f"{src} holds no local shards: --format folder reads a folder with a wids index "
+                        "(train.json, val.json) or the Hub's data/<split>-*.parquet files", src)
+    if kind == 'hf': return {s: parquet_split(check_complete(fs)) for s, fs in hf_split_files(src).items()}
+    indexes = {s: json.loads((src / f'{s}.json').read_text()) for s in SPLITS
+               if (src / f'{s}.json').is_file()}
+    if missing := [s for s, index in indexes.items() if not index.get('classes')]:
+        raise DataError(f"{src / missing[0]}.json lists no classes: add \"classes\": [...] to it", src)
+    return {s: ([src / shard['url'] for shard in index['shardlist']], list(index['classes']), read_wds_shard)
+            for s, index in indexes.items()}
+
+def parquet_split(files:list[Path]) -> tuple[list[Path], list[str], Callable]:
+    "`shard_splits` for one split's parquet files: its image and class-label columns found from the features."
+    import pyarrow.parquet as pq  # a dependency of datasets
+    datasets = hf_datasets()
+    features = datasets.Features.from_arrow_schema(pq.read_schema(files[0]))
+    image = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    label = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    if image is None or label is None:
+        raise DataError(f"{files[0]} has no {'image' if image is None else 'class-label'} column (its "
+                        "columns: "
+                        f"{', '.join(features)}): expected an Image and a ClassLabel feature", files[0])
+    return files, list(features[label].names), lambda f: read_parquet_shard(f, image, label)
+
+# %% ../nbs/09_prepare.ipynb #6cf317c9
+def unpack_shard(f:Path, read:Callable, classes:list[str], dst:Path) -> dict:
+    """Write the images of shard `f` (its items by `read`) as `dst/<class>/<key>.<ext>`, keeping a file that
+    already holds its bytes, and read each one written back; members that are no image are left out."""
+    counts = {'written': 0, 'kept': 0, 'images': 0}
+    try: items = read(f)
+    except Exception as e:  # a damaged or foreign shard: one line, whatever the reader raised
+        raise DataError(f"cannot read shard {f} ({type(e).__name__}: {e}): check it", f) from None
+    for key, data, ext, label in items:
+        if f'.{ext.lower()}' not in IMG_EXTENSIONS: continue  # .json, .txt: not images
+        if not isinstance(label, int) or not 0 <= label < len(classes):
+            raise DataError(f"{f}: {key} has no label among its {len(classes)} classes: check the shard", f)
+        path = dst / classes[label] / f"{key.replace('/', '_')}.{ext}"
+        counts['images'] += 1
+        if path.is_file() and path.read_bytes() == data: counts['kept'] += 1; continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f'.{path.name}.tmp'); tmp.write_bytes(data); os.replace(tmp, path)
+        if path.read_bytes() != data:
+            raise DataError(f"{path} does not read back as it was written: check the disk", path)
+        counts['written'] += 1
+    return counts
+
+def unpack_split(
+    files:list[Path], classes:list[str], read:Callable, # from `shard_splits`
+    dst:Path, # the split's folder: DST/train or DST/val
+    progress:bool=True, # show a progress bar over the shards
+) -> dict:
+    "`unpack_shard` for every shard of a split, checking that it ends with one file per image; the counts."
+    if bad := [c for c in classes if '/' in c or c in ('', '.', '..')]:
+        raise DataError(f"class name {bad[0]!r} cannot be a folder name: rename it in the index", dst)
+    for stale in dst.rglob('.*.tmp'): stale.unlink()  # from a run killed while writing
+    counts = {'written': 0, 'kept': 0, 'images': 0}
+    for f in progress_bar(files, leave=False) if progress else files:
+        for k, v in unpack_shard(f, read, classes, dst).items(): counts[k] += v
+    there = sum(1 for p in dst.rglob('*') if p.is_file() and not p.name.startswith('.'))
+    if there != counts['images']:
+        raise DataError(f"{dst} holds {there} files for {counts['images']} images: two share a name, or the "
+                        "folder held others; unpack into an empty folder", dst)
+    return counts
+
+def unpack(src:Path, dst:Path, progress:bool=True) -> list[str]:
+    "Write the shards in `src` as an ImageFolder in `dst` (`--format folder`); returns the report's lines."
+    lines = []
+    for split, (files, classes, read) in shard_splits(src).items():
+        c = unpack_split(files, classes, read, dst / split, progress)
+        lines.append(f"=> {dst / split}: {c['images']} images of {len(classes)} classes from {len(files)} "
+                     f"shard{'s' * (len(files) != 1)}, {c['written']} written and {c['kept']} kept from an "
+                     "earlier run; all read back and verified")
     return lines + [f"=> train on it: python -m resnext_nb.launch --data_path {dst} ..."]
 
 # %% ../nbs/09_prepare.ipynb #89049135
 @dataclass
 class PrepareConfig:
-    "How `python -m resnext_nb.prepare` writes the shards."
+    "How `python -m resnext_nb.prepare` writes the shards (or, with `--format folder`, the folder)."
     format:str=opt('wds', choices=PREPARE_FORMATS,
                    help='wds: WebDataset tar shards and their wids index (train.json, val.json); parquet: '
-                        'the '
-                        'Hugging Face Hub layout (data/train-*.parquet, data/validation-*.parquet)')
+                        'the Hugging Face Hub layout (data/train-*.parquet, data/validation-*.parquet); '
+                        'folder: the other way, SRC holds either and DST becomes an ImageFolder')
     shard_size:int=opt(1000, check=positive, help='images per shard (the last one of a split holds the rest)')
     max_side:int=opt(0, check=non_negative, metavar='N',
                      help='store images whose longer side is above N shrunk to N, as JPEG (0: every file as '
                           'it is)')
     quality:int=opt(90, check=positive, help='JPEG quality of the images --max-side shrinks')
+    shuffle:bool=opt(False, help="write each split's images in a shuffled order (seeded), not the folder's "
+                                 "class by class, so that every shard mixes the classes, as training with "
+                                 "--shuffle shards needs")
 
 def make_parser():
     "The prepare command's parser: SRC, DST and `PrepareConfig`'s flags."
     p = build_parser('python -m resnext_nb.prepare',
-                     'Write an ImageFolder as WebDataset tar shards or Hugging Face parquet, resumably, '
-                     'verifying every shard.', {'prepare': PrepareConfig}, {})
-    p.add_argument('src', metavar='SRC', help='an ImageFolder root: SRC/train/<class>/<images>, SRC/val/...')
+                     'Write an ImageFolder as WebDataset tar shards or Hugging Face parquet (or shards back '
+                     'as a folder), resumably, verifying everything written.', {'prepare': PrepareConfig}, {})
+    p.add_argument('src', metavar='SRC', help='an ImageFolder root: SRC/train/<class>/<images>, SRC/val/... '
+                                              '(with --format folder: the shards)')
     p.add_argument('dst', metavar='DST', help='the output folder (a run trains on it with --data_path DST)')
     return p
 
@@ -198,7 +304,7 @@ def main(
     try:
         field_checks(vars(cfg), {'prepare': PrepareConfig})
         lines = prepare(given['src'], given['dst'], cfg.format, cfg.shard_size, cfg.max_side, cfg.quality,
-                        progress=sys.stdout.isatty())
+                        progress=sys.stdout.isatty(), shuffle=cfg.shuffle)
     except (ValueError, OSError) as e:
         print(printable(f"resnext_nb.prepare: error: {e}"), file=sys.stderr); return 2
     print(*lines, sep='\n')

@@ -58,7 +58,7 @@ class WdsSource(Dataset):
                             "or "
                             "add \"classes\": [...] to the index", index)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.n = int(self.ds.total_length)
+        self.n, self.shard_sizes = int(self.ds.total_length), [int(k) for k in self.ds.lengths]
 
     def open(self):
         "Open the index (in each loader process: open shards do not travel between processes)."
@@ -146,7 +146,10 @@ def hf_datasets():
 class HfSource(Dataset):
     """One split of a Hugging Face dataset (from parquet files or a `save_to_disk` folder), by index: image
     *i*'s bytes decoded by `read_image`, its label and the class names from the features."""
-    def __init__(self, data, name:str): # a `datasets.Dataset`; what messages call it
+    def __init__(self,
+                 data, # a `datasets.Dataset`
+                 name:str, # what messages call it
+                 shard_sizes:list[int]|None=None): # rows in each parquet file, in order (`--shuffle shards`)
         datasets = hf_datasets()
         image = next((c for c, f in data.features.items() if isinstance(f, datasets.Image)), None)
         label = next((c for c, f in data.features.items() if isinstance(f, datasets.ClassLabel)), None)
@@ -157,7 +160,7 @@ class HfSource(Dataset):
                             "as "
                             "ILSVRC/imagenet-1k has", name)
         self.data, self.name = data.cast_column(image, datasets.Image(decode=False)), name
-        self.image_col, self.label_col = image, label
+        self.image_col, self.label_col, self.shard_sizes = image, label, shard_sizes
         self.classes = list(data.features[label].names)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
@@ -180,11 +183,13 @@ def open_hf(
         if (root / 'dataset_dict.json').is_file():
             saved = datasets.load_from_disk(str(root))
             names = {ours: next((n for n in HF_SPLITS[ours] if n in saved), None) for ours in splits}
-            parts = {ours: saved[n] for ours, n in names.items() if n}
+            parts, sizes = {ours: saved[n] for ours, n in names.items() if n}, {}
         else:
             files = {s: check_complete(f) for s, f in hf_split_files(root).items() if s in splits}
             parts = {ours: datasets.load_dataset('parquet', data_files=[str(f) for f in fs], split='train')
                      for ours, fs in files.items()}
+            import pyarrow.parquet as pq  # a dependency of datasets
+            sizes = {ours: [pq.read_metadata(f).num_rows for f in fs] for ours, fs in files.items()}
     except DataError: raise
     except Exception as e:  # datasets' own errors are not ValueErrors: one line, whatever they are
         raise DataError(f"cannot open the Hugging Face dataset in {root} ({type(e).__name__}: "
@@ -194,7 +199,7 @@ def open_hf(
         raise DataError(f"{root} has no {missing[0]} split: expected {' or '.join(HF_SPLITS[missing[0]])} in "
                         "a "
                         "save_to_disk folder, or data/<split>-*.parquet files", root)
-    return {ours: HfSource(part, f"{root}:{ours}") for ours, part in parts.items()}
+    return {ours: HfSource(part, f"{root}:{ours}", sizes.get(ours)) for ours, part in parts.items()}
 
 # %% ../nbs/02a_shards.ipynb #727d50b8
 def shard_kind(root:str|Path) -> str|None:

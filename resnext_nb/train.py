@@ -6,11 +6,11 @@ Docs: https://resnext-nb.github.io/resnext_nb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #36ddb126
 from __future__ import annotations
-import hashlib, json, math, os, signal, sys, threading, time, warnings
+import hashlib, json, math, os, signal, socket, sys, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -20,7 +20,8 @@ from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 from .config import between, non_negative, opt, positive
 from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, NpuConfig, Placement,
                                Precision, apply_npu_config, device_name, get_rank, get_world_size, sgd_class,
-                               sync_batchnorm, untimed_steps, warmup_message, is_distributed, is_main_process,
+                               sync_batchnorm, untimed_steps, warmup_message, host_group, is_distributed,
+                               is_main_process,
                                parse_device_list, peak_memory_bytes, resolve_placement, resolve_precision,
                                rng_state, seed_everything, set_rng_state, synchronize, to_memory_format)
 from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
@@ -37,9 +38,9 @@ from .interpret import REPORT_FILES, Interpretation, write_report
 # %% auto #0
 __all__ = ['RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'CancelFitException', 'Callback', 'StopRequest',
            'stop_on_signals', 'Learner', 'zero_grads', 'hold_body', 'freeze_batchnorm', 'TrainingDiverged',
-           'held_sigchld', 'RunFailed', 'data_failure', 'score', 'console_line', 'LogCB', 'CheckpointCB', 'gather_keys',
-           'SampleLogCB', 'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB', 'default_callbacks',
-           'build_model', 'build_learner', 'train', 'evaluate']
+           'DataFailed', 'held_sigchld', 'RunFailed', 'data_failure', 'score', 'console_line', 'LogCB', 'CheckpointCB',
+           'gather_keys', 'SampleLogCB', 'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB',
+           'default_callbacks', 'build_model', 'build_learner', 'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
 # what a run writes
@@ -205,6 +206,8 @@ class Learner:
                                                cfg.epochs)) if cfg.model_ema else None)
         self.epoch, self.batches_done, self.step, self.best_acc1, self.best_model = 0, 0, 0, 0.0, 'model'
         self.history, self.summary, self.stop_request = [], {}, stop_request or StopRequest()
+        # this rank's data failure, for every rank to agree on (`agree_to_stop`), in the host group made here
+        self.failed, self.failed_together, _ = None, False, host_group()
         self.interp, self.ema_metrics = None, None
         # (world size, grad_accum_steps) of the checkpoint resumed, set by `load_state_dict`
         self.moved_from = None
@@ -322,21 +325,40 @@ def check_health(self:Learner):
                                f"add --warmup-epochs; {kept}")
 
 # %% ../nbs/03_train.ipynb #c1cd3c5a
+class DataFailed(Exception):
+    """A data failure on some rank, which every rank agreed to end on; `here` on the rank that met it, `near`
+    on the ranks of its machine."""
+    def __init__(self, message:str, here:bool, near:bool):
+        super().__init__(message); self.here, self.near = here, near
+
 @patch
 def agree_to_stop(
     self:Learner,
-    now:bool|None=None, # with other ranks: whether they all ask here (None: at a `print_freq` step)
+    now:bool=True, # with other ranks: whether they all ask here (else only a lone process stops)
+    signals:bool=True, # whether a stop signal may end the run here (False: inside an update)
 ) -> bool:
-    "Whether every rank stops here: at once alone; with others where they all ask (`now`), by an all-reduce."
-    asked = self.stop_request.signal
-    if not is_distributed(): got = asked
-    elif now or (now is None and self.step % self.cfg.print_freq == 0):
-        code = torch.tensor([int(signal.Signals[asked]) if asked else 0], device=self.device)
-        dist.all_reduce(code, op=dist.ReduceOp.MAX)
-        got = signal.Signals(int(code.item())).name if code.item() else None
-    else: got = None
-    if got: self.stop_request.agreed = got
-    return bool(got)
+    """Whether every rank stops here for a stop signal, by an all-reduce on the host; a data failure on any
+    rank (its `failed`) raises `DataFailed` on every rank instead."""
+    asked = self.stop_request.signal if signals else None
+    code, failed = int(signal.Signals[asked]) if asked else 0, int(self.failed is not None)
+    if is_distributed():
+        if not now: return False
+        both = torch.tensor([code, failed])
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=host_group())
+        code, failed = both.tolist()
+    if failed: raise DataFailed(*self.first_failure())
+    if code: self.stop_request.agreed = signal.Signals(code).name
+    return bool(code)
+
+@patch
+def first_failure(self:Learner) -> tuple[str, bool, bool]:
+    """This rank's failure, else that of the lowest rank that failed; whether this rank failed; whether one on
+    this machine did (one all-gather, made only on a failure)."""
+    if not is_distributed(): return self.failed, True, True
+    parts, machine = [None] * get_world_size(), os.environ.get('GROUP_RANK', socket.gethostname())
+    dist.all_gather_object(parts, (self.failed, machine), group=host_group())
+    failed = [(f, m) for f, m in parts if f is not None]
+    return self.failed or failed[0][0], self.failed is not None, any(m == machine for _, m in failed)
 
 # %% ../nbs/03_train.ipynb #37ab3a9a
 @patch
@@ -362,15 +384,32 @@ def held_sigchld():
     if held and callable(before): before(signal.SIGCHLD, None)
 
 class RunFailed(RuntimeError):
-    "The run ended on a data failure; the message says what failed and which checkpoint continues the run."
+    """The run ended on a data failure; the message says what failed and which checkpoint continues the run.
+    `together`: every rank ended on it (`DataFailed`); `here`: this rank met it, and tells the user; `near`: a
+    rank of this machine did."""
+    def __init__(self, message:str, here:bool=True, together:bool=False, near:bool=True):
+        super().__init__(message); self.here, self.together, self.near = here, together, near
 
 def data_failure(e:BaseException) -> str|None:
     """What went wrong, in one line, when `e` comes from the data (an unreadable image, a dead loader
     process); else None."""
-    if isinstance(e, DataError): return first_line(e)
+    if isinstance(e, (DataError, DataFailed)): return first_line(e)
     if isinstance(e, RuntimeError) and 'DataLoader worker' in str(e):
         return (f"a loader process died ({first_line(e).strip()}): if the system ran out of memory, lower "
                 "--workers or --batch-size")
+
+# %% ../nbs/03_train.ipynb #93f082cc
+@patch
+@contextmanager
+def noting_data_failure(self:Learner):
+    """With SIGCHLD held (`held_sigchld`), keep a data failure raised in the block, or a loader process's
+    death, as this rank's `failed`, for every rank to agree on at the next agreement (`agree_to_stop`); a lone
+    process raises it at once."""
+    try:
+        with held_sigchld(): yield
+    except Exception as e:
+        if not is_distributed() or isinstance(e, DataFailed) or (what := data_failure(e)) is None: raise
+        self.failed = what
 
 # %% ../nbs/03_train.ipynb #f60daf96
 @patch
@@ -383,19 +422,40 @@ def train_epoch(self:Learner):
     self.loaders.train.set_epoch(self.epoch, self.batches_done)
     self.throughput.start_epoch()
     self.callback('before_epoch')
-    for images, labels in self.loaders.train:
-        with held_sigchld():  # a loader's death is raised after the step and its records, never inside them
-            self.train_step(images, labels)
+    batches = iter(self.loaders.train)
+    while self.batches_done < self.steps_per_epoch and not self.stop_request.now:
+        with self.noting_data_failure(): batch = None if self.failed else next(batches, None)
+        if batch is None and not self.failed: break  # a loader with fewer batches than the epoch: its end
+        # every rank, before the batch's collectives: a data failure on any rank ends the run on all, and a
+        # stop signal waits for the end of the update
+        with self.noting_data_failure(): stop = self.agree_to_stop(signals=self.at_update)
+        if stop: break
+        # a loader's death is noted after the step and its records, never inside them
+        with self.noting_data_failure():
+            self.train_step(*batch)
             self.throughput.after_step(self.device)
             if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
-            if self.at_update: self.agree_to_stop()  # a stop waits for the update its batch belongs to
             self.callback('after_batch')
             if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update:
                 self.stop_request.ask()
-        if self.stop_request.now: break
+    # the loader ends its pass, and says what it skipped, as a for loop would let it
+    if self.batches_done >= self.steps_per_epoch and not self.failed:
+        with self.noting_data_failure(): next(batches, None)
     self.throughput.end_epoch(self.device, self.loaders.batch_size)
-    self.check_health()
-    self.callback('after_train')
+    with self.noting_data_failure(): self.check_health(); self.callback('after_train')
+
+# %% ../nbs/03_train.ipynb #9e110890
+@patch
+def agreeing(self:Learner, loader) -> Iterator:
+    """`loader`'s batches for a pass all ranks make together (validation). When this rank's data fails, it
+    makes the agreement the other ranks make next, after the same batch or after the pass, which raises
+    `DataFailed` on every rank."""
+    batches = iter(loader)
+    while True:
+        with self.noting_data_failure(): batch = None if self.failed else next(batches, None)
+        if self.failed: self.agree_to_stop()  # raises
+        if batch is None: return
+        yield batch
 
 # %% ../nbs/03_train.ipynb #f4d567a2
 @torch.no_grad()
@@ -405,7 +465,7 @@ def score(
     device:torch.device, # where the model is
     precision:Precision, # autocast and memory format
     interp:Interpretation|None=None, # also count the confusion matrix and the confident mistakes here
-    stop:Callable[[int], bool]|None=None, # asked after batch i; True ends the pass (a stop signal)
+    stop:Callable[[int|None], bool]|None=None, # asked after batch i, and (None) after the pass; True: stopped
 ) -> dict|None:
     "Loss, Acc@1 and Acc@5 of `model` over every image of `loader`, summed over all ranks; None if stopped."
     model.eval()
@@ -416,6 +476,7 @@ def score(
         sums.add(F.cross_entropy(logits.float(), yb), logits, yb)
         if interp is not None: interp.add(logits, yb, images)
         if stop is not None and stop(i): return None
+    if stop is not None and stop(None): return None
     return sums.all_reduce().summary()
 
 @patch
@@ -424,13 +485,20 @@ def validate(self:Learner, loader=None) -> dict:
     better one."""
     loader, n = loader or self.loaders.val, unwrap_model(self.model).fc.out_features
     self.interp = Interpretation(n, self.device)
-    # a stop signal ends validation too; the ranks agree every `print_freq` batches, within those all have
-    common, every = getattr(getattr(loader, 'batches', None), 'common_batches', 0), self.cfg.print_freq
-    stop = lambda i: self.agree_to_stop(now=i < common and (i + 1) % every == 0)
-    self.val_metrics = score(self.model, loader, self.device, self.precision, self.interp, stop)
+    # a stop signal or a data failure ends validation too: the ranks agree after each batch that all of them
+    # have (a val shard can be one image shorter on the last ranks), and after the pass
+    common = getattr(getattr(loader, 'batches', None), 'common_batches', 0)
+    stop = lambda i: self.agree_to_stop(now=i is None or i < common)
+    # SIGCHLD held for the pass: a loader's death is noted at its end or met by the next fetch, never raised
+    # in a forward
+    with self.noting_data_failure():
+        self.val_metrics = score(self.model, self.agreeing(loader), self.device, self.precision, self.interp,
+                                 stop)
     if self.ema is not None and self.val_metrics is not None:
         ema_interp = Interpretation(n, self.device)
-        self.ema_metrics = score(self.ema.module, loader, self.device, self.precision, ema_interp, stop)
+        with self.noting_data_failure():
+            self.ema_metrics = score(self.ema.module, self.agreeing(loader), self.device, self.precision,
+                                     ema_interp, stop)
         if self.ema_metrics is None: self.val_metrics = None
         elif self.ema_metrics['acc1'] > self.val_metrics['acc1']: self.interp = ema_interp
     return self.val_metrics
@@ -495,7 +563,7 @@ def resume_position(self:Learner) -> tuple[int, int]:
 def fit(self:Learner, epochs:int|None=None) -> dict:
     "Train to `epochs` (default `cfg.epochs`), validating after each epoch; returns the last epoch's record."
     self.n_epochs, self.fit_start = epochs or self.cfg.epochs, time.perf_counter()
-    self.stop_request.asked = False
+    self.stop_request.asked, self.failed, self.failed_together = False, None, False
     try:
         self.callback('before_fit')
         self.loaders.start_val()  # its processes start while the first epoch trains
@@ -513,8 +581,12 @@ def fit(self:Learner, epochs:int|None=None) -> dict:
     except CancelFitException: pass
     except Exception as e:
         if (what := data_failure(e)) is None: raise
+        self.failed_together = isinstance(e, DataFailed)  # every rank is here, and may take part in the save
         self.callback('after_failure')  # `CheckpointCB` saves the steps done
-        raise RunFailed(f"{what}; {self.failure_saved()}") from None
+        if self.failed_together and is_distributed(): dist.barrier(group=host_group())  # none ends before it
+        here = getattr(e, 'here', True)  # the rank that met it tells the user; the others end quietly
+        raise RunFailed(f"{what}; {self.failure_saved()}" if here else what, here, self.failed_together,
+                        getattr(e, 'near', True)) from None
     # no loader process outlives `fit` (see `Loader.close`); the next `fit` starts new ones
     finally: self.loaders.close()
     self.record_summary()
@@ -759,11 +831,14 @@ class CheckpointCB(Callback):
         if saved != getattr(self, 'last_saved', None): self.save()  # unless the epoch's checkpoint just did
 
     def after_failure(self):
-        """After a data failure (`fit`), save the steps done, if the run stands between two updates; no
-        collective, as other ranks may be gone."""
+        """After a data failure (`fit`), save the steps done, if the run stands between two updates: as `save`
+        does when every rank agreed on it (`failed_together`), else on rank 0 alone, with no collective, as
+        other ranks may be gone."""
         learn = self.learn
-        if learn.step == 0 or not learn.at_update or not is_main_process(): return
-        save_checkpoint(learn.state_dict(), Path(learn.cfg.output) / 'checkpoint.pth.tar')
+        if learn.step == 0 or not learn.at_update: return
+        if learn.failed_together: self.save()
+        elif is_main_process():
+            save_checkpoint(learn.state_dict(), Path(learn.cfg.output) / 'checkpoint.pth.tar')
 
 # %% ../nbs/03_train.ipynb #67aee9e1
 def gather_keys(keys:list) -> list:

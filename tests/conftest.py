@@ -30,11 +30,15 @@ def folder_fixture(train: int, val: tuple, size: int = 20):
     return data
 
 
-@pytest.fixture
-def free_port():
+def tcp_port() -> int:
+    "A TCP port free on this machine now, for a job's rendezvous (call it once per job)."
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port(): return tcp_port()
 
 
 def cli_env(**extra):

@@ -3,22 +3,17 @@ elastic restart both ranks; they go on from the run's last checkpoint (`--checkp
 is trained again), and the job ends with exit 0, one line about the restart, the weights of an uninterrupted run
 and logs that hold each step once. And under `--nnodes 1:2`, a machine that leaves leaves the job running on the
 other, which goes on with the same updates (issue 24, item 3's second half)."""
-import json, os, signal, socket, subprocess
+import json, os, signal, subprocess
 import pytest, torch
-from conftest import folder_fixture, run_cli, start_cli, wait_for_step
+from conftest import folder_fixture, run_cli, start_cli, tcp_port, wait_for_step
 
 data = folder_fixture(40, (4, 4))  # 10 steps an epoch at a global batch of 8
-
-
-def port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def job(data, out, *extra):
     return ['--data-path', data, '--arch', 'resnext_tiny', '--image-size', 16, '--batch-size', 8, '--epochs', 2,
             '--lr', 0.05, '--seed', 0, '--deterministic', '--print-freq', 1, '--checkpoint-every', 2,
-            '--device', 'cpu', '--output', out, '--nproc', 2, '--port', port(), '--max-restarts', 1, *extra]
+            '--device', 'cpu', '--output', out, '--nproc', 2, '--port', tcp_port(), '--max-restarts', 1, *extra]
 
 
 def ranks_of(launcher:int) -> list[int]:
@@ -61,7 +56,7 @@ def test_an_elastic_job_goes_on_when_a_machine_leaves(data, straight, tmp_path):
     """`--nnodes 1:2`: two machines (two launchers here, one process each); SIGKILL one whole machine mid-epoch and
     the other restarts, goes on alone from the last checkpoint with 2 batches per update, and ends with exit 0 and
     the weights of an uninterrupted 2-process run (the same samples in every update, one thread per process)."""
-    out, p = tmp_path / 'elastic', port()
+    out, p = tmp_path / 'elastic', tcp_port()
     def machine(rank):
         args = [*job(data, out)[:-6], '--log-samples', '--nnodes', '1:2', '--node-rank', rank, '--nproc', 1,
                 '--port', p, '--max-restarts', 1]  # job's own --nproc 2, --port and --max-restarts replaced

@@ -3,29 +3,24 @@ processes and resumed on 1 (which then accumulates 2 batches per update), or sto
 and resumed on 2, it trains every optimiser update on the same images with the same augmentation as an
 uninterrupted 2-process run (the `--log-samples` digests, compared update by update), and ends with its weights to
 1e-5, relative: only the order of the floating-point sums differs (DDP's all-reduce against accumulation). With the
-quick recipe and with torchvision's tv-v2 (MixUp/CutMix, TrivialAugment, random erasing, the repeated-augmentation
-sampler, the EMA).
+quick recipe from 1 to 2, and with torchvision's tv-v2 (MixUp/CutMix, TrivialAugment, random erasing, the
+repeated-augmentation sampler, the EMA) from 2 to 1.
 
 Batch-norm running statistics are left out of the comparison: under DDP each rank updates its own and rank 0's are
 kept (broadcast at each forward), while one process accumulating updates them with every micro-batch; they feed
 validation, never the gradients."""
-import json, signal, socket
+import json, signal
 import pytest, torch
-from conftest import TINY, folder_fixture, run_cli, start_cli, wait_for_step
+from conftest import TINY, folder_fixture, run_cli, start_cli, tcp_port, wait_for_step
 
 data = folder_fixture(32, (4, 4))  # 64 train images: 8 updates of 8 an epoch
 RECIPES = {'quick': [], 'tv-v2': ['--recipe', 'tv-v2', '--model-ema-steps', 1]}
 LAYOUTS = {1: ['--nproc', 1, '--batch-size', 4, '--grad-accum-steps', 2], 2: ['--nproc', 2, '--batch-size', 8]}
 
 
-def port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
 def job(data, out, recipe, *layout):
     return [*TINY, '--data-path', data, '--image-size', 16, '--epochs', 2, '--lr', 0.05, '--deterministic',
-            '--print-freq', 1, '--log-samples', '--output', out, '--port', port(), *RECIPES[recipe], *layout]
+            '--print-freq', 1, '--log-samples', '--output', out, '--port', tcp_port(), *RECIPES[recipe], *layout]
 
 
 def updates(out) -> list[tuple]:
@@ -50,8 +45,8 @@ def straight(data, tmp_path_factory):
     return {recipe: run(recipe) for recipe in RECIPES}
 
 
-@pytest.mark.parametrize('recipe', RECIPES)
-@pytest.mark.parametrize('before,after', [(2, 1), (1, 2)], ids=['2to1', '1to2'])
+# each direction once, each recipe once: the dealing is the same code either way
+@pytest.mark.parametrize('recipe,before,after', [('tv-v2', 2, 1), ('quick', 1, 2)], ids=['2to1-tv-v2', '1to2-quick'])
 def test_stopped_mid_epoch_and_resumed_on_another_device_count(straight, data, tmp_path, recipe, before, after):
     out, per_update = tmp_path / 'run', 3 - before  # batches per update on each process: 2 on 1, 1 on 2
     proc = start_cli(*job(data, out, recipe, *LAYOUTS[before]))

@@ -141,3 +141,25 @@ def test_shards_over_http_train_as_the_local_ones(sources, straight, tmp_path):
     for k, v in weights(out).items(): assert torch.equal(v, want[k]), k
     assert sorted(p.name.rsplit('%2F', 1)[-1] for p in cache.iterdir()) == [
         'train-000000.tar', 'train-000001.tar', 'train-000002.tar', 'train-000003.tar', 'val-000000.tar']
+
+
+def test_shuffle_shard_by_shard_resumes_exactly_and_needs_shards(sources, straight, tmp_path):
+    "`--shuffle shards` on shards written shuffled: SIGKILL and `--resume auto` end `torch.equal`; a folder is refused."
+    mixed = tmp_path / 'mixed'
+    r = prepare(sources['folder'], mixed, '--shard-size', 32, '--shuffle')
+    assert r.returncode == 0 and 'a shuffled order (seed 0) of' in r.stdout, r.stdout + r.stderr
+    once, killed = tmp_path / 'once', tmp_path / 'killed'
+    r = run_cli(*job(mixed, once, '--shuffle', 'shards'), timeout=600)
+    assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
+    assert len(updates(once)) == 12 and updates(once) != updates(straight['wds'])  # another order
+    proc = start_cli(*job(mixed, killed, '--shuffle', 'shards', '--workers', 2), start_new_session=True)
+    wait_for_step(killed, 5, proc)
+    os.killpg(proc.pid, signal.SIGKILL); proc.wait(timeout=30)
+    r = run_cli(*job(mixed, killed, '--resume', 'auto'), timeout=600)  # the order comes from the checkpoint
+    assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
+    assert updates(killed) == updates(once)
+    want = weights(once)
+    for k, v in weights(killed).items(): assert torch.equal(v, want[k]), k
+    r = run_cli(*job(sources['folder'], tmp_path / 'folder', '--shuffle', 'shards'), timeout=600)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and 'has no shards: write them with python -m resnext_nb.prepare' in lines[0], r.stderr

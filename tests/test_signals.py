@@ -3,7 +3,7 @@ rank; the ranks save, and the whole job is gone within seconds with one line and
 launcher killed outright leaves no rank behind. All with the default loader processes (no `--workers 0`)."""
 import os, signal, subprocess, time
 import pytest, torch
-from conftest import folder_fixture, run_cli, start_cli, wait_for_step
+from conftest import folder_fixture, run_cli, start_cli, tcp_port, wait_for_step
 
 
 data = folder_fixture(40, (4, 4))
@@ -33,22 +33,16 @@ def job_pids(out):
 @pytest.fixture(scope='module')
 def straight(data, tmp_path_factory, ):
     out = tmp_path_factory.mktemp('straight') / 'run'
-    port = _port()
+    port = tcp_port()
     r = run_cli(*job(data, out, '--nproc', 2, '--port', port), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
 
 
-def _port():
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
 @pytest.mark.parametrize('name', ['SIGTERM', 'SIGUSR1', 'SIGHUP'])
 def test_a_signal_to_the_launcher_saves_and_ends_the_job_in_seconds(data, tmp_path, straight, name):
     out = tmp_path / 'run'
-    proc = start(job(data, out, '--nproc', 2, '--port', _port()))
+    proc = start(job(data, out, '--nproc', 2, '--port', tcp_port()))
     wait_for_step(out, 4, proc)
     pids = job_pids(out)
     sent = time.time()
@@ -66,7 +60,7 @@ def test_a_signal_to_the_launcher_saves_and_ends_the_job_in_seconds(data, tmp_pa
     ckpt = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
     assert 4 <= ckpt['step'] < 20 and f"(step {ckpt['step']})" in lines[0]
     if name == 'SIGUSR1':  # the resume is exact (the other signals take the same path)
-        r = run_cli(*job(data, out, '--nproc', 2, '--port', _port(), '--resume', 'auto'), timeout=600)
+        r = run_cli(*job(data, out, '--nproc', 2, '--port', tcp_port(), '--resume', 'auto'), timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         got = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
         for k, v in straight['state_dict'].items(): assert torch.equal(v, got['state_dict'][k]), k
@@ -87,7 +81,7 @@ def test_sighup_saves_a_single_process_run(data, tmp_path):
 def test_no_rank_outlives_a_killed_launcher(data, tmp_path):
     "SIGKILL to the launcher cannot be forwarded: each rank learns of it from Linux (PR_SET_PDEATHSIG), saves and exits."
     out = tmp_path / 'run'
-    proc = start(job(data, out, '--nproc', 2, '--port', _port(), '--epochs', 3))
+    proc = start(job(data, out, '--nproc', 2, '--port', tcp_port(), '--epochs', 3))
     wait_for_step(out, 3, proc)
     pids = job_pids(out)
     assert len(pids) >= 3, pids  # the launcher and two ranks (and their loader processes)
@@ -103,7 +97,7 @@ def test_a_signal_during_validation_or_after_training_ends_the_job_in_seconds(da
     """SIGTERM as the last epoch's validation begins (it stops after the batch in hand) or once training is over
     (the plots, the exit): the job ends in seconds with one line; it never waits out the shutdown timeout."""
     out = tmp_path / 'run'
-    proc = start(job(data, out, '--nproc', 2, '--port', _port()))
+    proc = start(job(data, out, '--nproc', 2, '--port', tcp_port()))
     mark = 'step 10 ' if when == 'validation' else 'val loss'  # 10 steps an epoch; the epoch line follows validation
     for line in proc.stdout:
         if mark in line: break
