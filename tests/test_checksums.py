@@ -117,7 +117,9 @@ def test_card_of_a_mid_epoch_checkpoint_claims_no_metrics(runs, tmp_path):
 def test_card_of_an_ema_model_best_has_the_emas_metrics(runs, tmp_path):
     "With an EMA that validates better than the model, `model_best` holds the EMA's weights, and its card the EMA's accuracy."
     data = runs[0]
-    for seed in range(2, 10):  # a high lr makes the model swing and the EMA smooth it; which seed shows it varies by CPU
+    # a high lr makes the model swing and the EMA smooth it; which seed shows it varies by CPU: 4 on this project's
+    # CI machines, tried first (each try is a run)
+    for seed in (4, 2, 3, 5, 6, 7, 8, 9):
         out = tmp_path / f'ema{seed}'
         train(data, out, '--epochs', 3, '--seed', seed, '--lr', 0.5, '--warmup-epochs', 0,
               '--model-ema', '--model-ema-steps', 1, '--model-ema-decay', 0.9, '--deterministic')

@@ -75,15 +75,20 @@ def test_an_unreadable_validation_image_keeps_the_epochs_training(straight, tmp_
     same_as_straight(out, straight_out)
 
 
+def children(pid):
+    "The processes `pid` started, with their command lines."
+    try: kids = [int(k) for k in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
+    except FileNotFoundError: return {}
+    def cmdline(k):
+        try: return Path(f'/proc/{k}/cmdline').read_bytes()
+        except FileNotFoundError: return None
+    return {k: c for k in kids if (c := cmdline(k)) is not None}
+
+
 def loader_processes(pid):
     "The DataLoader worker processes of `pid`: its children started from the same command line (not the resource tracker)."
-    try: kids = [int(k) for k in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
-    except FileNotFoundError: return []
     cmd = Path(f'/proc/{pid}/cmdline').read_bytes()
-    def same(k):
-        try: return Path(f'/proc/{k}/cmdline').read_bytes() == cmd
-        except FileNotFoundError: return False
-    return [k for k in kids if same(k)]
+    return [k for k, c in children(pid).items() if c == cmd]
 
 
 def test_a_killed_loader_process_saves_the_steps_done(straight, tmp_path):
@@ -104,6 +109,27 @@ def test_a_killed_loader_process_saves_the_steps_done(straight, tmp_path):
     r = run_cli(*args, '--resume', 'auto')
     assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
     same_as_straight(out, straight_out)
+
+
+def test_under_the_launcher_another_ranks_killed_loader_process_saves_too(straight, tmp_path):
+    """`--nproc 2 --workers 2`: the system kills a loader process of rank 1 mid-epoch; the ranks agree to end, rank 0 saves
+    every step done, and rank 1 says what happened in one line."""
+    data, _ = straight
+    out = tmp_path / 'run'
+    proc = subprocess.Popen(launch_cmd(*job(data, out, '--nproc', 2, '--port', tcp_port(), '--workers', 2)), cwd=ROOT,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while last_step(out) < 3 and proc.poll() is None: time.sleep(0.005)
+    ranks = sorted(k for k, c in children(proc.pid).items() if b'spawn_main' in c)  # started in order: rank 0, rank 1
+    # its loader processes, train and val (spawned, as the rank itself)
+    workers = sorted(k for k, c in children(ranks[-1]).items() if b'spawn_main' in c) if len(ranks) == 2 else []
+    assert workers and proc.poll() is None, 'the run ended before a loader process could be killed'
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert proc.returncode == 1 and 'Traceback' not in err and len(lines) == 3, err[-3000:]
+    assert lines[0].startswith('resnext_nb: error: [rank 1] a loader process died'), lines
+    step = saved(out)['step']
+    assert 3 <= step < 30 and f"(step {step}) keeps every step done" in lines[0], lines
 
 
 def test_under_the_launcher_rank_0s_failure_saves_too(straight, tmp_path, free_port):
