@@ -112,11 +112,11 @@ def test_a_killed_loader_process_saves_the_steps_done(straight, tmp_path):
 
 
 def test_under_the_launcher_another_ranks_killed_loader_process_saves_too(straight, tmp_path):
-    """`--nproc 2 --workers 2`: the system kills a loader process of rank 1 mid-epoch; the ranks agree to end, rank 0 saves
+    """`--nproc 2 --workers 1`: the system kills a loader process of rank 1 mid-epoch; the ranks agree to end, rank 0 saves
     every step done, and rank 1 says what happened in one line."""
     data, _ = straight
     out = tmp_path / 'run'
-    proc = subprocess.Popen(launch_cmd(*job(data, out, '--nproc', 2, '--port', tcp_port(), '--workers', 2)), cwd=ROOT,
+    proc = subprocess.Popen(launch_cmd(*job(data, out, '--nproc', 2, '--port', tcp_port(), '--workers', 1)), cwd=ROOT,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while last_step(out) < 3 and proc.poll() is None: time.sleep(0.005)
     ranks = sorted(k for k, c in children(proc.pid).items() if b'spawn_main' in c)  # started in order: rank 0, rank 1
