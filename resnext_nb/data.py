@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #2b1022f8
 from __future__ import annotations
-import gc, hashlib, io, itertools, logging, math, os, pickle, random, signal, threading, time
+import gc, hashlib, io, itertools, logging, math, os, pickle, random, signal, sys, threading, time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from collections import Counter
@@ -34,8 +34,9 @@ __all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'SHUFFLES', 'IMG
            'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder',
            'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample',
            'one_thread', 'SampleDataset', 'collate_samples', 'shard_indices', 'epoch_order', 'EpochBatches',
-           'ignore_stop_signals', 'init_loader_process', 'make_dataloader', 'Loader', 'bad_images_summary',
-           'dead_process_named', 'quiet_sigchld', 'SyntheticLoader', 'normalize', 'image_grid']
+           'ignore_stop_signals', 'orphaned', 'silent_once_orphaned', 'init_loader_process', 'make_dataloader',
+           'Loader', 'bad_images_summary', 'dead_process_named', 'quiet_sigchld', 'SyntheticLoader', 'normalize',
+           'image_grid']
 
 # %% ../nbs/02_data.ipynb #19705041
 def printable(
@@ -658,10 +659,28 @@ def ignore_stop_signals(worker_id:int=0):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_end_on_parents_sigterm, daemon=True, name='sigterm-from-parent').start()
 
+def orphaned(parent:int, # the pid of the parent process this process had
+             wait_s:float=1.0, # how long a dying parent may take to be gone
+            ) -> bool:
+    "Whether `parent` is no longer this process's parent, waiting up to `wait_s` for one still dying."
+    end = time.monotonic() + wait_s
+    while os.getppid() == parent:  # the kernel closes a dying process's sockets before it reparents its children
+        if time.monotonic() > end: return False
+        time.sleep(0.02)
+    return True
+
+def silent_once_orphaned():
+    "Keep uncaught errors of this process's threads off stderr once its parent (the training process) has died."
+    parent, report = os.getppid(), sys.excepthook
+    def hook(kind, value, tb):
+        if not orphaned(parent): report(kind, value, tb)
+    sys.excepthook = hook
+
 def init_loader_process(worker_id:int=0):
-    """The `DataLoader` `worker_init_fn`: stop signals go to the training process, and the heap so far is
-    frozen."""
+    """The `DataLoader` `worker_init_fn`: stop signals go to the training process, the heap so far is
+    frozen, and no traceback is printed once the training process has died."""
     ignore_stop_signals(worker_id)
+    silent_once_orphaned()
     # torch and the dataset live until exit; Python's last collection of them took a second per process
     gc.freeze()
 
