@@ -95,15 +95,18 @@ class Throughput:
 class CheckpointError(RuntimeError):
     "A checkpoint file is missing, unsafe, truncated, not a training checkpoint, or cannot be saved."
 
-def atomic_write(path:str|Path, write):
-    "Call `write(file)` on a temporary file next to `path`, fsync it, then rename it over `path`."
+def atomic_write(path:str|Path, write,
+                 durable:bool=True): # fsync the file and the rename (False: a rerun redoes what a crash lost)
+    "Call `write(file)` on a temporary file next to `path`, fsync it (`durable`), then rename it over `path`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
         with open(tmp, 'wb') as f:
-            write(f); f.flush(); os.fsync(f.fileno())
+            write(f)
+            if durable: f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
+    if not durable: return
     fd = os.open(path.parent, os.O_RDONLY)
     try: os.fsync(fd)  # make the rename itself durable
     finally: os.close(fd)

@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)  # one-line warnings: files reached twice, ima
 
 # %% auto #0
 __all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'SHUFFLES', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP',
-           'IMAGENET_MEAN', 'IMAGENET_STD', 'STOP_SIGNALS', 'printable', 'is_utf8', 'DataError', 'parse_range',
-           'at_most_one', 'default_workers', 'DataConfig', 'read_image', 'walk_images', 'not_utf8_error',
+           'IMAGENET_MEAN', 'IMAGENET_STD', 'STOP_SIGNALS', 'LOADER_START', 'printable', 'is_utf8', 'DataError',
+           'parse_range', 'at_most_one', 'default_workers', 'DataConfig', 'read_image', 'walk_images', 'not_utf8_error',
            'duplicates_summary', 'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image',
            'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder',
            'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample',
            'one_thread', 'SampleDataset', 'collate_samples', 'shard_indices', 'epoch_order', 'EpochBatches',
-           'ignore_stop_signals', 'orphaned', 'silent_once_orphaned', 'init_loader_process', 'make_dataloader',
+           'ignore_stop_signals', 'process_ended', 'silent_once_orphaned', 'init_loader_process', 'make_dataloader',
            'Loader', 'bad_images_summary', 'dead_process_named', 'quiet_sigchld', 'SyntheticLoader', 'normalize',
            'image_grid']
 
@@ -149,11 +149,12 @@ def read_image(
     data:bytes|None=None, # the encoded image, when it is not read from `path`
 ) -> torch.Tensor:
     "Decode an image file into a `uint8` RGB tensor (3, H, W), or raise a `DataError` naming the file."
+    src = path if data is None else io.BytesIO(data)
     try:
-        with Image.open(path if data is None else io.BytesIO(data)) as im: rgb = im.convert('RGB')
+        with Image.open(src) as im: rgb = im.convert('RGB')
     except Exception as e:
-        # Pillow sometimes repeats the path
-        reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '')
+        # Pillow sometimes repeats the path, or the in-memory file, address and all
+        reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '').replace(f" {src!r}", '')
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {reason}): "
                         f"replace or delete it, or pass --skip-bad-images", path) from e
     return TF.pil_to_tensor(rgb)
@@ -267,6 +268,16 @@ def make_dataset(self:ImageFolderSource,
                                   f"{cls}: an image has one class, so remove one of them", path)
     if bad: raise not_utf8_error(bad, directory)
     return samples
+
+# %% ../nbs/02_data.ipynb #673e5404
+@patch
+def encoded(self:ImageFolderSource, i:int) -> tuple[str, bytes, int]:
+    "Image `i` undecoded: its path, its file's bytes and its label; a `DataError` naming a file not read."
+    path, label = self.samples[i]
+    try: return path, Path(path).read_bytes(), label
+    except OSError as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e.strerror}): replace or delete it, "
+                        "or pass --skip-bad-images", path) from None
 
 # %% ../nbs/02_data.ipynb #0fb2a030
 def open_image_folder(
@@ -659,32 +670,43 @@ def ignore_stop_signals(worker_id:int=0):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_end_on_parents_sigterm, daemon=True, name='sigterm-from-parent').start()
 
-def orphaned(parent:int, # the pid of the parent process this process had
-             wait_s:float=1.0, # how long a dying parent may take to be gone
-            ) -> bool:
-    "Whether `parent` is no longer this process's parent, waiting up to `wait_s` for one still dying."
+# %% ../nbs/02_data.ipynb #d9fae54e
+def process_ended(pid:int, # another process
+                  wait_s:float=0.0, # how long one still dying may take
+                 ) -> bool:
+    "Whether process `pid` has ended (a zombie has), waiting up to `wait_s` seconds for it to."
     end = time.monotonic() + wait_s
-    while os.getppid() == parent:  # the kernel closes a dying process's sockets before it reparents its children
-        if time.monotonic() > end: return False
+    while True:
+        try:
+            with open(f'/proc/{pid}/stat') as f: ended = f.read().rsplit(')', 1)[1].split()[0] in 'ZX'
+        except FileNotFoundError: return True  # reaped
+        except OSError:  # no /proc (macOS): a zombie still counts as alive there
+            try: os.kill(pid, 0); ended = False
+            except ProcessLookupError: return True
+        if ended: return True
+        if time.monotonic() >= end: return False
         time.sleep(0.02)
-    return True
 
 def silent_once_orphaned():
-    "Keep uncaught errors of this process's threads off stderr once its parent (the training process) has died."
-    parent, report = os.getppid(), sys.excepthook
-    def hook(kind, value, tb):
-        if not orphaned(parent): report(kind, value, tb)
-    sys.excepthook = hook
+    """Keep uncaught errors of this process's threads (`sys.excepthook`, which `multiprocessing` calls for its
+    own threads, and `threading.excepthook`) off stderr once its parent, the training process, has ended."""
+    parent, report, report_thread = os.getppid(), sys.excepthook, threading.excepthook
+    def ended(kind):  # a broken connection may be the news of a death still under way
+        return process_ended(parent, 1.0 if issubclass(kind, (ConnectionError, EOFError)) else 0.0)
+    sys.excepthook = lambda kind, value, tb: None if ended(kind) else report(kind, value, tb)
+    threading.excepthook = lambda args: None if ended(args.exc_type) else report_thread(args)
 
 def init_loader_process(worker_id:int=0):
     """The `DataLoader` `worker_init_fn`: stop signals go to the training process, the heap so far is
-    frozen, and no traceback is printed once the training process has died."""
+    frozen, and no traceback is printed once the training process has ended."""
     ignore_stop_signals(worker_id)
     silent_once_orphaned()
     # torch and the dataset live until exit; Python's last collection of them took a second per process
     gc.freeze()
 
 # %% ../nbs/02_data.ipynb #cd34c2a0
+LOADER_START = 'fork' if sys.platform == 'linux' else None  # None: the platform's default (spawn elsewhere)
+
 def make_dataloader(
     dataset:Dataset, # what one index loads
     batches:EpochBatches, # the batch sampler: this rank's batches of the epoch
@@ -698,7 +720,8 @@ def make_dataloader(
                       pin_memory=pin_memory,
                       persistent_workers=cfg.persistent_workers and cfg.workers > 0,
                       prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
-                      generator=seeded_generator(cfg.seed), worker_init_fn=init_loader_process)
+                      generator=seeded_generator(cfg.seed), worker_init_fn=init_loader_process,
+                      multiprocessing_context=LOADER_START if cfg.workers > 0 else None)
 
 # %% ../nbs/02_data.ipynb #f4d1aae1
 class Loader:

@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/device.html.md"""
 
 # %% ../nbs/00_device.ipynb #a53c10e7
 from __future__ import annotations
-import contextlib, importlib.metadata, importlib.util, os, random, re, resource, sys
+import contextlib, importlib.metadata, importlib.util, os, random, re, resource, socket, sys
 from dataclasses import dataclass
 from pathlib import Path
 from fastcore.basics import patch
@@ -17,14 +17,15 @@ __all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'VISIBLE_DEVICES', 
            'SEED_UNTIMED_STEPS', 'find_cann_set_env', 'cann_home', 'npu_import_hint', 'import_torch',
            'npu_unavailable_reason', 'accelerator_type', 'DeviceUnavailable', 'resolve_device_type',
            'parse_device_list', 'physical_device_id', 'visible_device_index', 'check_device_index', 'available_devices',
-           'wants_pinned_memory', 'get_device', 'Placement', 'resolve_placement', 'synchronize', 'peak_memory_bytes',
-           'reset_peak_memory', 'seeded_generator', 'seed_everything', 'rng_state', 'set_rng_state', 'device_name',
-           'dist_backend', 'device_environment', 'set_device_environment', 'is_distributed', 'get_rank',
-           'get_world_size', 'is_main_process', 'host_group', 'parse_loss_scale', 'AmpConfig', 'Precision',
-           'supports_channels_last', 'autocast_dtype', 'resolve_precision', 'to_memory_format', 'npu_branch',
-           'npu_saturates_fp16', 'make_grad_scaler', 'LossScaler', 'AllReduceBatchNorm', 'sync_batchnorm',
-           'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg', 'SideStream', 'release', 'npu_version_mismatch',
-           'NpuConfig', 'apply_npu_config', 'sgd_class', 'untimed_steps', 'warmup_message']
+           'wants_pinned_memory', 'get_device', 'Placement', 'resolve_placement', 'machine_name', 'synchronize',
+           'peak_memory_bytes', 'reset_peak_memory', 'seeded_generator', 'seed_everything', 'rng_state',
+           'set_rng_state', 'device_name', 'dist_backend', 'device_environment', 'set_device_environment',
+           'is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'host_group', 'parse_loss_scale',
+           'AmpConfig', 'Precision', 'supports_channels_last', 'autocast_dtype', 'resolve_precision',
+           'to_memory_format', 'npu_branch', 'npu_saturates_fp16', 'make_grad_scaler', 'LossScaler',
+           'AllReduceBatchNorm', 'sync_batchnorm', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg', 'SideStream',
+           'release', 'npu_version_mismatch', 'NpuConfig', 'apply_npu_config', 'sgd_class', 'untimed_steps',
+           'warmup_message']
 
 # %% ../nbs/00_device.ipynb #d1c8951e
 CANN_SET_ENV = ('/usr/local/Ascend/ascend-toolkit/set_env.sh', '/usr/local/Ascend/cann/set_env.sh',
@@ -238,6 +239,12 @@ def resolve_placement(
     local_rank = int(env.get('LOCAL_RANK', 0))
     return Placement(get_device(device, local_rank, ids), int(env.get('RANK', 0)), local_rank,
                      int(env.get('WORLD_SIZE', 1)), tuple(ids) if ids else None)
+
+# %% ../nbs/00_device.ipynb #f8169cad
+def machine_name(env=os.environ) -> str: # where a launcher put GROUP_RANK
+    """This process's machine, as the launcher numbers it (torch elastic's `GROUP_RANK`, the node rank), else
+    its hostname: ranks with the same name share a machine."""
+    return env.get('GROUP_RANK') or socket.gethostname()
 
 # %% ../nbs/00_device.ipynb #68f0c00c
 def synchronize(device:torch.device):

@@ -8,22 +8,21 @@ Docs: https://resnext-nb.github.io/resnext_nb/gpu_jpeg.html.md"""
 from __future__ import annotations
 import atexit, math, re, weakref
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from fastcore.basics import patch
 from .device import SideStream
-from .data import (BadSample, DataConfig, DataError, EpochBatches, ImageFolderSource, Loader,
+from .data import (BadSample, DataConfig, DataError, EpochBatches, Loader,
                              bad_images_summary, crop_sizes, log, make_dataloader, read_image,
                              val_resize_size)
 
 # %% auto #0
-__all__ = ['NVJPEG_STATUS_ALLOCATOR_FAILURE', 'DECODING', 'JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'EncodedImages',
-           'pack_bytes', 'unpack_bytes', 'EncodedBatch', 'collate_encoded', 'decoder_out_of_memory', 'decode_jpegs',
-           'sample_crop_boxes', 'fallback_box', 'ks_statistic', 'center_crop_boxes', 'resized_crops', 'GpuLoader',
-           'drain_side_stream', 'end_decoding']
+__all__ = ['NVJPEG_STATUS_ALLOCATOR_FAILURE', 'DECODING', 'JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'holds_jpegs',
+           'EncodedImages', 'pack_bytes', 'unpack_bytes', 'EncodedBatch', 'collate_encoded', 'decoder_out_of_memory',
+           'decode_jpegs', 'sample_crop_boxes', 'fallback_box', 'ks_statistic', 'center_crop_boxes', 'resized_crops',
+           'GpuLoader', 'drain_side_stream', 'end_decoding']
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #25f24908
 class JpegInfo(NamedTuple):
@@ -59,23 +58,32 @@ def nvjpeg_can_decode(info:JpegInfo|None) -> bool:
     return (info is not None and info.components == 3 and info.marker in (0xC0, 0xC1, 0xC2)
             and info.height > 0 and info.width > 0)
 
+# %% ../nbs/02b_gpu_jpeg.ipynb #b3f277a2
+def holds_jpegs(
+    source, # anything with `encoded(i)`: an ImageFolder split, tar shards, a Hugging Face split
+    n:int=8, # how many of its first images to look at
+) -> bool:
+    "Whether most of the first `n` images of `source` are JPEGs that nvjpeg decodes."
+    def decodable(i):
+        try: return nvjpeg_can_decode(jpeg_info(source.encoded(i)[1]))
+        except DataError: return False  # unreadable: not one
+    looked = [decodable(i) for i in range(min(n, len(source)))]
+    return 2 * sum(looked) > len(looked)
+
 # %% ../nbs/02b_gpu_jpeg.ipynb #7b5007ba
 class EncodedImages(Dataset):
-    """An ImageFolder split read as raw JPEG bytes (decoded with Pillow only where nvjpeg cannot), indexed by
+    """A split read as raw JPEG bytes (decoded with Pillow only where nvjpeg cannot), indexed by
     `(index, sample_seed)`."""
-    def __init__(self, source:ImageFolderSource): self.source = source  # the split's files and labels
+    # an ImageFolder split, tar shards or a Hugging Face split: any `encoded(i) -> (name, bytes, label)`
+    def __init__(self, source:Dataset): self.source = source
     def __len__(self): return len(self.source)
 
-    def __getitem__(self, key:tuple[int, int]) -> tuple[bytes|torch.Tensor, int, int, int] | BadSample:
-        "(bytes or decoded image, label, seed, index) for `key` = (index, sample seed), or a `BadSample`."
+    def __getitem__(self, key:tuple[int, int]) -> tuple[bytes|torch.Tensor, int, int, str] | BadSample:
+        "(bytes or decoded image, label, seed, name) for `key` = (index, sample seed), or a `BadSample`."
         index, seed = key
-        path, label = self.source.samples[index]
-        try: data = Path(path).read_bytes()
-        except OSError as e:
-            return BadSample(path, f"cannot read image {path} ({type(e).__name__}: {e.strerror}): replace or "
-                                   "delete it, or pass --skip-bad-images")
-        if nvjpeg_can_decode(jpeg_info(data)): return data, label, seed, index
-        try: return read_image(path), label, seed, index
+        try:
+            name, data, label = self.source.encoded(index)
+            return (data if nvjpeg_can_decode(jpeg_info(data)) else read_image(name, data)), label, seed, name
         except DataError as e: return BadSample(e.path, str(e))
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #9b745796
@@ -103,7 +111,7 @@ class EncodedBatch(NamedTuple):
     offsets:torch.Tensor # image k is data[offsets[k]:offsets[k+1]]; empty where it was decoded on the CPU
     labels:torch.Tensor # `int64`
     seeds:torch.Tensor # each sample's augmentation seed (`int64`)
-    indices:torch.Tensor # each sample's index in its dataset, for messages
+    names:list # each sample's name (a path, or a shard member), for messages
     decoded:dict # {position in the batch: `uint8` (3, H, W) image} for the images Pillow decoded
     bad:list # the `BadSample`s
 
@@ -114,7 +122,7 @@ def collate_encoded(
     good = [it for it in items if not isinstance(it, BadSample)]
     data, offsets = pack_bytes([p if isinstance(p, bytes) else b'' for p, *_ in good])
     column = lambda k: torch.tensor([it[k] for it in good], dtype=torch.int64)
-    return EncodedBatch(data, offsets, column(1), column(2), column(3),
+    return EncodedBatch(data, offsets, column(1), column(2), [it[3] for it in good],
                         {k: p for k, (p, *_) in enumerate(good) if isinstance(p, torch.Tensor)},
                         [it for it in items if isinstance(it, BadSample)])
 
@@ -235,7 +243,7 @@ class GpuLoader(Loader):
     """A `Loader` whose processes only read JPEG bytes; the device decodes, crops, resizes and flips, one
     batch ahead."""
     def __init__(self,
-                 source:ImageFolderSource, # the split's files
+                 source:Dataset, # the split: its `encoded(i)` gives image i's name, bytes and label
                  batches:EpochBatches, # which indices this rank loads, and in which batches
                  cfg:DataConfig, # workers, prefetching, `skip_bad_images`, seed
                  device:torch.device, # where images are decoded and cropped, and the batches live
@@ -270,12 +278,13 @@ def _decode(self:GpuLoader, batch:EncodedBatch) -> tuple[list[torch.Tensor], lis
     drain_side_stream(self.side)  # nvjpeg writes at once, maybe into blocks queued crops still read (above)
     images = dict(zip(on_device, decode_jpegs([views[k] for k in on_device], self.device)))
     images.update({k: im.to(self.device, non_blocking=True) for k, im in batch.decoded.items()})
-    self.cpu_decoded += [self.source.samples[int(batch.indices[k])][0] for k in batch.decoded]
+    self.cpu_decoded += [batch.names[k] for k in batch.decoded]
     bad = list(batch.bad)
-    # nvjpeg refused it: Pillow tries, and names the file if it fails
+    # nvjpeg refused it: Pillow tries, and names the image if it fails
     for k in [k for k, im in images.items() if im is None]:
-        path = self.source.samples[int(batch.indices[k])][0]
-        try: images[k] = read_image(path).to(self.device, non_blocking=True); self.cpu_decoded.append(path)
+        try:
+            images[k] = read_image(batch.names[k], bytes(views[k].numpy())).to(self.device, non_blocking=True)
+            self.cpu_decoded.append(batch.names[k])
         except DataError as e: del images[k]; bad.append(BadSample(e.path, str(e)))
     keep = sorted(images)
     return [images[k] for k in keep], keep, bad
@@ -332,8 +341,8 @@ def __iter__(self:GpuLoader):
         DECODING.discard(self)
     if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
     if self.cpu_decoded:
-        log.info(f"{self.name}: {len(self.cpu_decoded)} images decoded on the CPU (greyscale, CMYK or "
-                 "refused by nvjpeg)")
+        log.info(f"{self.name}: {len(self.cpu_decoded)} images decoded on the CPU (greyscale, CMYK, "
+                 "not JPEG, or refused by nvjpeg)")
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #f6ea7104
 @patch

@@ -19,7 +19,7 @@ from .bench import write_photo_folder
 from .prepare import prepare
 
 # %% auto #0
-__all__ = ['TARGETS', 'reference_loader', 'library_loader', 'images_per_second', 'slow_server', 'input_rows', 'format_rows',
+__all__ = ['TARGETS', 'reference_loader', 'library_loader', 'images_per_second', 'slow_server', 'format_rows', 'input_rows',
            'InputBenchConfig', 'make_parser', 'main']
 
 # %% ../nbs/10_input_bench.ipynb #a12a56d3
@@ -54,6 +54,26 @@ def slow_server(folder:Path, latency:float):
     try: yield f'http://127.0.0.1:{server.server_address[1]}'
     finally: server.shutdown()
 
+# %% ../nbs/10_input_bench.ipynb #21e6e3ec
+TARGETS = (('folder', 'torchvision reference', 1.0), ('tar shards over HTTP', 'folder', 0.9),
+           ('tar shards, max side', 'folder', 2.0))  # (row, the row it is compared with, the least ratio)
+
+def format_rows(rows:list[dict]) -> list[str]:
+    """A markdown table with each row's ratio to torchvision's and to the folder's at the same worker count,
+    then the targets."""
+    def ref(name, w): return next(r['fps'] for r in rows if r['workers'] == w
+                                  and r['source'].startswith(name))
+    lines = ['| source | loader processes | images/s | × torchvision | × folder |', '|---|---|---|---|---|']
+    lines += [f"| {r['source']} | {r['workers']} | {r['fps']:.1f} | "
+              f"{r['fps'] / ref('torchvision', r['workers']):.2f} "
+              f"| {r['fps'] / ref('folder', r['workers']):.2f} |" for r in rows]
+    for name, base, least in TARGETS:
+        for w in sorted({r['workers'] for r in rows}):
+            got = ref(name, w) / ref(base, w)
+            lines.append(f"target: {name} at least {least:g}x {base}, {w} loader processes: {got:.2f}, "
+                         f"{'met' if got >= least else 'NOT met'}")
+    return lines
+
 # %% ../nbs/10_input_bench.ipynb #1a52fe08
 def input_rows(
     root:Path, # where to write the data (it is left there)
@@ -81,26 +101,6 @@ def input_rows(
                     library_loader(url, image_size, batch_size, w))
             finally: os.environ.pop('RESNEXT_NB_WDS_CACHE')
     return rows
-
-# %% ../nbs/10_input_bench.ipynb #21e6e3ec
-TARGETS = (('folder', 'torchvision reference', 1.0), ('tar shards over HTTP', 'folder', 0.9),
-           ('tar shards, max side', 'folder', 2.0))  # (row, the row it is compared with, the least ratio)
-
-def format_rows(rows:list[dict]) -> list[str]:
-    """A markdown table with each row's ratio to torchvision's and to the folder's at the same worker count,
-    then the targets."""
-    def ref(name, w): return next(r['fps'] for r in rows if r['workers'] == w
-                                  and r['source'].startswith(name))
-    lines = ['| source | loader processes | images/s | × torchvision | × folder |', '|---|---|---|---|---|']
-    lines += [f"| {r['source']} | {r['workers']} | {r['fps']:.1f} | "
-              f"{r['fps'] / ref('torchvision', r['workers']):.2f} "
-              f"| {r['fps'] / ref('folder', r['workers']):.2f} |" for r in rows]
-    for name, base, least in TARGETS:
-        for w in sorted({r['workers'] for r in rows}):
-            got = ref(name, w) / ref(base, w)
-            lines.append(f"target: {name} at least {least:g}x {base}, {w} loader processes: {got:.2f}, "
-                         f"{'met' if got >= least else 'NOT met'}")
-    return lines
 
 # %% ../nbs/10_input_bench.ipynb #7065908c
 @dataclass

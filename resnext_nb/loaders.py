@@ -15,13 +15,13 @@ from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, SHUFFLES, CifarSource,
                              DataError, EpochBatches, Loader, SampleDataset, SyntheticLoader, crop_sizes,
                              find_cifar10,
                              image_grid, open_image_folder, open_val_folder, train_transform, val_transform)
-from .gpu_jpeg import GpuLoader
+from .gpu_jpeg import GpuLoader, holds_jpegs
 from .shards import is_url, open_shards, shard_kind
 from .shapes import builtin_dataset_path
 
 # %% auto #0
-__all__ = ['resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders', 'rank_batch', 'check_data_config',
-           'check_train_size', 'train_blocks', 'synthetic_loaders', 'build_loaders', 'show_batch']
+__all__ = ['ENCODED_KINDS', 'resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders', 'rank_batch',
+           'check_data_config', 'check_train_size', 'train_blocks', 'synthetic_loaders', 'build_loaders', 'show_batch']
 
 # %% ../nbs/02b_loaders.ipynb #e2580e02
 def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|str|None]:
@@ -57,6 +57,8 @@ def cpu_only_augmentations(cfg:DataConfig) -> str|None:
           + [f'--random-erase {cfg.random_erase:g}'] * bool(cfg.random_erase))
     return ' and '.join(on) or None
 
+ENCODED_KINDS = ('imagefolder', 'builtin', 'hf', 'wds')  # the sources that hold encoded images (`encoded(i)`)
+
 def resolve_backend(
     backend:str, # `DataConfig.backend`: 'auto', 'pil' or 'gpu'
     kind:str, # the source, from `resolve_dataset`
@@ -67,12 +69,9 @@ def resolve_backend(
     if backend not in DATA_BACKENDS:
         raise DataError(f"unknown data backend {backend!r}: choose one of {', '.join(DATA_BACKENDS)}")
     if backend == 'pil': return 'pil'
-    if kind not in ('imagefolder', 'builtin'):
+    if kind not in ENCODED_KINDS:
         if backend == 'gpu':
-            has = ("holds JPEGs, but the GPU path reads them from files only, for now"
-                   if kind in ('hf', 'wds')
-                   else "has none")
-            raise DataError(f"--data-backend gpu decodes JPEG files, and {kind} data {has}: use "
+            raise DataError(f"--data-backend gpu decodes JPEGs, and {kind} data holds none: use "
                             "--data-backend auto or pil")
         return 'pil'
     if cpu_only:  # never a silently different augmentation: the device path has no policies and no erasing
@@ -93,7 +92,7 @@ class Loaders:
     train:Loader|SyntheticLoader|None
     val:Loader|SyntheticLoader # every val image exactly once over all ranks
     classes:list[str] # class names, indexed by label
-    kind:str='' # 'imagefolder', 'cifar10', 'builtin' or 'synthetic'
+    kind:str='' # 'imagefolder', 'builtin', 'cifar10', 'hf', 'wds' or 'synthetic'
     root:Path|None=None # the folder the images come from
     backend:str='pil' # 'pil' or 'gpu': where the images are decoded and cropped
     batch_size:int=0 # images per step over all ranks: the global batch (`DataConfig.batch_size`)
@@ -193,6 +192,7 @@ def build_loaders(
     else: train_src, val_src = None, open_val_folder(root)
     if train: check_train_size(len(train_src), cfg, world_size, root, accum)
     blocks = train_blocks(cfg, train_src, root) if train else None
+    if backend == 'gpu' and cfg.backend == 'auto' and not holds_jpegs(val_src): backend = 'pil'  # PNGs, say
     pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
         batches = EpochBatches(len(source), rank_batch(cfg, world_size), rank, world_size, is_train, cfg.seed,

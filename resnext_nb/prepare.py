@@ -15,8 +15,8 @@ from fastprogress.fastprogress import progress_bar
 from .config import build_parser, field_checks, non_negative, opt, parse_config, positive
 from .data import IMG_EXTENSIONS, DataError, ImageFolderSource, printable
 from .checkpoints import atomic_write
-from .shards import (HF_SPLITS, WDS_KIND, check_complete, hf_datasets, hf_split_files, is_url,
-                               shard_kind)
+from .shards import (HF_SPLITS, WDS_KIND, check_complete, hf_datasets, hf_split_files,
+                               image_label_columns, is_url, shard_kind)
 
 # %% auto #0
 __all__ = ['SHARD_FORMATS', 'PREPARE_FORMATS', 'SPLITS', 'stored_bytes', 'shard_ranges', 'shard_file', 'write_wds_shard',
@@ -211,12 +211,7 @@ def parquet_split(files:list[Path]) -> tuple[list[Path], list[str], Callable]:
     import pyarrow.parquet as pq  # a dependency of datasets
     datasets = hf_datasets()
     features = datasets.Features.from_arrow_schema(pq.read_schema(files[0]))
-    image = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
-    label = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
-    if image is None or label is None:
-        raise DataError(f"{files[0]} has no {'image' if image is None else 'class-label'} column (its "
-                        "columns: "
-                        f"{', '.join(features)}): expected an Image and a ClassLabel feature", files[0])
+    image, label = image_label_columns(features, files[0])
     return files, list(features[label].names), lambda f: read_parquet_shard(f, image, label)
 
 # %% ../nbs/09_prepare.ipynb #6cf317c9
@@ -234,8 +229,7 @@ def unpack_shard(f:Path, read:Callable, classes:list[str], dst:Path) -> dict:
         path = dst / classes[label] / f"{key.replace('/', '_')}.{ext}"
         counts['images'] += 1
         if path.is_file() and path.read_bytes() == data: counts['kept'] += 1; continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f'.{path.name}.tmp'); tmp.write_bytes(data); os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(data), durable=False)  # a rerun checks every file
         if path.read_bytes() != data:
             raise DataError(f"{path} does not read back as it was written: check the disk", path)
         counts['written'] += 1

@@ -15,7 +15,8 @@ from .data import IMG_EXTENSIONS, DataError, read_image
 
 # %% auto #0
 __all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'open_files_limit', 'is_url', 'shard_cache', 'WdsSource',
-           'hf_split_files', 'check_complete', 'hf_datasets', 'HfSource', 'open_hf', 'shard_kind', 'open_shards']
+           'hf_split_files', 'check_complete', 'hf_datasets', 'image_label_columns', 'HfSource', 'open_hf',
+           'shard_kind', 'open_shards']
 
 # %% ../nbs/02a_shards.ipynb #ffa10775
 WDS_KIND = 'wids-shard-index-v1'  # the `__kind__` of a wids index
@@ -73,6 +74,9 @@ class WdsSource(Dataset):
             # smaller cache (wids's default is 10) opens and indexes a whole tar again for nearly every sample
             self.ds.cache = wids.wids.LRUShards(min(len(self.ds.shards), max(10, open_files_limit() // 4)),
                                                 localname=shard_cache)
+            # wids prints a warning to stdout when over 30% of the first 100 reads open a shard: with every
+            # shard kept open, those are first reads, which a shuffled epoch over many shards begins with
+            self.ds.check_cache_misses = lambda: None
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"cannot open the shard index {self.index} ({type(e).__name__}: {e}): check "
                             "--data_path", self.index) from None
@@ -83,6 +87,11 @@ class WdsSource(Dataset):
     def __getitem__(self, i:int):
         """Image `i` as a `uint8` RGB tensor and its label; a `DataError` naming the shard member when
         unreadable."""
+        name, data, label = self.encoded(i)
+        return read_image(name, data), label
+
+    def encoded(self, i:int) -> tuple[str, bytes, int]:
+        "Image `i` undecoded: `shard:key`, the member's bytes and its label (as `ImageFolderSource.encoded`)."
         if self.ds is None: self.open()
         try: sample = self.ds[i]
         # wids asserts that a download worked
@@ -100,7 +109,7 @@ class WdsSource(Dataset):
         try: label = int(label.read())
         except ValueError:
             raise DataError(f"shard member {name} has a label that is not a class index", name) from None
-        return read_image(name, image.read()), label
+        return name, image.read(), label
 
 # %% ../nbs/02a_shards.ipynb #aa082706
 HF_SPLITS = {'train': ('train',), 'val': ('validation', 'val', 'valid')}  # our split: the Hub's names for it
@@ -142,6 +151,20 @@ def hf_datasets():
     datasets.disable_progress_bars(); datasets.logging.set_verbosity_error()
     return datasets
 
+def image_label_columns(
+    features, # a `datasets.Features`: a dataset's, or read from a parquet file's schema
+    name:str|os.PathLike, # what the message calls the dataset
+) -> tuple[str, str]:
+    "The names of the Image column and the ClassLabel column, or a `DataError` naming `name` and its columns."
+    datasets = hf_datasets()
+    image = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    label = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    if image is None or label is None:
+        raise DataError(f"{name} has no {'image' if image is None else 'class-label'} column (its columns: "
+                        f"{', '.join(features)}): expected an Image and a ClassLabel feature, as "
+                        "ILSVRC/imagenet-1k has", name)
+    return image, label
+
 # %% ../nbs/02a_shards.ipynb #6cc58028
 class HfSource(Dataset):
     """One split of a Hugging Face dataset (from parquet files or a `save_to_disk` folder), by index: image
@@ -151,14 +174,7 @@ class HfSource(Dataset):
                  name:str, # what messages call it
                  shard_sizes:list[int]|None=None): # rows in each parquet file, in order (`--shuffle shards`)
         datasets = hf_datasets()
-        image = next((c for c, f in data.features.items() if isinstance(f, datasets.Image)), None)
-        label = next((c for c, f in data.features.items() if isinstance(f, datasets.ClassLabel)), None)
-        if image is None or label is None:
-            raise DataError(f"{name} has no {'image' if image is None else 'class-label'} column (its "
-                            "columns: "
-                            f"{', '.join(data.column_names)}): expected an Image and a ClassLabel feature, "
-                            "as "
-                            "ILSVRC/imagenet-1k has", name)
+        image, label = image_label_columns(data.features, name)
         self.data, self.name = data.cast_column(image, datasets.Image(decode=False)), name
         self.image_col, self.label_col, self.shard_sizes = image, label, shard_sizes
         self.classes = list(data.features[label].names)
@@ -167,10 +183,24 @@ class HfSource(Dataset):
     def __len__(self) -> int: return len(self.data)
     def __getitem__(self, i:int):
         "Image `i` as a `uint8` RGB tensor and its label; a `DataError` naming it when unreadable."
+        name, data, label = self.encoded(i)
+        return read_image(name, data), label
+
+    def encoded(self, i:int) -> tuple[str, bytes, int]:
+        "Image `i` undecoded: `name[i] (file name)`, its bytes and its label (`ImageFolderSource.encoded`)."
         row = self.data[i]
-        image = row[self.image_col]
-        return (read_image(f"{self.name}[{i}] ({image.get('path') or 'no name'})", image['bytes']),
-                row[self.label_col])
+        cell = row[self.image_col] or {}  # None: an empty cell
+        path, data = cell.get('path'), cell.get('bytes')
+        name = f"{self.name}[{i}] ({path or 'no name'})"
+        if data is None and not path:
+            raise DataError(f"cannot read image {name}: its cell is empty; remove the row, or pass "
+                            "--skip-bad-images", name)
+        if data is None:  # a dataset built from image files and saved without them: it holds their paths
+            try: data = Path(path).read_bytes()
+            except OSError as e:
+                raise DataError(f"cannot read image {name}: the dataset holds its file name only, and that "
+                                f"file cannot be read ({type(e).__name__})", name) from None
+        return name, data, row[self.label_col]
 
 # %% ../nbs/02a_shards.ipynb #1ddc37a1
 def open_hf(

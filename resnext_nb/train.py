@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #36ddb126
 from __future__ import annotations
-import hashlib, json, math, os, signal, socket, sys, threading, time, warnings
+import hashlib, json, math, os, signal, sys, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +21,7 @@ from .config import between, non_negative, opt, positive
 from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, NpuConfig, Placement,
                                Precision, apply_npu_config, device_name, get_rank, get_world_size, sgd_class,
                                sync_batchnorm, untimed_steps, warmup_message, host_group, is_distributed,
-                               is_main_process,
+                               is_main_process, machine_name,
                                parse_device_list, peak_memory_bytes, resolve_placement, resolve_precision,
                                rng_state, seed_everything, set_rng_state, synchronize, to_memory_format)
 from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
@@ -355,7 +355,7 @@ def first_failure(self:Learner) -> tuple[str, bool, bool]:
     """This rank's failure, else that of the lowest rank that failed; whether this rank failed; whether one on
     this machine did (one all-gather, made only on a failure)."""
     if not is_distributed(): return self.failed, True, True
-    parts, machine = [None] * get_world_size(), os.environ.get('GROUP_RANK', socket.gethostname())
+    parts, machine = [None] * get_world_size(), machine_name()
     dist.all_gather_object(parts, (self.failed, machine), group=host_group())
     failed = [(f, m) for f, m in parts if f is not None]
     return self.failed or failed[0][0], self.failed is not None, any(m == machine for _, m in failed)

@@ -104,3 +104,15 @@ def wait_for_step(out: Path, step: int, proc, timeout=240) -> int:
         if proc.poll() is not None: raise AssertionError(f"the run ended with {proc.returncode} before step {step}")
         time.sleep(0.02)
     raise AssertionError(f"the run never reached step {step} in {timeout} s")
+
+
+def alive(pids):
+    "The processes of `pids` still running (neither gone nor zombies)."
+    return [p for p in pids if os.path.exists(f'/proc/{p}') and 'Z' not in open(f'/proc/{p}/stat').read().split()[2]]
+
+
+def job_pids(out):
+    "The launcher (its command line names the output folder) and all its descendants: ranks and loader processes."
+    pids = [int(p) for p in subprocess.run(['pgrep', '-f', str(out)], capture_output=True, text=True).stdout.split()]
+    for p in pids: pids += [int(c) for c in subprocess.run(['pgrep', '-P', str(p)], capture_output=True, text=True).stdout.split()]
+    return pids

@@ -199,6 +199,49 @@ def test_bad_images_follow_the_same_rules(tmp_path):
     assert decode_threads() == []
 
 
+@pytest.mark.parametrize('device', [CPU, pytest.param(torch.device('cuda'), marks=needs_cuda)], ids=['cpu', 'cuda'])
+def test_tar_shards_and_parquet_give_the_batches_of_their_folder(tmp_path, monkeypatch, device):
+    """The GPU path reads shards through their sources' `encoded`: the same batches, pixel for pixel, as the folder
+    they were written from, a greyscale image (decoded by Pillow) and a refused one named by its shard member."""
+    import torchvision.io
+    from PIL import Image
+    from resnext_nb.prepare import prepare
+    from resnext_nb.shards import open_shards
+    monkeypatch.setenv('RESNEXT_NB_WDS_CACHE', str(tmp_path / 'cache'))
+    root = make_image_folder(tmp_path / 'data', {'train': {'a': 6, 'b': 6}, 'val': {'a': 2, 'b': 2}}, size=40, seed=1)
+    grey = root / 'train' / 'b' / 'b_0002.jpg'
+    Image.open(grey).convert('L').save(grey)
+    refused = (root / 'train' / 'a' / 'a_0003.jpg').read_bytes()
+    real = loaders_decode_jpeg()
+    def refuse(data, **kw):  # as nvjpeg: the whole batch fails for one image, and that image alone fails again
+        if (bytes(data.numpy()) if torch.is_tensor(data) else None) == refused or isinstance(data, list) and any(
+                bytes(d.numpy()) == refused for d in data): raise RuntimeError(REFUSED)
+        return real(data, **kw)
+    monkeypatch.setattr(torchvision.io, 'decode_jpeg', refuse)
+
+    def passes(train_src, val_src):
+        out = {}
+        for split, src in (('train', train_src), ('val', val_src)):
+            is_train = split == 'train'
+            gl = GpuLoader(src, EpochBatches(len(src), 4, train=is_train, seed=0), DataConfig(image_size=24, workers=2),
+                           device, train=is_train, name=split)
+            out[split] = [(x.cpu(), y.cpu()) for x, y in gl], gl.cpu_decoded
+        return out
+    want = passes(ImageFolderSource(root / 'train'), ImageFolderSource(root / 'val'))
+    assert sorted(want['train'][1]) == sorted([str(grey), str(root / 'train' / 'a' / 'a_0003.jpg')])
+    for fmt, kind in (('wds', 'wds'), ('parquet', 'hf')):
+        prepare(root, tmp_path / fmt, fmt, shard_size=5, progress=False)
+        got = passes(*open_shards(kind, tmp_path / fmt))
+        for split in ('train', 'val'):
+            assert len(got[split][0]) == len(want[split][0]), (fmt, split)
+            assert all(torch.equal(a, b) and torch.equal(ya, yb)
+                       for (a, ya), (b, yb) in zip(got[split][0], want[split][0])), (fmt, split)
+        # the same two images (3: a_0003, 8: b_0002), named as the shards name them
+        names = {f"{tmp_path / 'wds'}/train-00000{i // 5}.tar:0000000{i}" if kind == 'wds'
+                 else f"{tmp_path / 'parquet'}:train[{i}] (0000000{i}.jpg)" for i in (3, 8)}
+        assert set(got['train'][1]) == names, got['train'][1]
+
+
 def test_a_pass_left_early_or_closed_ends_its_thread_and_processes(folder):
     gl = gpu_loader(folder, workers=2)
     next(iter(gl))  # the pass is dropped at once
