@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/input_bench.html.md"""
 
 # %% ../nbs/10_input_bench.ipynb #62c543c7
 from __future__ import annotations
-import contextlib, functools, http.server, os, sys, tempfile, threading, time
+import contextlib, functools, http.server, os, statistics, sys, tempfile, threading, time
 from dataclasses import dataclass
 from pathlib import Path
 import torch, torchvision
@@ -19,8 +19,8 @@ from .bench import write_photo_folder
 from .prepare import prepare
 
 # %% auto #0
-__all__ = ['TARGETS', 'reference_loader', 'library_loader', 'images_per_second', 'slow_server', 'format_rows', 'input_rows',
-           'InputBenchConfig', 'make_parser', 'main']
+__all__ = ['TARGETS', 'reference_loader', 'library_loader', 'images_per_second', 'slow_server', 'format_rows', 'one_round',
+           'input_rows', 'InputBenchConfig', 'make_parser', 'main']
 
 # %% ../nbs/10_input_bench.ipynb #a12a56d3
 def reference_loader(root:Path, image_size:int, batch_size:int, workers:int) -> DataLoader:
@@ -59,48 +59,68 @@ TARGETS = (('folder', 'torchvision reference', 1.0), ('tar shards over HTTP', 'f
            ('tar shards, max side', 'folder', 2.0))  # (row, the row it is compared with, the least ratio)
 
 def format_rows(rows:list[dict]) -> list[str]:
-    """A markdown table with each row's ratio to torchvision's and to the folder's at the same worker count,
-    then the targets."""
-    def ref(name, w): return next(r['fps'] for r in rows if r['workers'] == w
-                                  and r['source'].startswith(name))
-    lines = ['| source | loader processes | images/s | × torchvision | × folder |', '|---|---|---|---|---|']
-    lines += [f"| {r['source']} | {r['workers']} | {r['fps']:.1f} | "
-              f"{r['fps'] / ref('torchvision', r['workers']):.2f} "
-              f"| {r['fps'] / ref('folder', r['workers']):.2f} |" for r in rows]
+    """A markdown table of each row's median, the range of its rounds and its ratios to torchvision's and to
+    the folder's at the same worker count; then the targets: the ratio of the medians, and the rounds that
+    meet it."""
+    def find(name, w): return next(r for r in rows if r['workers'] == w and r['source'].startswith(name))
+    def ratio(r, name): return r['fps'] / find(name, r['workers'])['fps']
+    def rounds(r): return r.get('runs', [r['fps']])
+    def spread(r):
+        runs = rounds(r)
+        return f"{min(runs):.0f}–{max(runs):.0f} in {len(runs)}" if len(runs) > 1 else 'one'
+    lines = ['| source | loader processes | images/s (median) | rounds | × torchvision | × folder |',
+             '|---|---|---|---|---|---|']
+    lines += [f"| {r['source']} | {r['workers']} | {r['fps']:.1f} | {spread(r)} | "
+              f"{ratio(r, 'torchvision'):.2f} | {ratio(r, 'folder'):.2f} |" for r in rows]
     for name, base, least in TARGETS:
         for w in sorted({r['workers'] for r in rows}):
-            got = ref(name, w) / ref(base, w)
+            row, got = find(name, w), ratio(find(name, w), base)
+            met = sum(a / b >= least for a, b in zip(rounds(row), rounds(find(base, w))))
             lines.append(f"target: {name} at least {least:g}x {base}, {w} loader processes: {got:.2f}, "
-                         f"{'met' if got >= least else 'NOT met'}")
+                         f"{'met' if got >= least else 'NOT met'} (in {met} of {len(rounds(row))} rounds)")
     return lines
 
 # %% ../nbs/10_input_bench.ipynb #1a52fe08
+def one_round(
+    root:Path, # where `input_rows` wrote the sources
+    workers:int, # loader processes
+    image_size:int, batch_size:int, latency:float, max_side:int,
+) -> list[tuple[str, float]]:
+    "Images per second of every source once, with `workers` loader processes, in the table's order."
+    got = []
+    def timed(source, batches):
+        got.append((source, images_per_second(batches)))
+        if hasattr(batches, 'close'): batches.close()  # this library's loader: its processes end now
+    timed('torchvision reference', reference_loader(root / 'folder', image_size, batch_size, workers))
+    small = f'tar shards, max side {max_side}'
+    for source, path in (('folder', root / 'folder'), ('tar shards', root / 'wds'),
+                         ('parquet', root / 'parquet'), (small, root / 'wds-small')):
+        timed(source, library_loader(path, image_size, batch_size, workers))
+    with slow_server(root / 'wds', latency) as url, tempfile.TemporaryDirectory() as cache:
+        os.environ['RESNEXT_NB_WDS_CACHE'] = cache  # a fresh cache: every shard is fetched in the timing
+        try:
+            timed(f'tar shards over HTTP, {latency * 1000:g} ms a request',
+                 library_loader(url, image_size, batch_size, workers))
+        finally: os.environ.pop('RESNEXT_NB_WDS_CACHE')
+    return got
+
 def input_rows(
     root:Path, # where to write the data (it is left there)
     images:int=512, workers:tuple=(1, 2), # train images; the loader-process counts to time
     image_size:int=224, batch_size:int=32, latency:float=0.02, max_side:int=256,
     photo:tuple[int, int]=(500, 375), # the JPEGs' size
+    repeats:int=1, # rounds of every source, one after another, for each worker count
 ) -> list[dict]:
-    "Write the sources, then time each one for each worker count; one row each."
+    "Write the sources, then time each one for each worker count: a row each, its rounds and their median."
     folder = write_photo_folder(root / 'folder', images, max(10, images // 50), 10, photo)
     for name, fmt, side in (('wds', 'wds', 0), ('parquet', 'parquet', 0), ('wds-small', 'wds', max_side)):
         prepare(folder, root / name, fmt, shard_size=64, max_side=side, progress=False)
-    rows = []
+    runs = {}  # (source, workers): images/s in each round
     for w in workers:
-        def row(source, batches):
-            rows.append({'source': source, 'workers': w, 'fps': images_per_second(batches)})
-            if hasattr(batches, 'close'): batches.close()  # this library's loader: its processes end now
-        row('torchvision reference', reference_loader(folder, image_size, batch_size, w))
-        for source, path in (('folder', folder), ('tar shards', root / 'wds'), ('parquet', root / 'parquet'),
-                             (f'tar shards, max side {max_side}', root / 'wds-small')):
-            row(source, library_loader(path, image_size, batch_size, w))
-        with slow_server(root / 'wds', latency) as url, tempfile.TemporaryDirectory() as cache:
-            os.environ['RESNEXT_NB_WDS_CACHE'] = cache  # a fresh cache: every shard is fetched in the timing
-            try:
-                row(f'tar shards over HTTP, {latency * 1000:g} ms a request',
-                    library_loader(url, image_size, batch_size, w))
-            finally: os.environ.pop('RESNEXT_NB_WDS_CACHE')
-    return rows
+        for _ in range(repeats):  # a drift in the machine's speed reaches every source alike
+            for source, fps in one_round(root, w, image_size, batch_size, latency, max_side):
+                runs.setdefault((source, w), []).append(fps)
+    return [{'source': s, 'workers': w, 'fps': statistics.median(f), 'runs': f} for (s, w), f in runs.items()]
 
 # %% ../nbs/10_input_bench.ipynb #7065908c
 @dataclass
@@ -112,6 +132,7 @@ class InputBenchConfig:
     batch_size:int=opt(32, check=positive, help='images per batch')
     latency:float=opt(0.02, help="seconds the HTTP server waits before each response")
     max_side:int=opt(256, check=positive, help="the longer side of the smaller JPEGs' shards")
+    repeats:int=opt(3, check=positive, help="rounds of every source; the table gives each one's median")
 
 def make_parser():
     "The input benchmark's parser: `InputBenchConfig`'s flags."
@@ -129,11 +150,11 @@ def main(argv:list[str]|None=None) -> int:
     workers = tuple(os.cpu_count() if w == 'all' else int(w) for w in cfg.workers.split(','))
     with tempfile.TemporaryDirectory() as root:
         rows = input_rows(Path(root), cfg.images, workers, cfg.image_size, cfg.batch_size, cfg.latency,
-                          cfg.max_side)
+                          cfg.max_side, repeats=cfg.repeats)
     print(f"python -m resnext_nb.input_bench {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(f"{cfg.images} photo-like JPEGs of 500x375, random-resized crop {cfg.image_size}, batches of "
           f"{cfg.batch_size}, "
-          f"on {os.cpu_count()} cores")
+          f"on {os.cpu_count()} cores; each source {cfg.repeats} times, one round of all after another")
     print(*format_rows(rows), sep='\n')
     return 0
 
