@@ -677,14 +677,15 @@ def process_ended(pid:int, # another process
     "Whether process `pid` has ended (a zombie has), waiting up to `wait_s` seconds for it to."
     end = time.monotonic() + wait_s
     while True:
-        try:
-            with open(f'/proc/{pid}/stat') as f: ended = f.read().rsplit(')', 1)[1].split()[0] in 'ZX'
-        except FileNotFoundError: return True  # reaped
-        except OSError:  # no /proc (macOS): a zombie still counts as alive there
+        if os.path.isdir('/proc/self'):  # Linux
+            try:
+                with open(f'/proc/{pid}/stat') as f: ended = f.read().rsplit(')', 1)[1].split()[0] in 'ZX'
+            except FileNotFoundError: ended = True  # reaped
+        else:  # no /proc (macOS): a zombie still counts as alive there
             try: os.kill(pid, 0); ended = False
-            except ProcessLookupError: return True
-        if ended: return True
-        if time.monotonic() >= end: return False
+            except ProcessLookupError: ended = True
+            except PermissionError: ended = False  # another user's: alive
+        if ended or time.monotonic() >= end: return ended
         time.sleep(0.02)
 
 def silent_once_orphaned():
@@ -692,7 +693,8 @@ def silent_once_orphaned():
     own threads, and `threading.excepthook`) off stderr once its parent, the training process, has ended."""
     parent, report, report_thread = os.getppid(), sys.excepthook, threading.excepthook
     def ended(kind):  # a broken connection may be the news of a death still under way
-        return process_ended(parent, 1.0 if issubclass(kind, (ConnectionError, EOFError)) else 0.0)
+        return os.getppid() != parent or process_ended(
+            parent, 1.0 if issubclass(kind, (ConnectionError, EOFError)) else 0.0)
     sys.excepthook = lambda kind, value, tb: None if ended(kind) else report(kind, value, tb)
     threading.excepthook = lambda args: None if ended(args.exc_type) else report_thread(args)
 

@@ -63,12 +63,13 @@ def holds_jpegs(
     source, # anything with `encoded(i)`: an ImageFolder split, tar shards, a Hugging Face split
     n:int=8, # how many of its first images to look at
 ) -> bool:
-    "Whether most of the first `n` images of `source` are JPEGs that nvjpeg decodes."
+    """Whether most of the readable ones among the first `n` images of `source` are JPEGs that nvjpeg decodes
+    (True when none can be read: the loader will say why)."""
     def decodable(i):
         try: return nvjpeg_can_decode(jpeg_info(source.encoded(i)[1]))
-        except DataError: return False  # unreadable: not one
-    looked = [decodable(i) for i in range(min(n, len(source)))]
-    return 2 * sum(looked) > len(looked)
+        except DataError: return None  # unreadable, or a shard not fetched: no vote
+    looked = [d for d in map(decodable, range(min(n, len(source)))) if d is not None]
+    return not looked or 2 * sum(looked) > len(looked)
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #7b5007ba
 class EncodedImages(Dataset):

@@ -97,11 +97,14 @@ def one_round(
                          ('parquet', root / 'parquet'), (small, root / 'wds-small')):
         timed(source, library_loader(path, image_size, batch_size, workers))
     with slow_server(root / 'wds', latency) as url, tempfile.TemporaryDirectory() as cache:
+        before = os.environ.get('RESNEXT_NB_WDS_CACHE')
         os.environ['RESNEXT_NB_WDS_CACHE'] = cache  # a fresh cache: every shard is fetched in the timing
         try:
             timed(f'tar shards over HTTP, {latency * 1000:g} ms a request',
-                 library_loader(url, image_size, batch_size, workers))
-        finally: os.environ.pop('RESNEXT_NB_WDS_CACHE')
+                  library_loader(url, image_size, batch_size, workers))
+        finally:  # the user's own cache back
+            if before is None: os.environ.pop('RESNEXT_NB_WDS_CACHE')
+            else: os.environ['RESNEXT_NB_WDS_CACHE'] = before
     return got
 
 def input_rows(

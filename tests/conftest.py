@@ -108,7 +108,10 @@ def wait_for_step(out: Path, step: int, proc, timeout=240) -> int:
 
 def alive(pids):
     "The processes of `pids` still running (neither gone nor zombies)."
-    return [p for p in pids if os.path.exists(f'/proc/{p}') and 'Z' not in open(f'/proc/{p}/stat').read().split()[2]]
+    def running(p):
+        try: return open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] not in 'ZX'
+        except FileNotFoundError: return False  # reaped
+    return [p for p in pids if running(p)]
 
 
 def job_pids(out):

@@ -3,7 +3,7 @@ elastic restart both ranks; they go on from the run's last checkpoint (`--checkp
 is trained again), and the job ends with exit 0, one line about the restart, the weights of an uninterrupted run
 and logs that hold each step once. And under `--nnodes 1:2`, a machine that leaves leaves the job running on the
 other, which goes on with the same updates (issue 24, item 3's second half)."""
-import json, os, signal, subprocess
+import json, os, re, signal, subprocess
 import pytest, torch
 from conftest import folder_fixture, run_cli, start_cli, tcp_port, wait_for_step
 
@@ -22,6 +22,11 @@ def ranks_of(launcher:int) -> list[int]:
     return [int(k) for k in kids if 'spawn_main' in open(f'/proc/{k}/cmdline').read()]
 
 
+def restarted_at(line: str) -> int:
+    "The step the restart went on from, as the launcher's line gives it: '... goes on from PATH (step N)'."
+    return int(re.search(r'\(step (\d+)\)', line)[1])
+
+
 def steps(out):
     return [json.loads(l)['step'] for l in (out / 'metrics.jsonl').read_text().splitlines() if '"kind": "step"' in l]
 
@@ -38,7 +43,7 @@ def straight(data, tmp_path_factory):
 def test_a_killed_rank_restarts_the_job_which_ends_as_if_uninterrupted(data, straight, tmp_path):
     out = tmp_path / 'run'
     proc = start_cli(*job(data, out), start_new_session=True)
-    wait_for_step(out, 5, proc)
+    wait_for_step(out, 3, proc)
     ranks = ranks_of(proc.pid)
     assert len(ranks) == 2, ranks
     os.kill(ranks[-1], signal.SIGKILL)
@@ -46,6 +51,7 @@ def test_a_killed_rank_restarts_the_job_which_ends_as_if_uninterrupted(data, str
     lines = [l for l in err.splitlines() if l.strip()]
     assert proc.returncode == 0 and len(lines) == 1, err[-3000:]
     assert lines[0].startswith('resnext_nb: a rank failed; restart 1 of 1 goes on from ') and '(step ' in lines[0], lines
+    assert restarted_at(lines[0]) < 10, lines  # mid-epoch, as meant (an epoch is 10 steps)
     want = torch.load(straight / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
     got = torch.load(out / 'checkpoint.pth.tar', map_location='cpu', weights_only=True)
     for k, v in want['state_dict'].items(): assert torch.equal(v, got['state_dict'][k]), k
@@ -62,12 +68,13 @@ def test_an_elastic_job_goes_on_when_a_machine_leaves(data, straight, tmp_path):
                 '--port', p, '--max-restarts', 1]  # job's own --nproc 2, --port and --max-restarts replaced
         return start_cli(*args, start_new_session=True)
     first, second = machine(0), machine(1)
-    wait_for_step(out, 5, first)
+    wait_for_step(out, 3, first)
     os.killpg(second.pid, signal.SIGKILL)  # the machine and every process on it
     second.wait(timeout=30)
     _, err = first.communicate(timeout=600)
     lines = [l for l in err.splitlines() if l.strip()]
     assert first.returncode == 0 and len(lines) == 1 and 'restart 1 of 1 goes on from' in lines[0], err[-3000:]
+    assert restarted_at(lines[0]) < 10, lines  # mid-epoch
     log = (out / 'train.log').read_text()
     assert '=> moved from 2 to 1 process: its updates of 8 images stay 2 micro-batches of 4' in log, log[-2000:]
     updates = lambda o: [r for r in map(json.loads, (o / 'metrics.jsonl').read_text().splitlines())
