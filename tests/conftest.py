@@ -106,16 +106,24 @@ def wait_for_step(out: Path, step: int, proc, timeout=240) -> int:
     raise AssertionError(f"the run never reached step {step} in {timeout} s")
 
 
+def children(pid):
+    "The processes `pid` started, with their command lines."
+    try: kids = [int(k) for k in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
+    except FileNotFoundError: return {}
+    def cmdline(k):
+        try: return Path(f'/proc/{k}/cmdline').read_bytes()
+        except FileNotFoundError: return None
+    return {k: c for k in kids if (c := cmdline(k)) is not None}
+
+
 def alive(pids):
     "The processes of `pids` still running (neither gone nor zombies)."
-    def running(p):
-        try: return open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] not in 'ZX'
-        except FileNotFoundError: return False  # reaped
-    return [p for p in pids if running(p)]
+    from resnext_nb.data import process_ended
+    return [p for p in pids if not process_ended(p)]
 
 
 def job_pids(out):
     "The launcher (its command line names the output folder) and all its descendants: ranks and loader processes."
     pids = [int(p) for p in subprocess.run(['pgrep', '-f', str(out)], capture_output=True, text=True).stdout.split()]
-    for p in pids: pids += [int(c) for c in subprocess.run(['pgrep', '-P', str(p)], capture_output=True, text=True).stdout.split()]
+    for p in pids: pids += list(children(p))
     return pids

@@ -3,9 +3,9 @@ elastic restart both ranks; they go on from the run's last checkpoint (`--checkp
 is trained again), and the job ends with exit 0, one line about the restart, the weights of an uninterrupted run
 and logs that hold each step once. And under `--nnodes 1:2`, a machine that leaves leaves the job running on the
 other, which goes on with the same updates (issue 24, item 3's second half)."""
-import json, os, re, signal, subprocess
+import json, os, re, signal
 import pytest, torch
-from conftest import folder_fixture, run_cli, start_cli, tcp_port, wait_for_step
+from conftest import children, folder_fixture, run_cli, start_cli, tcp_port, wait_for_step
 
 data = folder_fixture(40, (4, 4))  # 10 steps an epoch at a global batch of 8
 
@@ -18,8 +18,7 @@ def job(data, out, *extra):
 
 def ranks_of(launcher:int) -> list[int]:
     "The launcher's rank processes: its children that torch started with multiprocessing's spawn."
-    kids = subprocess.run(['pgrep', '-P', str(launcher)], capture_output=True, text=True).stdout.split()
-    return [int(k) for k in kids if 'spawn_main' in open(f'/proc/{k}/cmdline').read()]
+    return [k for k, c in children(launcher).items() if b'spawn_main' in c]
 
 
 def restarted_at(line: str) -> int:

@@ -5,7 +5,8 @@ cause is fixed, `--resume auto` ends with the weights and records of a run that 
 import os, re, shutil, signal, subprocess, time
 from pathlib import Path
 import pytest, torch
-from conftest import ROOT, TINY, cli_env, last_step, launch_cmd, make_image_folder, read_records, run_cli, tcp_port
+from conftest import (ROOT, TINY, children, cli_env, last_step, launch_cmd, make_image_folder, read_records, run_cli,
+                      tcp_port)
 
 TIMINGS = {'fps', 'peak_memory_mb', 'train_time_s'}
 COUNTS = {'train': {'a': 30, 'b': 30}, 'val': {'a': 3, 'b': 3}}  # 15 steps an epoch at batch 4
@@ -75,16 +76,6 @@ def test_an_unreadable_validation_image_keeps_the_epochs_training(straight, tmp_
     same_as_straight(out, straight_out)
 
 
-def children(pid):
-    "The processes `pid` started, with their command lines."
-    try: kids = [int(k) for k in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
-    except FileNotFoundError: return {}
-    def cmdline(k):
-        try: return Path(f'/proc/{k}/cmdline').read_bytes()
-        except FileNotFoundError: return None
-    return {k: c for k in kids if (c := cmdline(k)) is not None}
-
-
 def loader_processes(pid):
     "The DataLoader worker processes of `pid`: its children started from the same command line (not the resource tracker)."
     cmd = Path(f'/proc/{pid}/cmdline').read_bytes()
@@ -120,7 +111,7 @@ def test_under_the_launcher_another_ranks_killed_loader_process_saves_too(straig
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while last_step(out) < 3 and proc.poll() is None: time.sleep(0.005)
     ranks = sorted(k for k, c in children(proc.pid).items() if b'spawn_main' in c)  # started in order: rank 0, rank 1
-    # its loader processes, train and val (spawned, as the rank itself)
+    # its loader processes, train and val (forked from the rank: they carry its command line)
     workers = sorted(k for k, c in children(ranks[-1]).items() if b'spawn_main' in c) if len(ranks) == 2 else []
     assert workers and proc.poll() is None, 'the run ended before a loader process could be killed'
     os.kill(workers[0], signal.SIGKILL)
