@@ -24,7 +24,7 @@ from .data import STOP_SIGNALS, DataConfig, DataError
 from .checkpoints import CheckpointError, read_checkpoint
 from .recipes import PRESETS, RECIPES, Scaled
 from .shapes import builtin_dataset_path
-from .shards import is_url, shard_kind
+from .shards import names_shards, shard_kind
 from .interpret import REPORT_FILES
 from .train import (RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverged, default_output,
                               evaluate, train)
@@ -205,8 +205,8 @@ def check_values(values:dict, world:int):
     parse_loss_scale(values['loss_scale'])
 
 def check_data_path(path:str|None):
-    "Before anything loads: `--data_path` must be an existing folder (or the http(s) URL of shards)."
-    if path is None or is_url(path): return
+    "Before anything loads: `--data_path` must be an existing folder (or shards' http(s) URL or brace pattern)."
+    if path is None or names_shards(path): return
     p = Path(path).expanduser()
     if not p.exists(): raise ValueError(f"--data_path {p} does not exist: check the path")
     if not p.is_dir():

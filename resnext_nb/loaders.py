@@ -16,7 +16,7 @@ from .data import (CIFAR_FOLDER, DATA_BACKENDS, DATASETS, SHUFFLES, CifarSource,
                              find_cifar10,
                              image_grid, open_image_folder, open_val_folder, train_transform, val_transform)
 from .gpu_jpeg import GpuLoader, holds_jpegs
-from .shards import is_url, open_shards, shard_kind
+from .shards import names_shards, open_shards, shard_kind
 from .shapes import builtin_dataset_path
 
 # %% auto #0
@@ -33,7 +33,8 @@ def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|str|None]:
     if cfg.dataset == 'builtin' or (cfg.dataset == 'auto' and cfg.data_path is None):
         return 'builtin', builtin_dataset_path()
     if cfg.data_path is None: raise DataError(f"dataset {cfg.dataset!r} needs --data_path")
-    if is_url(cfg.data_path): return 'wds', cfg.data_path.rstrip('/')  # shards served over http(s)
+    # shards served over http(s), or named by a brace pattern
+    if names_shards(cfg.data_path): return 'wds', cfg.data_path.rstrip('/')
     root = Path(cfg.data_path).expanduser()
     if not root.exists(): raise DataError(f"data path {root} does not exist: check --data_path", root)
     if cfg.dataset == 'cifar10' or (cfg.dataset == 'auto'
@@ -46,7 +47,7 @@ def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|str|None]:
                         "val/<class>/<images>), a CIFAR-10 folder "
                         f"({CIFAR_FOLDER}/), a Hugging Face dataset (data/train-*.parquet, or save_to_disk) "
                         "nor "
-                        "WebDataset shards (train.json): check --data_path", root)
+                        "WebDataset shards (train.json, or *.tar): check --data_path", root)
     return 'imagefolder', root
 
 # %% ../nbs/02b_loaders.ipynb #06403583

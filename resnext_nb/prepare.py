@@ -16,7 +16,7 @@ from .config import build_parser, field_checks, non_negative, opt, parse_config,
 from .data import IMG_EXTENSIONS, DataError, ImageFolderSource, printable
 from .checkpoints import atomic_write
 from .shards import (HF_SPLITS, WDS_KIND, check_complete, hf_datasets, hf_split_files,
-                               image_label_columns, is_url, shard_kind)
+                               image_label_columns, index_shards, is_url, shard_kind)
 
 # %% auto #0
 __all__ = ['SHARD_FORMATS', 'PREPARE_FORMATS', 'SPLITS', 'stored_bytes', 'shard_ranges', 'shard_file', 'write_wds_shard',
@@ -193,14 +193,16 @@ def prepare(
 # %% ../nbs/09_prepare.ipynb #d4b9e68a
 def shard_splits(src:Path) -> dict[str, tuple[list[Path], list[str], Callable]]:
     """Each split's shard files (whole: none missing), its class names and how to read one shard's items, from
-    a local wids index (`train.json`, `val.json`) or parquet files in the Hub's layout."""
+    a local wids index (`train.json`, `val.json`), local tar files with none, or parquet files in the Hub's
+    layout."""
     kind = None if is_url(src) or not src.is_dir() else shard_kind(src)
     if kind is None or (src / 'dataset_dict.json').is_file():
         raise DataError(f"{src} holds no local shards: --format folder reads a folder with a wids index "
                         "(train.json, val.json) or the Hub's data/<split>-*.parquet files", src)
     if kind == 'hf': return {s: parquet_split(check_complete(fs)) for s, fs in hf_split_files(src).items()}
-    indexes = {s: json.loads((src / f'{s}.json').read_text()) for s in SPLITS
-               if (src / f'{s}.json').is_file()}
+    files = ({s: src / f'{s}.json' for s in SPLITS if (src / f'{s}.json').is_file()}
+             or {s: Path(index) for s, index in index_shards(src).items()})  # tar files with no index: counted
+    indexes = {s: json.loads(index.read_text()) for s, index in files.items()}
     if missing := [s for s, index in indexes.items() if not index.get('classes')]:
         raise DataError(f"{src / missing[0]}.json lists no classes: add \"classes\": [...] to it", src)
     return {s: ([src / shard['url'] for shard in index['shardlist']], list(index['classes']), read_wds_shard)

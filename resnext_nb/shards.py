@@ -6,17 +6,18 @@ Docs: https://resnext-nb.github.io/resnext_nb/shards.html.md"""
 
 # %% ../nbs/02a_shards.ipynb #096f1d06
 from __future__ import annotations
-import contextlib, io, os, re, tarfile, warnings
+import contextlib, io, json, os, re, tarfile, warnings
 from pathlib import Path
 from urllib.parse import quote
 from torch.utils.data import Dataset
-from .checkpoints import first_line
+from .checkpoints import atomic_write, first_line
 from .data import IMG_EXTENSIONS, DataError, read_image
 
 # %% auto #0
-__all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'open_files_limit', 'is_url', 'shard_cache', 'WdsSource',
-           'hf_split_files', 'check_complete', 'hf_datasets', 'image_label_columns', 'HfSource', 'open_hf',
-           'shard_kind', 'open_shards']
+__all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'CLASSES_FILE', 'open_files_limit', 'is_url', 'need_wids',
+           'cache_folder', 'shard_cache', 'WdsSource', 'hf_split_files', 'check_complete', 'hf_datasets',
+           'image_label_columns', 'HfSource', 'open_hf', 'is_pattern', 'names_shards', 'list_shards', 'shard_split',
+           'fetch_shard', 'count_shard', 'class_names', 'shards_key', 'index_shards', 'shard_kind', 'open_shards']
 
 # %% ../nbs/02a_shards.ipynb #ffa10775
 WDS_KIND = 'wids-shard-index-v1'  # the `__kind__` of a wids index
@@ -34,13 +35,24 @@ def is_url(path) -> bool:
     "Whether `path` is an http(s) URL rather than a local path."
     return str(path).startswith(('http://', 'https://'))
 
+def need_wids():
+    "The `wids` module, or a `DataError` that says how to install it."
+    try: import wids
+    except ImportError:
+        raise DataError("WebDataset shards need wids: pip install 'resnext_nb[shards]'") from None
+    return wids
+
+def cache_folder() -> Path:
+    "Where shards read by URL, links to local ones, and counted indexes are kept: `$RESNEXT_NB_WDS_CACHE`."
+    folder = Path(os.environ.get('RESNEXT_NB_WDS_CACHE', '~/.cache/resnext_nb/wds')).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
 def shard_cache(shard:str) -> str:
     """Where wids reads `shard` from, in `$RESNEXT_NB_WDS_CACHE` (default `~/.cache/resnext_nb/wds`): a
     remote shard is downloaded there once; a local one gets a link there (wids would copy it, and it writes a
     lock file beside what it reads, which read-only storage refuses)."""
-    folder = Path(os.environ.get('RESNEXT_NB_WDS_CACHE', '~/.cache/resnext_nb/wds')).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    local = folder / quote(shard if is_url(shard) else str(Path(shard).resolve()), safe='+-.')
+    local = cache_folder() / quote(shard if is_url(shard) else str(Path(shard).resolve()), safe='+-.')
     if not is_url(shard) and not local.is_symlink():
         try: local.symlink_to(Path(shard).resolve())
         except FileExistsError: pass  # another loader process made it first
@@ -63,10 +75,7 @@ class WdsSource(Dataset):
 
     def open(self):
         "Open the index (in each loader process: open shards do not travel between processes)."
-        try: import wids
-        except ImportError:
-            raise DataError("WebDataset shards need wids: pip install 'resnext_nb[shards]'") from None
-        quiet = io.StringIO()
+        wids, quiet = need_wids(), io.StringIO()
         try:  # wids prints a line each time a dataset opens
             with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
                 self.ds = wids.ShardListDataset(self.index, transformations=[], localname=shard_cache)
@@ -231,23 +240,138 @@ def open_hf(
                         "save_to_disk folder, or data/<split>-*.parquet files", root)
     return {ours: HfSource(part, f"{root}:{ours}", sizes.get(ours)) for ours, part in parts.items()}
 
+# %% ../nbs/02a_shards.ipynb #c74abf7f
+def is_pattern(path) -> bool:
+    "Whether `path` is a brace pattern of shards (`train-{0000..0099}.tar`), local or remote."
+    return '{' in str(path) and '}' in str(path)
+
+def names_shards(path) -> bool:
+    "Whether `path` names shards by itself, not a local folder: an http(s) URL or a brace pattern."
+    return is_url(path) or is_pattern(path)
+
+def list_shards(root:str|Path) -> list[str]:
+    "The shards a brace pattern expands to, or the tar files of a local folder, by name."
+    if not is_pattern(root): return sorted(str(p) for p in Path(root).glob('*.tar'))
+    need_wids(); import braceexpand  # a dependency of wids
+    return list(braceexpand.braceexpand(str(root)))
+
+def shard_split(shard:str) -> str|None:
+    "Our split for a shard, from a word of its file name (`in1k-validation-00.tar`: 'val'); None if none."
+    words = set(re.split(r'[^a-z]+', shard.rsplit('/', 1)[-1].lower()))
+    return next((ours for ours, names in HF_SPLITS.items() if words & set(names)), None)
+
+# %% ../nbs/02a_shards.ipynb #6d6fdc8b
+def fetch_shard(shard:str) -> str:
+    """A local path that holds `shard`: a local shard is itself; a URL is downloaded once into `shard_cache`,
+    where wids reads it later, whole or not at all (under wids's own lock: ranks and loader processes wait)."""
+    if not is_url(shard): return shard
+    import shutil, urllib.request
+    local = shard_cache(shard)
+    with need_wids().wids_dl.ULockFile(local + '.lock'):
+        if os.path.exists(local): return local
+        part = f'{local}.{os.getpid()}.part'
+        try:
+            with urllib.request.urlopen(shard, timeout=60) as r, open(part, 'wb') as f:
+                shutil.copyfileobj(r, f)
+            os.replace(part, local)
+        except OSError as e:  # URLError and HTTPError are OSErrors
+            raise DataError(f"cannot download shard {shard} ({type(e).__name__}: {first_line(e)}): check the "
+                            "URL and the network", shard) from None
+        finally: Path(part).unlink(missing_ok=True)
+    return local
+
+def count_shard(path:str, name:str) -> tuple[int, int]:
+    "How many samples the tar shard at `path` (called `name`) holds, and 1 + its highest label."
+    try:
+        samples, top = need_wids().wids.IndexedTarSamples(path=path), -1
+        for j in range(len(samples)):
+            label = next((v for k, v in samples[j].items() if k in LABEL_KEYS), None)
+            if label is None:
+                raise ValueError(f"sample {samples[j]['__key__']} has no {' or '.join(LABEL_KEYS)}")
+            top = max(top, int(label.read()))
+    except (OSError, ValueError, AssertionError, tarfile.TarError) as e:
+        raise DataError(f"cannot count the samples of shard {name} ({type(e).__name__}: {first_line(e)}): "
+                        "expected a WebDataset tar of images and their .cls class indexes", name) from None
+    return len(samples), top + 1
+
+# %% ../nbs/02a_shards.ipynb #920cb1a4
+CLASSES_FILE = 'classes.txt'  # beside shards with no index: their class names, one a line, in label order
+
+def class_names(first_shard:str, n:int) -> list[str]:
+    "The names of `n` classes: from `CLASSES_FILE` beside `first_shard` if there is one, else '0', '1', ..."
+    where = first_shard.rsplit('/', 1)[0] + '/' + CLASSES_FILE
+    try:
+        if is_url(where):
+            import urllib.request
+            with urllib.request.urlopen(where, timeout=60) as r: text = r.read().decode()
+        else: text = Path(where).read_text()
+    except OSError: return [str(k) for k in range(n)]  # none there (a 404 is an OSError too)
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) < n:
+        raise DataError(f"{where} names {len(names)} classes but the shards' labels go up to {n - 1}: give "
+                        "one name a line, in label order", where)
+    return names
+
+def shards_key(shards:list[str]) -> str:
+    "What the counted indexes of `shards` are kept under: their names, and the sizes and times of local ones."
+    import hashlib, json
+    stats = [(s,) if is_url(s) else (s, os.stat(s).st_size, os.stat(s).st_mtime_ns) for s in shards]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+# %% ../nbs/02a_shards.ipynb #afc26069
+def index_shards(
+    root:str|Path, # a brace pattern of shards, or a local folder of tar files
+    say=print, # where the line that announces the count goes
+) -> dict[str, str]:
+    "A wids index of each split of shards that have none, `{split: path}`: counted once, kept in the cache."
+    shards = [s if is_url(s) else str(Path(s).resolve()) for s in list_shards(root)]
+    if not shards:
+        raise DataError(f"{root} holds no tar shards and no index (train.json): check --data_path", root)
+    if stray := [s for s in shards if shard_split(s) is None]:
+        raise DataError(f"shard {stray[0]} names no split: its file name must hold train, or validation, val "
+                        "or valid", stray[0])
+    by_split = {ours: [s for s in shards if shard_split(s) == ours] for ours in HF_SPLITS}
+    if missing := [ours for ours, found in by_split.items() if not found]:
+        raise DataError(f"{root} has no {missing[0]} shards: a file name must hold "
+                        f"{' or '.join(HF_SPLITS[missing[0]])}", root)
+    folder = cache_folder() / 'index' / shards_key(shards)
+    out = {ours: str(folder / f'{ours}.json') for ours in by_split}
+    folder.mkdir(parents=True, exist_ok=True)
+    # one process counts; ranks beside it wait, then read
+    with need_wids().wids_dl.ULockFile(f'{folder}.lock'):
+        if all(Path(p).is_file() for p in out.values()): return out
+        say(f"=> counting the samples of the {len(shards)} shards of {root}, which have no index (once: "
+            f"the indexes are kept in {folder})")
+        counts = {ours: [count_shard(fetch_shard(s), s) for s in found] for ours, found in by_split.items()}
+        classes = class_names(shards[0], max(top for found in counts.values() for _, top in found))
+        for ours, found in by_split.items():
+            index = {'__kind__': WDS_KIND, 'wids_version': 1, 'classes': classes,
+                     'shardlist': [{'url': s, 'nsamples': n} for s, (n, _) in zip(found, counts[ours])]}
+            atomic_write(out[ours], lambda f: f.write(json.dumps(index, indent=1).encode()), durable=False)
+    return out
+
 # %% ../nbs/02a_shards.ipynb #727d50b8
 def shard_kind(root:str|Path) -> str|None:
-    "'hf' or 'wds' when `root` holds a Hugging Face dataset or WebDataset shards (an URL: shards), else None."
-    if is_url(root): return 'wds'
+    """'hf' or 'wds' when `root` holds a Hugging Face dataset or WebDataset shards (a URL or a brace pattern
+    names shards), else None."""
+    if names_shards(root): return 'wds'
     root = Path(root)
     if (root / 'dataset_dict.json').is_file() or hf_split_files(root): return 'hf'
     if (root / 'train.json').is_file() or (root / 'val.json').is_file(): return 'wds'
+    # tar files, unless beside an ImageFolder's train/ and val/ (as ImageNet's own ILSVRC2012_img_train.tar)
+    if not ((root / 'train').is_dir() or (root / 'val').is_dir()) and list_shards(root): return 'wds'
     return None
 
 def open_shards(
     kind:str, # 'hf' or 'wds', from `shard_kind`
-    root:str|Path, # the folder (or, for shards, the URL) that holds the splits
+    root:str|Path, # the folder that holds the splits, or (shards) their URL or brace pattern
     train:bool=True, # False: the val split only (scoring a checkpoint)
 ) -> tuple[Dataset|None, Dataset]:
     "The train (None unless `train`) and val sources of `root`, whose classes must match."
     splits = ('train', 'val') if train else ('val',)
     if kind == 'hf': parts = open_hf(Path(root), splits)
+    elif is_pattern(root) or not (is_url(root) or any((Path(root) / f'{s}.json').is_file() for s in splits)):
+        parts = {s: WdsSource(index) for s, index in index_shards(root).items() if s in splits}
     else: parts = {s: WdsSource(f"{str(root).rstrip('/')}/{s}.json") for s in splits}
     if train and parts['train'].classes != parts['val'].classes:
         raise DataError(f"{root}: the train and val splits have different classes "

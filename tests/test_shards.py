@@ -127,20 +127,31 @@ def test_prepare_killed_midway_resumes_and_says_what_it_verified(sources, tmp_pa
 
 
 def test_shards_over_http_train_as_the_local_ones(sources, straight, tmp_path):
-    "`--data_path http://...`: the indexes and shards come over HTTP, each shard downloaded once into the cache."
+    """`--data_path http://...`: the indexes and shards come over HTTP, each shard downloaded once into the cache;
+    given as a brace pattern with no index, the shards are counted (downloaded once) and train the same."""
     import functools, http.server, threading
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args): pass
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Quiet, directory=str(sources['wds'])))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    out, cache = tmp_path / 'http', tmp_path / 'cache'
-    try: r = run_cli(*job(f'http://127.0.0.1:{server.server_address[1]}', out), env=cli_env(RESNEXT_NB_WDS_CACHE=cache))
+    url = f'http://127.0.0.1:{server.server_address[1]}'
+    pattern = url + '/{train-{000000..000003},val-000000}.tar'  # the same shards, without their indexes
+    out, cache, counted, cache2 = tmp_path / 'http', tmp_path / 'cache', tmp_path / 'pattern', tmp_path / 'cache2'
+    try:
+        r = run_cli(*job(url, out), env=cli_env(RESNEXT_NB_WDS_CACHE=cache))
+        r2 = run_cli(*job(pattern, counted), env=cli_env(RESNEXT_NB_WDS_CACHE=cache2))
     finally: server.shutdown()
     assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
+    assert r2.returncode == 0 and r2.stderr == '', r2.stderr[-3000:]
+    assert f'=> counting the samples of the 5 shards of {pattern}, which have no index' in r2.stdout, r2.stdout
     want = weights(straight['wds'])
-    for k, v in weights(out).items(): assert torch.equal(v, want[k]), k
-    assert sorted(p.name.rsplit('%2F', 1)[-1] for p in cache.iterdir()) == [
-        'train-000000.tar', 'train-000001.tar', 'train-000002.tar', 'train-000003.tar', 'val-000000.tar']
+    for run in (out, counted):
+        for k, v in weights(run).items(): assert torch.equal(v, want[k]), k
+    shards = ['train-000000.tar', 'train-000001.tar', 'train-000002.tar', 'train-000003.tar', 'val-000000.tar']
+    assert sorted(p.name.rsplit('%2F', 1)[-1] for p in cache.iterdir()) == shards
+    # counting downloaded each shard once, where training then read it
+    assert sorted(p.name.rsplit('%2F', 1)[-1] for p in cache2.iterdir() if p.is_file()) == shards
+    assert [p.name for p in (cache2 / 'index').iterdir() if p.is_dir()] and not list(cache2.glob('*.part'))
 
 
 def test_shuffle_shard_by_shard_resumes_exactly_and_needs_shards(sources, straight, tmp_path):
