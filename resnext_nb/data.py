@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision import datasets
+from torchvision import datasets, transforms
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from PIL import Image
@@ -31,7 +31,7 @@ __all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'SHUFFLES', 'IMG
            'IMAGENET_MEAN', 'IMAGENET_STD', 'STOP_SIGNALS', 'LOADER_START', 'printable', 'is_utf8', 'DataError',
            'parse_range', 'at_most_one', 'default_workers', 'DataConfig', 'read_image', 'walk_images', 'not_utf8_error',
            'duplicates_summary', 'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image',
-           'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder',
+           'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'CropFlip',
            'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample',
            'one_thread', 'SampleDataset', 'collate_samples', 'shard_indices', 'epoch_order', 'EpochBatches',
            'ignore_stop_signals', 'process_ended', 'silent_once_orphaned', 'init_loader_process', 'make_dataloader',
@@ -151,13 +151,17 @@ def read_image(
     "Decode an image file into a `uint8` RGB tensor (3, H, W), or raise a `DataError` naming the file."
     src = path if data is None else io.BytesIO(data)
     try:
-        with Image.open(src) as im: rgb = im.convert('RGB')
+        with Image.open(src) as im:
+            im.load()
+            rgb = im if im.mode == 'RGB' else im.convert('RGB')  # convert would copy an RGB image
     except Exception as e:
         # Pillow sometimes repeats the path, or the in-memory file, address and all
         reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '').replace(f" {src!r}", '')
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {reason}): "
                         f"replace or delete it, or pass --skip-bad-images", path) from e
-    return TF.pil_to_tensor(rgb)
+    width, height = rgb.size  # Pillow's bytes as the tensor's, one copy fewer than `TF.pil_to_tensor`
+    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    return pixels.view(height, width, 3).permute(2, 0, 1)
 
 # %% ../nbs/02_data.ipynb #39ff62fc
 def _entry_id(entry:os.DirEntry, dev:int) -> tuple:
@@ -425,6 +429,22 @@ def write_cifar_folder(
     with open(folder/'batches.meta', 'wb') as f: pickle.dump({'label_names': list(classes)}, f)
     return Path(parent)
 
+# %% ../nbs/02_data.ipynb #9c1625bd
+class CropFlip:
+    """RandomResizedCrop to `size` and a horizontal flip with probability `hflip`, on a `uint8` image tensor:
+    the random draws and kernels of `v2.RandomResizedCrop` and `v2.RandomHorizontalFlip`, without their
+    dispatch."""
+    def __init__(self, size:int, scale=(0.08, 1.0), ratio=(3/4, 4/3), hflip:float=0.5):
+        self.size, self.scale, self.ratio, self.hflip = [size, size], scale, ratio, hflip
+
+    def __call__(self, img:torch.Tensor) -> torch.Tensor:
+        top, left, h, w = transforms.RandomResizedCrop.get_params(img, self.scale, self.ratio)
+        img = TF.resized_crop(img, top, left, h, w, self.size, antialias=True)
+        return TF.horizontal_flip(img) if torch.rand(1) < self.hflip else img
+
+    def __repr__(self):
+        return f"CropFlip(size={self.size[0]}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip})"
+
 # %% ../nbs/02_data.ipynb #cbabd965
 def val_resize_size(image_size:int) -> int:
     "The short side validation resizes to before its centre crop: 256 for the Ascend recipe's 224."
@@ -460,7 +480,7 @@ def train_transform(
 ) -> v2.Compose:
     """The train augmentation: RandomResizedCrop(`image_size`) and a horizontal flip (the Ascend recipe), then
     the policy and erasing."""
-    steps = [v2.RandomResizedCrop(image_size, scale, ratio, antialias=True), v2.RandomHorizontalFlip(hflip)]
+    steps = [CropFlip(image_size, scale, ratio, hflip)]
     if auto_augment not in AUTO_AUGMENTS:
         raise DataError(f"--auto-augment {auto_augment!r}: choose one of {', '.join(AUTO_AUGMENTS)}")
     if auto_augment != 'none':
@@ -657,10 +677,10 @@ def __iter__(self:EpochBatches):
 STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1', 'SIGHUP')
 
 def _end_on_parents_sigterm():
-    """Wait for SIGTERM; end the process only when it comes from the parent (the training process, at its
-    exit)."""
+    """Wait for SIGTERM; end the process, cleanly, only when it comes from the parent (the training process, at
+    its exit)."""
     while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid(): os._exit(128 + signal.SIGTERM)
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid(): os._exit(0)
 
 def ignore_stop_signals(worker_id:int=0):
     "A `DataLoader` `worker_init_fn`: loader processes leave `STOP_SIGNALS` to the training process."
