@@ -677,8 +677,8 @@ def __iter__(self:EpochBatches):
 STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1', 'SIGHUP')
 
 def _end_on_parents_sigterm():
-    """Wait for SIGTERM; end the process, cleanly, only when it comes from the parent (the training process, at
-    its exit)."""
+    """Wait for SIGTERM; end the process, cleanly, only when it comes from the parent (the training process,
+    at its exit)."""
     while True:
         if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid(): os._exit(0)
 

@@ -205,7 +205,7 @@ def check_values(values:dict, world:int):
     parse_loss_scale(values['loss_scale'])
 
 def check_data_path(path:str|None):
-    "Before anything loads: `--data_path` must be an existing folder (or shards' http(s) URL or brace pattern)."
+    "Before anything loads: `--data_path` must be an existing folder (or shards' URL or brace pattern)."
     if path is None or names_shards(path): return
     p = Path(path).expanduser()
     if not p.exists(): raise ValueError(f"--data_path {p} does not exist: check the path")

@@ -200,8 +200,8 @@ def shard_splits(src:Path) -> dict[str, tuple[list[Path], list[str], Callable]]:
         raise DataError(f"{src} holds no local shards: --format folder reads a folder with a wids index "
                         "(train.json, val.json) or the Hub's data/<split>-*.parquet files", src)
     if kind == 'hf': return {s: parquet_split(check_complete(fs)) for s, fs in hf_split_files(src).items()}
-    files = ({s: src / f'{s}.json' for s in SPLITS if (src / f'{s}.json').is_file()}
-             or {s: Path(index) for s, index in index_shards(src).items()})  # tar files with no index: counted
+    files = ({s: src / f'{s}.json' for s in SPLITS if (src / f'{s}.json').is_file()}  # or count tar files
+             or {s: Path(index) for s, index in index_shards(src).items()})
     indexes = {s: json.loads(index.read_text()) for s, index in files.items()}
     if missing := [s for s, index in indexes.items() if not index.get('classes')]:
         raise DataError(f"{src / missing[0]}.json lists no classes: add \"classes\": [...] to it", src)

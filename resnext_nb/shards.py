@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/shards.html.md"""
 
 # %% ../nbs/02a_shards.ipynb #096f1d06
 from __future__ import annotations
-import contextlib, io, json, os, re, tarfile, warnings
+import contextlib, io, json, os, re, shutil, tarfile, urllib.request, warnings
 from pathlib import Path
 from urllib.parse import quote
 from torch.utils.data import Dataset
@@ -16,8 +16,9 @@ from .data import IMG_EXTENSIONS, DataError, read_image
 # %% auto #0
 __all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'CLASSES_FILE', 'open_files_limit', 'is_url', 'need_wids',
            'cache_folder', 'shard_cache', 'WdsSource', 'hf_split_files', 'check_complete', 'hf_datasets',
-           'image_label_columns', 'HfSource', 'open_hf', 'is_pattern', 'names_shards', 'list_shards', 'shard_split',
-           'fetch_shard', 'count_shard', 'class_names', 'shards_key', 'index_shards', 'shard_kind', 'open_shards']
+           'image_label_columns', 'HfSource', 'hf_parts', 'open_hf', 'is_pattern', 'names_shards', 'list_shards',
+           'shard_split', 'download', 'fetch_shard', 'count_shard', 'class_names', 'shards_key', 'shards_by_split',
+           'write_indexes', 'index_shards', 'shard_kind', 'open_shards']
 
 # %% ../nbs/02a_shards.ipynb #ffa10775
 WDS_KIND = 'wids-shard-index-v1'  # the `__kind__` of a wids index
@@ -35,6 +36,7 @@ def is_url(path) -> bool:
     "Whether `path` is an http(s) URL rather than a local path."
     return str(path).startswith(('http://', 'https://'))
 
+# %% ../nbs/02a_shards.ipynb #5970ccce
 def need_wids():
     "The `wids` module, or a `DataError` that says how to install it."
     try: import wids
@@ -48,10 +50,11 @@ def cache_folder() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
+# %% ../nbs/02a_shards.ipynb #75b53612
 def shard_cache(shard:str) -> str:
-    """Where wids reads `shard` from, in `$RESNEXT_NB_WDS_CACHE` (default `~/.cache/resnext_nb/wds`): a
-    remote shard is downloaded there once; a local one gets a link there (wids would copy it, and it writes a
-    lock file beside what it reads, which read-only storage refuses)."""
+    """Where wids reads `shard` from, in `cache_folder()`: a remote shard is downloaded there once; a local
+    one gets a link there (wids would copy it, and it writes a lock file beside what it reads, which read-only
+    storage refuses)."""
     local = cache_folder() / quote(shard if is_url(shard) else str(Path(shard).resolve()), safe='+-.')
     if not is_url(shard) and not local.is_symlink():
         try: local.symlink_to(Path(shard).resolve())
@@ -134,6 +137,7 @@ def hf_split_files(root:Path) -> dict[str, list[Path]]:
             if files: found[ours] = files; break
     return found
 
+# %% ../nbs/02a_shards.ipynb #8bb004b9
 def check_complete(files:list[Path]) -> list[Path]:
     """`files`, checked to be every part of a split whose names say how many there are (`-00003-of-00012`): a
     `DataError` for a missing part or a stale one of another count, as a `prepare` stopped half-way leaves."""
@@ -147,6 +151,7 @@ def check_complete(files:list[Path]) -> list[Path]:
                         files[0].parent)
     return files
 
+# %% ../nbs/02a_shards.ipynb #c12149f7
 def hf_datasets():
     """Hugging Face `datasets`, without its progress bars and notices in a run's log or a notebook (a one-line
     error when it is not installed)."""
@@ -160,6 +165,7 @@ def hf_datasets():
     datasets.disable_progress_bars(); datasets.logging.set_verbosity_error()
     return datasets
 
+# %% ../nbs/02a_shards.ipynb #1416dcaa
 def image_label_columns(
     features, # a `datasets.Features`: a dataset's, or read from a parquet file's schema
     name:str|os.PathLike, # what the message calls the dataset
@@ -212,32 +218,36 @@ class HfSource(Dataset):
         return name, data, row[self.label_col]
 
 # %% ../nbs/02a_shards.ipynb #1ddc37a1
+def hf_parts(
+    root:Path, # a save_to_disk folder (dataset_dict.json) or a folder of parquet files in the Hub's layout
+    splits=('train', 'val'), # which of our splits to open
+) -> tuple[dict, dict]:
+    "Our splits at `root` as `datasets.Dataset`s, and the rows of each parquet file (none in a saved folder)."
+    datasets = hf_datasets()
+    if (root / 'dataset_dict.json').is_file():
+        saved = datasets.load_from_disk(str(root))
+        names = {ours: next((n for n in HF_SPLITS[ours] if n in saved), None) for ours in splits}
+        return {ours: saved[n] for ours, n in names.items() if n}, {}
+    files = {s: check_complete(f) for s, f in hf_split_files(root).items() if s in splits}
+    import pyarrow.parquet as pq  # a dependency of datasets
+    return ({ours: datasets.load_dataset('parquet', data_files=[str(f) for f in fs], split='train')
+             for ours, fs in files.items()},
+            {ours: [pq.read_metadata(f).num_rows for f in fs] for ours, fs in files.items()})
+
+# %% ../nbs/02a_shards.ipynb #35eb2132
 def open_hf(
     root:Path, # a save_to_disk folder (dataset_dict.json) or a folder of parquet files in the Hub's layout
     splits=('train', 'val'), # which of our splits to open
 ) -> dict[str, HfSource]:
-    "Our splits of the Hugging Face dataset at `root`, as `HfSource`s."
-    datasets = hf_datasets()
-    try:
-        if (root / 'dataset_dict.json').is_file():
-            saved = datasets.load_from_disk(str(root))
-            names = {ours: next((n for n in HF_SPLITS[ours] if n in saved), None) for ours in splits}
-            parts, sizes = {ours: saved[n] for ours, n in names.items() if n}, {}
-        else:
-            files = {s: check_complete(f) for s, f in hf_split_files(root).items() if s in splits}
-            parts = {ours: datasets.load_dataset('parquet', data_files=[str(f) for f in fs], split='train')
-                     for ours, fs in files.items()}
-            import pyarrow.parquet as pq  # a dependency of datasets
-            sizes = {ours: [pq.read_metadata(f).num_rows for f in fs] for ours, fs in files.items()}
+    "Our splits of the Hugging Face dataset at `root`, as `HfSource`s, with a one-line error for any failure."
+    try: parts, sizes = hf_parts(root, splits)
     except DataError: raise
     except Exception as e:  # datasets' own errors are not ValueErrors: one line, whatever they are
         raise DataError(f"cannot open the Hugging Face dataset in {root} ({type(e).__name__}: "
-                        f"{first_line(e)})",
-                        root) from None
+                        f"{first_line(e)})", root) from None
     if missing := [s for s in splits if s not in parts]:
         raise DataError(f"{root} has no {missing[0]} split: expected {' or '.join(HF_SPLITS[missing[0]])} in "
-                        "a "
-                        "save_to_disk folder, or data/<split>-*.parquet files", root)
+                        "a save_to_disk folder, or data/<split>-*.parquet files", root)
     return {ours: HfSource(part, f"{root}:{ours}", sizes.get(ours)) for ours, part in parts.items()}
 
 # %% ../nbs/02a_shards.ipynb #c74abf7f
@@ -249,6 +259,7 @@ def names_shards(path) -> bool:
     "Whether `path` names shards by itself, not a local folder: an http(s) URL or a brace pattern."
     return is_url(path) or is_pattern(path)
 
+# %% ../nbs/02a_shards.ipynb #a0bc9668
 def list_shards(root:str|Path) -> list[str]:
     "The shards a brace pattern expands to, or the tar files of a local folder, by name."
     if not is_pattern(root): return sorted(str(p) for p in Path(root).glob('*.tar'))
@@ -261,25 +272,28 @@ def shard_split(shard:str) -> str|None:
     return next((ours for ours, names in HF_SPLITS.items() if words & set(names)), None)
 
 # %% ../nbs/02a_shards.ipynb #6d6fdc8b
+def download(url:str, dest:str):
+    "Download `url` into the file `dest`, whole or not at all; a `DataError` that names the URL if it fails."
+    part = f'{dest}.{os.getpid()}.part'
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, 'wb') as f: shutil.copyfileobj(r, f)
+        os.replace(part, dest)
+    except OSError as e:  # URLError and HTTPError are OSErrors
+        raise DataError(f"cannot download {url} ({type(e).__name__}: {first_line(e)}): check the URL and the "
+                        "network", url) from None
+    finally: Path(part).unlink(missing_ok=True)
+
+# %% ../nbs/02a_shards.ipynb #d6ca4ef6
 def fetch_shard(shard:str) -> str:
     """A local path that holds `shard`: a local shard is itself; a URL is downloaded once into `shard_cache`,
-    where wids reads it later, whole or not at all (under wids's own lock: ranks and loader processes wait)."""
+    where wids reads it later (under wids's own lock: ranks and loader processes wait for it)."""
     if not is_url(shard): return shard
-    import shutil, urllib.request
     local = shard_cache(shard)
     with need_wids().wids_dl.ULockFile(local + '.lock'):
-        if os.path.exists(local): return local
-        part = f'{local}.{os.getpid()}.part'
-        try:
-            with urllib.request.urlopen(shard, timeout=60) as r, open(part, 'wb') as f:
-                shutil.copyfileobj(r, f)
-            os.replace(part, local)
-        except OSError as e:  # URLError and HTTPError are OSErrors
-            raise DataError(f"cannot download shard {shard} ({type(e).__name__}: {first_line(e)}): check the "
-                            "URL and the network", shard) from None
-        finally: Path(part).unlink(missing_ok=True)
+        if not os.path.exists(local): download(shard, local)
     return local
 
+# %% ../nbs/02a_shards.ipynb #17d0e083
 def count_shard(path:str, name:str) -> tuple[int, int]:
     "How many samples the tar shard at `path` (called `name`) holds, and 1 + its highest label."
     try:
@@ -301,10 +315,9 @@ def class_names(first_shard:str, n:int) -> list[str]:
     "The names of `n` classes: from `CLASSES_FILE` beside `first_shard` if there is one, else '0', '1', ..."
     where = first_shard.rsplit('/', 1)[0] + '/' + CLASSES_FILE
     try:
-        if is_url(where):
-            import urllib.request
+        if not is_url(where): text = Path(where).read_text()
+        else:
             with urllib.request.urlopen(where, timeout=60) as r: text = r.read().decode()
-        else: text = Path(where).read_text()
     except OSError: return [str(k) for k in range(n)]  # none there (a 404 is an OSError too)
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) < n:
@@ -312,18 +325,16 @@ def class_names(first_shard:str, n:int) -> list[str]:
                         "one name a line, in label order", where)
     return names
 
+# %% ../nbs/02a_shards.ipynb #7a5e7d0e
 def shards_key(shards:list[str]) -> str:
     "What the counted indexes of `shards` are kept under: their names, and the sizes and times of local ones."
-    import hashlib, json
+    import hashlib
     stats = [(s,) if is_url(s) else (s, os.stat(s).st_size, os.stat(s).st_mtime_ns) for s in shards]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 # %% ../nbs/02a_shards.ipynb #afc26069
-def index_shards(
-    root:str|Path, # a brace pattern of shards, or a local folder of tar files
-    say=print, # where the line that announces the count goes
-) -> dict[str, str]:
-    "A wids index of each split of shards that have none, `{split: path}`: counted once, kept in the cache."
+def shards_by_split(root:str|Path) -> dict[str, list[str]]:
+    "The shards of `root` (a brace pattern, or a folder of tar files), under the split each file name says."
     shards = [s if is_url(s) else str(Path(s).resolve()) for s in list_shards(root)]
     if not shards:
         raise DataError(f"{root} holds no tar shards and no index (train.json): check --data_path", root)
@@ -334,20 +345,34 @@ def index_shards(
     if missing := [ours for ours, found in by_split.items() if not found]:
         raise DataError(f"{root} has no {missing[0]} shards: a file name must hold "
                         f"{' or '.join(HF_SPLITS[missing[0]])}", root)
-    folder = cache_folder() / 'index' / shards_key(shards)
+    return by_split
+
+# %% ../nbs/02a_shards.ipynb #a82d97e7
+def write_indexes(by_split:dict[str, list[str]], out:dict[str, str]):
+    "Count every shard of `by_split`; write each split's wids index, with the class names, to `out[split]`."
+    counts = {ours: [count_shard(fetch_shard(s), s) for s in found] for ours, found in by_split.items()}
+    first = next(iter(by_split.values()))[0]
+    classes = class_names(first, max(top for found in counts.values() for _, top in found))
+    for ours, found in by_split.items():
+        index = {'__kind__': WDS_KIND, 'wids_version': 1, 'classes': classes,
+                 'shardlist': [{'url': s, 'nsamples': n} for s, (n, _) in zip(found, counts[ours])]}
+        atomic_write(out[ours], lambda f: f.write(json.dumps(index, indent=1).encode()), durable=False)
+
+# %% ../nbs/02a_shards.ipynb #882a7872
+def index_shards(
+    root:str|Path, # a brace pattern of shards, or a local folder of tar files
+    say=print, # where the line that announces the count goes
+) -> dict[str, str]:
+    "A wids index of each split of shards that have none, `{split: path}`: counted once, kept in the cache."
+    by_split = shards_by_split(root)
+    folder = cache_folder() / 'index' / shards_key([s for found in by_split.values() for s in found])
     out = {ours: str(folder / f'{ours}.json') for ours in by_split}
     folder.mkdir(parents=True, exist_ok=True)
-    # one process counts; ranks beside it wait, then read
-    with need_wids().wids_dl.ULockFile(f'{folder}.lock'):
-        if all(Path(p).is_file() for p in out.values()): return out
-        say(f"=> counting the samples of the {len(shards)} shards of {root}, which have no index (once: "
-            f"the indexes are kept in {folder})")
-        counts = {ours: [count_shard(fetch_shard(s), s) for s in found] for ours, found in by_split.items()}
-        classes = class_names(shards[0], max(top for found in counts.values() for _, top in found))
-        for ours, found in by_split.items():
-            index = {'__kind__': WDS_KIND, 'wids_version': 1, 'classes': classes,
-                     'shardlist': [{'url': s, 'nsamples': n} for s, (n, _) in zip(found, counts[ours])]}
-            atomic_write(out[ours], lambda f: f.write(json.dumps(index, indent=1).encode()), durable=False)
+    with need_wids().wids_dl.ULockFile(f'{folder}.lock'):  # one process counts; the ranks beside it wait
+        if not all(Path(p).is_file() for p in out.values()):
+            say(f"=> counting the samples of the {sum(map(len, by_split.values()))} shards of {root}, which "
+                f"have no index (once: the indexes are kept in {folder})")
+            write_indexes(by_split, out)
     return out
 
 # %% ../nbs/02a_shards.ipynb #727d50b8
@@ -362,6 +387,7 @@ def shard_kind(root:str|Path) -> str|None:
     if not ((root / 'train').is_dir() or (root / 'val').is_dir()) and list_shards(root): return 'wds'
     return None
 
+# %% ../nbs/02a_shards.ipynb #19fc2c94
 def open_shards(
     kind:str, # 'hf' or 'wds', from `shard_kind`
     root:str|Path, # the folder that holds the splits, or (shards) their URL or brace pattern
@@ -373,8 +399,7 @@ def open_shards(
     elif is_pattern(root) or not (is_url(root) or any((Path(root) / f'{s}.json').is_file() for s in splits)):
         parts = {s: WdsSource(index) for s, index in index_shards(root).items() if s in splits}
     else: parts = {s: WdsSource(f"{str(root).rstrip('/')}/{s}.json") for s in splits}
-    if train and parts['train'].classes != parts['val'].classes:
-        raise DataError(f"{root}: the train and val splits have different classes "
-                        f"({len(parts['train'].classes)} "
-                        f"and {len(parts['val'].classes)}): write both from one dataset", root)
+    if train and (tr := parts['train'].classes) != (va := parts['val'].classes):
+        raise DataError(f"{root}: the train and val splits have different classes ({len(tr)} and {len(va)}): "
+                        "write both from one dataset", root)
     return parts.get('train'), parts['val']
