@@ -19,8 +19,9 @@ from .bench import write_photo_folder
 from .prepare import prepare
 
 # %% auto #0
-__all__ = ['TARGETS', 'reference_loader', 'library_loader', 'images_per_second', 'slow_server', 'format_rows', 'one_round',
-           'input_rows', 'InputBenchConfig', 'make_parser', 'main']
+__all__ = ['TARGETS', 'reference_loader', 'library_loader', 'images_per_second', 'slow_server', 'find_row', 'rounds',
+           'table_lines', 'target_lines', 'format_rows', 'fresh_wds_cache', 'write_sources', 'one_round', 'input_rows',
+           'InputBenchConfig', 'make_parser', 'main']
 
 # %% ../nbs/10_input_bench.ipynb #a12a56d3
 def reference_loader(root:Path, image_size:int, batch_size:int, workers:int) -> DataLoader:
@@ -35,12 +36,16 @@ def library_loader(data_path:str, image_size:int, batch_size:int, workers:int):
     return build_loaders(DataConfig(data_path=str(data_path), image_size=image_size, batch_size=batch_size,
                                     workers=workers, backend='pil')).train
 
+# %% ../nbs/10_input_bench.ipynb #066da18f
 def images_per_second(batches) -> float:
-    "Images per second over an iterable of `(images, labels)`, from its first batch to its last."
+    """Images per second over an iterable of `(images, labels)`, from its first batch to its last; then a
+    loader's processes end (`close`)."""
     it = iter(batches); next(it)
     start, n = time.perf_counter(), 0
     for images, _ in it: n += len(images)
-    return n / (time.perf_counter() - start)
+    fps = n / (time.perf_counter() - start)
+    if hasattr(batches, 'close'): batches.close()
+    return fps
 
 # %% ../nbs/10_input_bench.ipynb #17c918ca
 @contextlib.contextmanager
@@ -58,55 +63,79 @@ def slow_server(folder:Path, latency:float):
 TARGETS = (('folder', 'torchvision reference', 1.0), ('tar shards over HTTP', 'folder', 0.9),
            ('tar shards, max side', 'folder', 2.0))  # (row, the row it is compared with, the least ratio)
 
-def format_rows(rows:list[dict]) -> list[str]:
+def find_row(rows:list[dict], name:str, workers:int) -> dict:
+    "The row whose source starts with `name`, at `workers` loader processes."
+    return next(r for r in rows if r['workers'] == workers and r['source'].startswith(name))
+
+def rounds(row:dict) -> list[float]:
+    "The images per second of each of a row's rounds (its one figure, if it has no rounds)."
+    return row.get('runs', [row['fps']])
+
+# %% ../nbs/10_input_bench.ipynb #4ee5773c
+def table_lines(rows:list[dict]) -> list[str]:
     """A markdown table of each row's median, the range of its rounds and its ratios to torchvision's and to
-    the folder's at the same worker count; then the targets: the ratio of the medians, and the rounds that
-    meet it."""
-    def find(name, w): return next(r for r in rows if r['workers'] == w and r['source'].startswith(name))
-    def ratio(r, name): return r['fps'] / find(name, r['workers'])['fps']
-    def rounds(r): return r.get('runs', [r['fps']])
-    def spread(r):
-        runs = rounds(r)
-        return f"{min(runs):.0f}–{max(runs):.0f} in {len(runs)}" if len(runs) > 1 else 'one'
-    lines = ['| source | loader processes | images/s (median) | rounds | × torchvision | × folder |',
-             '|---|---|---|---|---|---|']
-    lines += [f"| {r['source']} | {r['workers']} | {r['fps']:.1f} | {spread(r)} | "
-              f"{ratio(r, 'torchvision'):.2f} | {ratio(r, 'folder'):.2f} |" for r in rows]
+    the folder's at the same worker count."""
+    def ratio(r, name): return r['fps'] / find_row(rows, name, r['workers'])['fps']
+    def spread(runs): return f"{min(runs):.0f}–{max(runs):.0f} in {len(runs)}" if len(runs) > 1 else 'one'
+    return ['| source | loader processes | images/s (median) | rounds | × torchvision | × folder |',
+            '|---|---|---|---|---|---|'] + [
+            f"| {r['source']} | {r['workers']} | {r['fps']:.1f} | {spread(rounds(r))} | "
+            f"{ratio(r, 'torchvision'):.2f} | {ratio(r, 'folder'):.2f} |" for r in rows]
+
+# %% ../nbs/10_input_bench.ipynb #b5a9b2c6
+def target_lines(rows:list[dict]) -> list[str]:
+    "Each target at each worker count: the ratio of the medians, whether it meets it, in how many rounds."
+    lines = []
     for name, base, least in TARGETS:
         for w in sorted({r['workers'] for r in rows}):
-            row, got = find(name, w), ratio(find(name, w), base)
-            met = sum(a / b >= least for a, b in zip(rounds(row), rounds(find(base, w))))
+            row, against = find_row(rows, name, w), find_row(rows, base, w)
+            got = row['fps'] / against['fps']
+            met = sum(a / b >= least for a, b in zip(rounds(row), rounds(against)))
             lines.append(f"target: {name} at least {least:g}x {base}, {w} loader processes: {got:.2f}, "
                          f"{'met' if got >= least else 'NOT met'} (in {met} of {len(rounds(row))} rounds)")
     return lines
 
+def format_rows(rows:list[dict]) -> list[str]:
+    "The table (`table_lines`), then the targets (`target_lines`)."
+    return table_lines(rows) + target_lines(rows)
+
 # %% ../nbs/10_input_bench.ipynb #1a52fe08
+@contextlib.contextmanager
+def fresh_wds_cache():
+    "A new, empty `$RESNEXT_NB_WDS_CACHE` for the block, removed after it, and the user's own setting back."
+    before = os.environ.get('RESNEXT_NB_WDS_CACHE')
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ['RESNEXT_NB_WDS_CACHE'] = cache
+        try: yield cache
+        finally:
+            if before is None: os.environ.pop('RESNEXT_NB_WDS_CACHE')
+            else: os.environ['RESNEXT_NB_WDS_CACHE'] = before
+
+# %% ../nbs/10_input_bench.ipynb #9d568665
+def write_sources(root:Path, images:int, photo:tuple[int, int], max_side:int) -> Path:
+    """The benchmark's data under `root`: a folder of `images` photo-like JPEGs of `photo` pixels, written
+    again as tar shards, parquet, and shards of JPEGs shrunk to `max_side`; the folder."""
+    folder = write_photo_folder(root / 'folder', images, max(10, images // 50), 10, photo)
+    for name, fmt, side in (('wds', 'wds', 0), ('parquet', 'parquet', 0), ('wds-small', 'wds', max_side)):
+        prepare(folder, root / name, fmt, shard_size=64, max_side=side, progress=False)
+    return folder
+
+# %% ../nbs/10_input_bench.ipynb #ab37d879
 def one_round(
-    root:Path, # where `input_rows` wrote the sources
+    root:Path, # where `write_sources` wrote the sources
     workers:int, # loader processes
     image_size:int, batch_size:int, latency:float, max_side:int,
 ) -> list[tuple[str, float]]:
     "Images per second of every source once, with `workers` loader processes, in the table's order."
-    got = []
-    def timed(source, batches):
-        got.append((source, images_per_second(batches)))
-        if hasattr(batches, 'close'): batches.close()  # this library's loader: its processes end now
-    timed('torchvision reference', reference_loader(root / 'folder', image_size, batch_size, workers))
-    small = f'tar shards, max side {max_side}'
-    for source, path in (('folder', root / 'folder'), ('tar shards', root / 'wds'),
-                         ('parquet', root / 'parquet'), (small, root / 'wds-small')):
-        timed(source, library_loader(path, image_size, batch_size, workers))
-    with slow_server(root / 'wds', latency) as url, tempfile.TemporaryDirectory() as cache:
-        before = os.environ.get('RESNEXT_NB_WDS_CACHE')
-        os.environ['RESNEXT_NB_WDS_CACHE'] = cache  # a fresh cache: every shard is fetched in the timing
-        try:
-            timed(f'tar shards over HTTP, {latency * 1000:g} ms a request',
-                  library_loader(url, image_size, batch_size, workers))
-        finally:  # the user's own cache back
-            if before is None: os.environ.pop('RESNEXT_NB_WDS_CACHE')
-            else: os.environ['RESNEXT_NB_WDS_CACHE'] = before
-    return got
+    def fps(data): return images_per_second(library_loader(data, image_size, batch_size, workers))
+    got = [('torchvision reference',
+            images_per_second(reference_loader(root / 'folder', image_size, batch_size, workers)))]
+    got += [(source, fps(root / path)) for source, path in (('folder', 'folder'), ('tar shards', 'wds'),
+            ('parquet', 'parquet'), (f'tar shards, max side {max_side}', 'wds-small'))]
+    with slow_server(root / 'wds', latency) as url, fresh_wds_cache():  # every shard fetched in the timing
+        return got + [(f'tar shards over HTTP, {latency * 1000:g} ms a request', fps(url))]
 
+# %% ../nbs/10_input_bench.ipynb #07360385
 def input_rows(
     root:Path, # where to write the data (it is left there)
     images:int=512, workers:tuple=(1, 2), # train images; the loader-process counts to time
@@ -115,9 +144,7 @@ def input_rows(
     repeats:int=1, # rounds of every source, one after another, for each worker count
 ) -> list[dict]:
     "Write the sources, then time each one for each worker count: a row each, its rounds and their median."
-    folder = write_photo_folder(root / 'folder', images, max(10, images // 50), 10, photo)
-    for name, fmt, side in (('wds', 'wds', 0), ('parquet', 'parquet', 0), ('wds-small', 'wds', max_side)):
-        prepare(folder, root / name, fmt, shard_size=64, max_side=side, progress=False)
+    write_sources(root, images, photo, max_side)
     runs = {}  # (source, workers): images/s in each round
     for w in workers:
         for _ in range(repeats):  # a drift in the machine's speed reaches every source alike
@@ -140,12 +167,12 @@ class InputBenchConfig:
 def make_parser():
     "The input benchmark's parser: `InputBenchConfig`'s flags."
     return build_parser('python -m resnext_nb.input_bench',
-                        'Images per second through decode and a random-resized crop: torchvision\'s '
-                        'reference '
-                        'pipeline and this library on a folder, tar shards, parquet, shards over slow HTTP '
-                        'and '
-                        'shards of smaller JPEGs, side by side.', {'input_bench': InputBenchConfig}, {})
+                        "Images per second through decode and a random-resized crop: torchvision's "
+                        "reference pipeline and this library on a folder, tar shards, parquet, shards over "
+                        "slow HTTP and shards of smaller JPEGs, side by side.",
+                        {'input_bench': InputBenchConfig}, {})
 
+# %% ../nbs/10_input_bench.ipynb #466949f6
 def main(argv:list[str]|None=None) -> int:
     "Run the input benchmark and print its table."
     cfg, _ = parse_config(make_parser(), InputBenchConfig, argv)
@@ -156,8 +183,8 @@ def main(argv:list[str]|None=None) -> int:
                           cfg.max_side, repeats=cfg.repeats)
     print(f"python -m resnext_nb.input_bench {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(f"{cfg.images} photo-like JPEGs of 500x375, random-resized crop {cfg.image_size}, batches of "
-          f"{cfg.batch_size}, "
-          f"on {os.cpu_count()} cores; each source {cfg.repeats} times, one round of all after another")
+          f"{cfg.batch_size}, on {os.cpu_count()} cores; each source {cfg.repeats} times, one round of all "
+          "after another")
     print(*format_rows(rows), sep='\n')
     return 0
 
