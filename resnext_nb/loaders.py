@@ -20,13 +20,29 @@ from .shards import names_shards, open_shards, shard_kind
 from .shapes import builtin_dataset_path
 
 # %% auto #0
-__all__ = ['ENCODED_KINDS', 'resolve_dataset', 'cpu_only_augmentations', 'resolve_backend', 'Loaders', 'rank_batch',
-           'check_data_config', 'check_train_size', 'train_blocks', 'synthetic_loaders', 'build_loaders', 'show_batch']
+__all__ = ['ENCODED_KINDS', 'folder_source', 'resolve_dataset', 'cpu_only_augmentations', 'gpu_refusal', 'resolve_backend',
+           'Loaders', 'rank_batch', 'check_data_config', 'check_train_size', 'train_blocks', 'synthetic_loaders',
+           'open_sources', 'split_loader', 'build_loaders', 'show_batch']
 
 # %% ../nbs/02b_loaders.ipynb #e2580e02
+def folder_source(root:Path, dataset:str) -> tuple[str, Path]:
+    "The source in the local folder `root` for `--dataset` `dataset` ('auto': what it holds), and its root."
+    if not root.exists(): raise DataError(f"data path {root} does not exist: check --data_path", root)
+    cifar = root.name == CIFAR_FOLDER or (root/CIFAR_FOLDER).is_dir()
+    if dataset == 'cifar10' or (dataset == 'auto' and cifar): return 'cifar10', find_cifar10(root)
+    if dataset in ('hf', 'wds'): return dataset, root
+    if dataset == 'auto' and (kind := shard_kind(root)): return kind, root
+    if dataset == 'auto' and not ((root/'train').is_dir() or (root/'val').is_dir()):
+        raise DataError(f"{root} is neither an ImageFolder root (train/<class>/<images>, val/<class>/"
+                        f"<images>), a CIFAR-10 folder ({CIFAR_FOLDER}/), a Hugging Face dataset "
+                        "(data/train-*.parquet, or save_to_disk) nor WebDataset shards (train.json, or "
+                        "*.tar): check --data_path", root)
+    return 'imagefolder', root
+
+# %% ../nbs/02b_loaders.ipynb #fe1f4106
 def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|str|None]:
     """Which source `cfg` asks for ('imagefolder', 'cifar10', 'hf', 'wds', 'builtin' or 'synthetic') and its
-    root folder (for shards, possibly a URL)."""
+    root folder (for shards, possibly a URL or a brace pattern)."""
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset {cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
     if cfg.dataset == 'synthetic': return 'synthetic', None
@@ -35,20 +51,7 @@ def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|str|None]:
     if cfg.data_path is None: raise DataError(f"dataset {cfg.dataset!r} needs --data_path")
     # shards served over http(s), or named by a brace pattern
     if names_shards(cfg.data_path): return 'wds', cfg.data_path.rstrip('/')
-    root = Path(cfg.data_path).expanduser()
-    if not root.exists(): raise DataError(f"data path {root} does not exist: check --data_path", root)
-    if cfg.dataset == 'cifar10' or (cfg.dataset == 'auto'
-                                    and (root.name == CIFAR_FOLDER or (root/CIFAR_FOLDER).is_dir())):
-        return 'cifar10', find_cifar10(root)
-    if cfg.dataset in ('hf', 'wds'): return cfg.dataset, root
-    if cfg.dataset == 'auto' and (kind := shard_kind(root)): return kind, root
-    if cfg.dataset == 'auto' and not ((root/'train').is_dir() or (root/'val').is_dir()):
-        raise DataError(f"{root} is neither an ImageFolder root (train/<class>/<images>, "
-                        "val/<class>/<images>), a CIFAR-10 folder "
-                        f"({CIFAR_FOLDER}/), a Hugging Face dataset (data/train-*.parquet, or save_to_disk) "
-                        "nor "
-                        "WebDataset shards (train.json, or *.tar): check --data_path", root)
-    return 'imagefolder', root
+    return folder_source(Path(cfg.data_path).expanduser(), cfg.dataset)
 
 # %% ../nbs/02b_loaders.ipynb #06403583
 def cpu_only_augmentations(cfg:DataConfig) -> str|None:
@@ -58,32 +61,36 @@ def cpu_only_augmentations(cfg:DataConfig) -> str|None:
           + [f'--random-erase {cfg.random_erase:g}'] * bool(cfg.random_erase))
     return ' and '.join(on) or None
 
+# %% ../nbs/02b_loaders.ipynb #2b3ba6a5
 ENCODED_KINDS = ('imagefolder', 'builtin', 'hf', 'wds')  # the sources that hold encoded images (`encoded(i)`)
 
+def gpu_refusal(
+    kind:str, # the source, from `resolve_dataset`
+    device:torch.device, # where the model runs
+    cpu_only:str|None=None, # augmentations only the loader processes apply (`cpu_only_augmentations`)
+) -> str|None:
+    "Why the GPU input path cannot take this run, as one line that says what to use instead; None if it can."
+    either = 'use --data-backend auto or pil'
+    if kind not in ENCODED_KINDS: return f"--data-backend gpu decodes JPEGs; {kind} data holds none: {either}"
+    if cpu_only:  # never a silently different augmentation: the device path has no policies and no erasing
+        return (f"--data-backend gpu cannot apply {cpu_only}, which run in the loader processes: use "
+                "--data-backend pil")
+    if reason := gpu_jpeg_unavailable_reason(device): return f"--data-backend gpu: {reason}; {either}"
+
+# %% ../nbs/02b_loaders.ipynb #5e7c56c4
 def resolve_backend(
     backend:str, # `DataConfig.backend`: 'auto', 'pil' or 'gpu'
     kind:str, # the source, from `resolve_dataset`
     device:torch.device, # where the model runs
     cpu_only:str|None=None, # augmentations only the loader processes apply (`cpu_only_augmentations`)
 ) -> str:
-    "'gpu' or 'pil': the input path for `kind` on `device`, with a clear error when 'gpu' cannot be honoured."
+    "'gpu' or 'pil': the input path for `kind` on `device`; 'gpu' asked for where it cannot work is an error."
     if backend not in DATA_BACKENDS:
         raise DataError(f"unknown data backend {backend!r}: choose one of {', '.join(DATA_BACKENDS)}")
     if backend == 'pil': return 'pil'
-    if kind not in ENCODED_KINDS:
-        if backend == 'gpu':
-            raise DataError(f"--data-backend gpu decodes JPEGs, and {kind} data holds none: use "
-                            "--data-backend auto or pil")
-        return 'pil'
-    if cpu_only:  # never a silently different augmentation: the device path has no policies and no erasing
-        if backend == 'gpu':
-            raise DataError(f"--data-backend gpu cannot apply {cpu_only}, which run in the loader processes: "
-                            "use --data-backend pil")
-        return 'pil'
-    reason = gpu_jpeg_unavailable_reason(device)
-    if backend == 'gpu' and reason:
-        raise DataError(f"--data-backend gpu: {reason}; use --data-backend auto or pil")
-    return 'pil' if reason else 'gpu'
+    refusal = gpu_refusal(kind, device, cpu_only)
+    if backend == 'gpu' and refusal: raise DataError(refusal)
+    return 'pil' if refusal else 'gpu'
 
 # %% ../nbs/02b_loaders.ipynb #fd145d21
 @dataclass
@@ -127,6 +134,7 @@ def check_data_config(cfg:DataConfig, rank:int, world_size:int):
     if not 0 <= rank < world_size: raise DataError(f"rank {rank} is not in 0..{world_size - 1}")
     rank_batch(cfg, world_size)
 
+# %% ../nbs/02b_loaders.ipynb #92df1ea6
 def check_train_size(
     # the images, the config, the ranks, the data named in errors
     n:int, cfg:DataConfig, world_size:int, where,
@@ -135,10 +143,9 @@ def check_train_size(
     "Raise a `DataError` when `n` train images cannot fill one optimiser update on `world_size` ranks."
     if n < cfg.batch_size * accum:
         per_rank, update = rank_batch(cfg, world_size), f" x {accum} batches" if accum > 1 else ''
-        raise DataError(f"{where} has {n} train images, too few for one update of "
-                        f"{per_rank} images{update} on each of {world_size} "
-                        f"rank(s): lower --batch-size" + (" or --grad-accum-steps" if accum > 1 else ''),
-                        where)
+        raise DataError(f"{where} has {n} train images, too few for one update of {per_rank} images{update} "
+                        f"on each of {world_size} rank(s): lower --batch-size"
+                        + (" or --grad-accum-steps" if accum > 1 else ''), where)
 
 # %% ../nbs/02b_loaders.ipynb #263d7d76
 def train_blocks(
@@ -169,6 +176,26 @@ def synthetic_loaders(cfg:DataConfig, rank:int, world_size:int, device:torch.dev
                    batch_size=cfg.batch_size)
 
 # %% ../nbs/02b_loaders.ipynb #a0c120d3
+def open_sources(kind:str, root:Path|str, train:bool=True) -> tuple:
+    "The train (None unless `train`) and val sources of a `kind` dataset at `root`."
+    if kind == 'cifar10': return (CifarSource(root, True) if train else None), CifarSource(root, False)
+    if kind in ('hf', 'wds'): return open_shards(kind, root, train)
+    return open_image_folder(root) if train else (None, open_val_folder(root))
+
+# %% ../nbs/02b_loaders.ipynb #0b7fff6c
+def split_loader(
+    source, is_train:bool, # one split, and whether it is the train split
+    batches:EpochBatches, cfg:DataConfig, # its batches; the transforms' sizes and flags
+    backend:str, device:torch.device, pin:bool, # 'pil' or 'gpu'; where batches go, and whether pinned
+) -> Loader|GpuLoader:
+    "One split's loader: the GPU path's, or the Pillow path's with the split's transform."
+    name, sizes = 'train' if is_train else 'val', crop_sizes(cfg)
+    if backend == 'gpu': return GpuLoader(source, batches, cfg, device, is_train, name)
+    tfm = (train_transform(sizes.train, cfg.auto_augment, cfg.random_erase, cfg.crop_scale, cfg.crop_ratio,
+                           cfg.hflip) if is_train else val_transform(sizes.val_crop, sizes.val_resize))
+    return Loader(SampleDataset(source, tfm), batches, cfg, pin, name)
+
+# %% ../nbs/02b_loaders.ipynb #3d73b526
 def build_loaders(
     cfg:DataConfig, # what to load and how
     rank:int=0, # this process's global rank
@@ -184,26 +211,16 @@ def build_loaders(
     check_data_config(cfg, rank, world_size)
     kind, root = resolve_dataset(cfg)
     backend = resolve_backend(cfg.backend, kind, device, cpu_only_augmentations(cfg) if train else None)
-    sizes, reps = crop_sizes(cfg), cfg.ra_reps if cfg.ra_sampler else 1
     if kind == 'synthetic': return synthetic_loaders(cfg, rank, world_size, device, accum)
-    if kind == 'cifar10':
-        train_src, val_src = (CifarSource(root, True) if train else None), CifarSource(root, False)
-    elif kind in ('hf', 'wds'): train_src, val_src = open_shards(kind, root, train)
-    elif train: train_src, val_src = open_image_folder(root)
-    else: train_src, val_src = None, open_val_folder(root)
+    train_src, val_src = open_sources(kind, root, train)
     if train: check_train_size(len(train_src), cfg, world_size, root, accum)
-    blocks = train_blocks(cfg, train_src, root) if train else None
+    blocks, reps = train_blocks(cfg, train_src, root) if train else None, cfg.ra_reps if cfg.ra_sampler else 1
     if backend == 'gpu' and cfg.backend == 'auto' and not holds_jpegs(val_src): backend = 'pil'  # PNGs, say
     pin = cfg.pin_memory and wants_pinned_memory(device)
     def loader(source, is_train):
         batches = EpochBatches(len(source), rank_batch(cfg, world_size), rank, world_size, is_train, cfg.seed,
                                reps, accum, blocks)
-        if backend == 'gpu':
-            return GpuLoader(source, batches, cfg, device, is_train, 'train' if is_train else 'val')
-        tfm = (train_transform(sizes.train, cfg.auto_augment, cfg.random_erase, cfg.crop_scale,
-                               cfg.crop_ratio, cfg.hflip) if is_train
-               else val_transform(sizes.val_crop, sizes.val_resize))
-        return Loader(SampleDataset(source, tfm), batches, cfg, pin, 'train' if is_train else 'val')
+        return split_loader(source, is_train, batches, cfg, backend, device, pin)
     return Loaders(loader(train_src, True) if train else None, loader(val_src, False), list(val_src.classes),
                    kind, root, backend, cfg.batch_size)
 
