@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 # %% auto #0
 __all__ = ['ARCHS', 'WRAPPER_NAMES', 'STAGES', 'macs_by_module', 'count_parameters', 'bottleneck_width', 'shortcut', 'Bottleneck',
            'ArchSpec', 'make_stage', 'ResNeXt', 'init_weights', 'create_model', 'unwrap_model', 'strip_wrappers',
-           'clean_state_dict', 'state_mismatch', 'load_weights', 'count_flops', 'stage_costs']
+           'clean_state_dict', 'shape_mismatches', 'state_mismatch', 'read_weights_file', 'load_weights', 'count_flops',
+           'stage_costs']
 
 # %% ../nbs/01_model.ipynb #5faf0079
 def macs_by_module(
@@ -214,8 +215,15 @@ def clean_state_dict(state:Mapping) -> dict[str, torch.Tensor]:
 
 # %% ../nbs/01_model.ipynb #8285ef27
 def _some(items:list[str], n:int=5, sep:str=', ') -> str:
+    "The first `n` of `items`, joined, and how many more there are."
     return sep.join(items[:n]) + (f'{sep}... (+{len(items) - n} more)' if len(items) > n else '')
 
+def shape_mismatches(expected:Mapping, given:Mapping) -> list[str]:
+    "A sentence for each tensor whose shape in the checkpoint's `given` differs from the model's `expected`."
+    return [f"{k} is {tuple(given[k].shape)} in the checkpoint but {tuple(v.shape)} in the model"
+            for k, v in expected.items() if k in given and given[k].shape != v.shape]
+
+# %% ../nbs/01_model.ipynb #af4d06db
 def state_mismatch(
     expected:Mapping, # the model's state_dict
     given:Mapping, # the clean checkpoint weights
@@ -223,18 +231,23 @@ def state_mismatch(
 ) -> list[str]:
     "Sentences describing how `given` fails to fit `expected` (an empty list when it fits)."
     missing, unexpected = [k for k in expected if k not in given], [k for k in given if k not in expected]
-    shapes = [f"{k} is {tuple(given[k].shape)} in the checkpoint but {tuple(v.shape)} in the model"
-              for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    shapes = shape_mismatches(expected, given)
     problems = [f"{len(shapes)} shape mismatch(es): {_some(shapes, 3, '; ')}"] if shapes else []
     if strict and missing:
-        problems.append(f"{len(missing)} missing key(s), in the model but not "
-                        f"the checkpoint: {_some(missing)}")
+        problems.append(f"{len(missing)} missing key(s), in the model but not the checkpoint: "
+                        f"{_some(missing)}")
     if strict and unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s), in the checkpoint but not the model: "
                         f"{_some(unexpected)}")
     return problems
 
 # %% ../nbs/01_model.ipynb #76d76fa5
+def read_weights_file(path:str|os.PathLike) -> Mapping:
+    "A checkpoint or state_dict file, read with `weights_only=True` (no code in it runs); one line if absent."
+    if not Path(path).is_file(): raise FileNotFoundError(f"no checkpoint file at {path}: check the path")
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+# %% ../nbs/01_model.ipynb #59e6775e
 def load_weights(
     model:nn.Module, # the model to load into; DDP/compile wrappers are fine
     state_or_path:Mapping|str|os.PathLike, # a state_dict, a checkpoint dict, or the path of either
@@ -242,17 +255,14 @@ def load_weights(
 ):
     "Load weights into `model`, with a clear error naming the keys and shapes that do not fit."
     state = state_or_path
-    if isinstance(state, (str, os.PathLike)):
-        if not Path(state).is_file():
-            raise FileNotFoundError(f"no checkpoint file at {state}: check the path")
-        state = torch.load(state, map_location='cpu', weights_only=True)
+    if isinstance(state, (str, os.PathLike)): state = read_weights_file(state)
     weights, bare = clean_state_dict(state), unwrap_model(model)
     if problems := state_mismatch(bare.state_dict(), weights, strict):
-        saved = (f" from arch {state['arch']!r}" if isinstance(state, Mapping)
-                 and isinstance(state.get('arch'), str) else '')
-        raise RuntimeError(f"the checkpoint{saved} does not fit this "
-                           f"{getattr(bare, 'arch', type(bare).__name__)} model: "
-                           + '. '.join(problems) + ". Check --arch and the number of classes.")
+        arch = state.get('arch') if isinstance(state, Mapping) else None
+        saved = f' from arch {arch!r}' if isinstance(arch, str) else ''
+        name = getattr(bare, 'arch', type(bare).__name__)
+        raise RuntimeError(f"the checkpoint{saved} does not fit this {name} model: " + '. '.join(problems)
+                           + ". Check --arch and the number of classes.")
     return bare.load_state_dict(weights, strict=strict)
 
 # %% ../nbs/01_model.ipynb #6130c904
