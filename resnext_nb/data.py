@@ -159,7 +159,7 @@ def read_image(
         reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '').replace(f" {src!r}", '')
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {reason}): "
                         f"replace or delete it, or pass --skip-bad-images", path) from e
-    width, height = rgb.size  # Pillow's bytes as the tensor's, one copy fewer than `TF.pil_to_tensor`
+    width, height = rgb.size  # Pillow's bytes as the tensor's, with no NumPy array in between
     pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
     return pixels.view(height, width, 3).permute(2, 0, 1)
 
@@ -434,8 +434,12 @@ class CropFlip:
     """RandomResizedCrop to `size` and a horizontal flip with probability `hflip`, on a `uint8` image tensor:
     the random draws and kernels of `v2.RandomResizedCrop` and `v2.RandomHorizontalFlip`, without their
     dispatch."""
-    def __init__(self, size:int, scale=(0.08, 1.0), ratio=(3/4, 4/3), hflip:float=0.5):
-        self.size, self.scale, self.ratio, self.hflip = [size, size], scale, ratio, hflip
+    def __init__(self, size:int|tuple[int, int], scale=(0.08, 1.0), ratio=(3/4, 4/3), hflip:float=0.5):
+        if not 0 <= hflip <= 1: raise ValueError(f"hflip is a probability, from 0 to 1: got {hflip}")
+        if scale[0] > scale[1] or ratio[0] > ratio[1]:
+            raise ValueError(f"scale {scale} and ratio {ratio} each go (least, most)")
+        self.size = [size, size] if isinstance(size, int) else list(size)
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
 
     def __call__(self, img:torch.Tensor) -> torch.Tensor:
         top, left, h, w = transforms.RandomResizedCrop.get_params(img, self.scale, self.ratio)
@@ -443,7 +447,7 @@ class CropFlip:
         return TF.horizontal_flip(img) if torch.rand(1) < self.hflip else img
 
     def __repr__(self):
-        return f"CropFlip(size={self.size[0]}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip})"
+        return f"CropFlip(size={self.size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip})"
 
 # %% ../nbs/02_data.ipynb #cbabd965
 def val_resize_size(image_size:int) -> int:

@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
 # %% ../nbs/04_launch.ipynb #34f49fa7
 from __future__ import annotations
-import argparse, errno, fcntl, gc, logging, os, signal, socket, sys, time
+import argparse, errno, fcntl, gc, logging, os, shlex, signal, socket, sys, time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 # first: it imports torch with a guard for torch_npu
@@ -601,7 +601,7 @@ def next_steps(
 ) -> list[str]:
     "Where a finished run's files are, and the commands that go on from it."
     out = Path(cfg.train.output); best = out / 'model_best.pth.tar'
-    data = f" --data_path {cfg.data.data_path}" if cfg.data.data_path else ''
+    data = f" --data_path {shlex.quote(str(cfg.data.data_path))}" if cfg.data.data_path else ''
     model = f" --arch {cfg.train.arch} --image-size {cfg.data.image_size}"
     data_path = cfg.data.data_path or builtin_dataset_path()
     # shards have no image files to point at: then any of yours

@@ -50,7 +50,7 @@ def resolve_dataset(cfg:DataConfig) -> tuple[str, Path|str|None]:
         return 'builtin', builtin_dataset_path()
     if cfg.data_path is None: raise DataError(f"dataset {cfg.dataset!r} needs --data_path")
     # shards served over http(s), or named by a brace pattern
-    if names_shards(cfg.data_path): return 'wds', cfg.data_path.rstrip('/')
+    if cfg.dataset in ('auto', 'wds') and names_shards(cfg.data_path): return 'wds', cfg.data_path.rstrip('/')
     return folder_source(Path(cfg.data_path).expanduser(), cfg.dataset)
 
 # %% ../nbs/02b_loaders.ipynb #06403583
@@ -176,10 +176,10 @@ def synthetic_loaders(cfg:DataConfig, rank:int, world_size:int, device:torch.dev
                    batch_size=cfg.batch_size)
 
 # %% ../nbs/02b_loaders.ipynb #a0c120d3
-def open_sources(kind:str, root:Path|str, train:bool=True) -> tuple:
-    "The train (None unless `train`) and val sources of a `kind` dataset at `root`."
+def open_sources(kind:str, root:Path|str, train:bool=True, stop=lambda: None) -> tuple:
+    "The train (None unless `train`) and val sources of a `kind` dataset at `root` (`stop`: `open_shards`)."
     if kind == 'cifar10': return (CifarSource(root, True) if train else None), CifarSource(root, False)
-    if kind in ('hf', 'wds'): return open_shards(kind, root, train)
+    if kind in ('hf', 'wds'): return open_shards(kind, root, train, stop)
     return open_image_folder(root) if train else (None, open_val_folder(root))
 
 # %% ../nbs/02b_loaders.ipynb #0b7fff6c
@@ -206,13 +206,14 @@ def build_loaders(
     train:bool=True,
     # batches per optimiser update on each rank (`grad_accum_steps`): the train epoch holds whole updates
     accum:int=1,
+    stop=lambda: None, # the stop signal received so far: a first count of shards ends on it (`index_shards`)
 ) -> Loaders:
     "This rank's train and val loaders for the data `cfg` describes, with clear errors for bad input."
     check_data_config(cfg, rank, world_size)
     kind, root = resolve_dataset(cfg)
     backend = resolve_backend(cfg.backend, kind, device, cpu_only_augmentations(cfg) if train else None)
     if kind == 'synthetic': return synthetic_loaders(cfg, rank, world_size, device, accum)
-    train_src, val_src = open_sources(kind, root, train)
+    train_src, val_src = open_sources(kind, root, train, stop)
     if train: check_train_size(len(train_src), cfg, world_size, root, accum)
     blocks, reps = train_blocks(cfg, train_src, root) if train else None, cfg.ra_reps if cfg.ra_sampler else 1
     if backend == 'gpu' and cfg.backend == 'auto' and not holds_jpegs(val_src): backend = 'pil'  # PNGs, say

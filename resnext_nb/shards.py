@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/shards.html.md"""
 
 # %% ../nbs/02a_shards.ipynb #096f1d06
 from __future__ import annotations
-import contextlib, io, json, os, re, shutil, tarfile, urllib.request, warnings
+import contextlib, hashlib, io, json, os, re, shutil, tarfile, urllib.request, warnings
 from pathlib import Path
 from urllib.parse import quote
 from torch.utils.data import Dataset
@@ -14,11 +14,12 @@ from .checkpoints import atomic_write, first_line
 from .data import IMG_EXTENSIONS, DataError, read_image
 
 # %% auto #0
-__all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'CLASSES_FILE', 'open_files_limit', 'is_url', 'need_wids',
-           'cache_folder', 'shard_cache', 'WdsSource', 'hf_split_files', 'check_complete', 'hf_datasets',
+__all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'SPLIT_WORDS', 'CLASSES_FILE', 'open_files_limit', 'is_url',
+           'need_wids', 'cache_folder', 'shard_cache', 'WdsSource', 'hf_split_files', 'check_complete', 'hf_datasets',
            'image_label_columns', 'HfSource', 'hf_parts', 'open_hf', 'is_pattern', 'names_shards', 'list_shards',
-           'shard_split', 'download', 'fetch_shard', 'count_shard', 'class_names', 'shards_key', 'shards_by_split',
-           'write_indexes', 'index_shards', 'shard_kind', 'open_shards']
+           'shard_split', 'download', 'fetch_shard', 'count_shard', 'read_class_names', 'class_names', 'listed_shards',
+           'shards_key', 'shards_by_split', 'CountStopped', 'write_counts', 'name_classes', 'file_lock', 'index_shards',
+           'shard_kind', 'open_shards']
 
 # %% ../nbs/02a_shards.ipynb #ffa10775
 WDS_KIND = 'wids-shard-index-v1'  # the `__kind__` of a wids index
@@ -55,7 +56,10 @@ def shard_cache(shard:str) -> str:
     """Where wids reads `shard` from, in `cache_folder()`: a remote shard is downloaded there once; a local
     one gets a link there (wids would copy it, and it writes a lock file beside what it reads, which read-only
     storage refuses)."""
-    local = cache_folder() / quote(shard if is_url(shard) else str(Path(shard).resolve()), safe='+-.')
+    name = quote(shard if is_url(shard) else str(Path(shard).resolve()), safe='+-.')
+    if len(name) > 200:  # a file name holds at most 255 bytes: a digest of the name, and its end
+        name = f"{hashlib.sha256(name.encode()).hexdigest()[:16]}-{name[-120:]}"
+    local = cache_folder() / name
     if not is_url(shard) and not local.is_symlink():
         try: local.symlink_to(Path(shard).resolve())
         except FileExistsError: pass  # another loader process made it first
@@ -252,24 +256,26 @@ def open_hf(
 
 # %% ../nbs/02a_shards.ipynb #c74abf7f
 def is_pattern(path) -> bool:
-    "Whether `path` is a brace pattern of shards (`train-{0000..0099}.tar`), local or remote."
-    return '{' in str(path) and '}' in str(path)
+    "Whether `path` is a brace pattern of shards: it holds an expansion, such as `{0000..0099}` or `{a,b}`."
+    return re.search(r'\{[^{}]*(,|\.\.)[^{}]*\}', str(path)) is not None
 
 def names_shards(path) -> bool:
     "Whether `path` names shards by itself, not a local folder: an http(s) URL or a brace pattern."
     return is_url(path) or is_pattern(path)
 
 # %% ../nbs/02a_shards.ipynb #a0bc9668
+SPLIT_WORDS = {**HF_SPLITS, 'test': ('test',)}  # what a shard's file name may call its split (test: left out)
+
 def list_shards(root:str|Path) -> list[str]:
-    "The shards a brace pattern expands to, or the tar files of a local folder, by name."
-    if not is_pattern(root): return sorted(str(p) for p in Path(root).glob('*.tar'))
+    "The shards a brace pattern expands to (`~` expanded), or the tar files of a local folder, by name."
+    if not is_pattern(root): return sorted(str(p) for p in Path(root).expanduser().glob('*.tar'))
     need_wids(); import braceexpand  # a dependency of wids
-    return list(braceexpand.braceexpand(str(root)))
+    return [s if is_url(s) else os.path.expanduser(s) for s in braceexpand.braceexpand(str(root))]
 
 def shard_split(shard:str) -> str|None:
-    "Our split for a shard, from a word of its file name (`in1k-validation-00.tar`: 'val'); None if none."
+    "The split a shard's file name says (`in1k-validation-00.tar`: 'val'); 'test', or None if it says none."
     words = set(re.split(r'[^a-z]+', shard.rsplit('/', 1)[-1].lower()))
-    return next((ours for ours, names in HF_SPLITS.items() if words & set(names)), None)
+    return next((ours for ours, names in SPLIT_WORDS.items() if words & set(names)), None)
 
 # %% ../nbs/02a_shards.ipynb #6d6fdc8b
 def download(url:str, dest:str):
@@ -286,7 +292,7 @@ def download(url:str, dest:str):
 # %% ../nbs/02a_shards.ipynb #d6ca4ef6
 def fetch_shard(shard:str) -> str:
     """A local path that holds `shard`: a local shard is itself; a URL is downloaded once into `shard_cache`,
-    where wids reads it later (under wids's own lock: ranks and loader processes wait for it)."""
+    where wids reads it later (under the lock wids's own downloads take, on the same file)."""
     if not is_url(shard): return shard
     local = shard_cache(shard)
     with need_wids().wids_dl.ULockFile(local + '.lock'):
@@ -295,85 +301,135 @@ def fetch_shard(shard:str) -> str:
 
 # %% ../nbs/02a_shards.ipynb #17d0e083
 def count_shard(path:str, name:str) -> tuple[int, int]:
-    "How many samples the tar shard at `path` (called `name`) holds, and 1 + its highest label."
+    "How many samples the tar shard at `path` (called `name`) holds, and 1 + its top label; images unread."
+    wids = need_wids().wids
     try:
-        samples, top = need_wids().wids.IndexedTarSamples(path=path), -1
-        for j in range(len(samples)):
-            label = next((v for k, v in samples[j].items() if k in LABEL_KEYS), None)
-            if label is None:
-                raise ValueError(f"sample {samples[j]['__key__']} has no {' or '.join(LABEL_KEYS)}")
-            top = max(top, int(label.read()))
+        tar, top = wids.IndexedTarSamples(path=path), -1
+        try:
+            for members in tar.samples:  # each sample's members, as wids groups them
+                names = [tar.reader.by_index[i][0] for i in members]
+                if not (labels := [i for i, n in zip(members, names) if n.endswith(LABEL_KEYS)]):
+                    raise ValueError(f"sample {wids.splitname(names[0])[0]} has no {' or '.join(LABEL_KEYS)}")
+                top = max(top, int(tar.reader.get_file(labels[0])[1].read()))
+            return len(tar), top + 1
+        finally: tar.close()
     except (OSError, ValueError, AssertionError, tarfile.TarError) as e:
         raise DataError(f"cannot count the samples of shard {name} ({type(e).__name__}: {first_line(e)}): "
                         "expected a WebDataset tar of images and their .cls class indexes", name) from None
-    return len(samples), top + 1
 
 # %% ../nbs/02a_shards.ipynb #920cb1a4
 CLASSES_FILE = 'classes.txt'  # beside shards with no index: their class names, one a line, in label order
 
-def class_names(first_shard:str, n:int) -> list[str]:
-    "The names of `n` classes: from `CLASSES_FILE` beside `first_shard` if there is one, else '0', '1', ..."
+def read_class_names(first_shard:str) -> list[str]|None:
+    "The names in `CLASSES_FILE` beside `first_shard`, one a line; None when there is no such file."
     where = first_shard.rsplit('/', 1)[0] + '/' + CLASSES_FILE
     try:
-        if not is_url(where): text = Path(where).read_text()
+        if not is_url(where): text = Path(where).read_bytes()
         else:
-            with urllib.request.urlopen(where, timeout=60) as r: text = r.read().decode()
-    except OSError: return [str(k) for k in range(n)]  # none there (a 404 is an OSError too)
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(names) < n:
-        raise DataError(f"{where} names {len(names)} classes but the shards' labels go up to {n - 1}: give "
-                        "one name a line, in label order", where)
-    return names
+            with urllib.request.urlopen(where, timeout=60) as r: text = r.read()
+        return [line.strip() for line in text.decode().splitlines() if line.strip()]
+    except FileNotFoundError: return None
+    except (OSError, UnicodeDecodeError) as e:
+        if getattr(e, 'code', None) == 404: return None  # HTTPError
+        raise DataError(f"cannot read the class names in {where} ({type(e).__name__}: {first_line(e)}): "
+                        "give them one a line, in UTF-8", where) from None
 
 # %% ../nbs/02a_shards.ipynb #7a5e7d0e
-def shards_key(shards:list[str]) -> str:
-    "What the counted indexes of `shards` are kept under: their names, and the sizes and times of local ones."
-    import hashlib
-    stats = [(s,) if is_url(s) else (s, os.stat(s).st_size, os.stat(s).st_mtime_ns) for s in shards]
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+def class_names(first_shard:str, n:int) -> list[str]:
+    """The names of `n` classes: those of `CLASSES_FILE` beside `first_shard`, else the labels zero-padded
+    ('00', '01', ..., so that folders named by them sort as the labels do)."""
+    if (names := read_class_names(first_shard)) is None: return [f'{k:0{len(str(n - 1))}d}' for k in range(n)]
+    if len(names) < n:
+        raise DataError(f"{first_shard.rsplit('/', 1)[0]}/{CLASSES_FILE} names {len(names)} classes but the "
+                        f"shards' labels go up to {n - 1}: give one name a line, in label order", first_shard)
+    return names
 
 # %% ../nbs/02a_shards.ipynb #afc26069
-def shards_by_split(root:str|Path) -> dict[str, list[str]]:
-    "The shards of `root` (a brace pattern, or a folder of tar files), under the split each file name says."
+def listed_shards(root:str|Path) -> list[str]:
+    "The shards `root` names (a brace pattern, or a folder of tar files); local ones absolute, and there."
     shards = [s if is_url(s) else str(Path(s).resolve()) for s in list_shards(root)]
     if not shards:
         raise DataError(f"{root} holds no tar shards and no index (train.json): check --data_path", root)
-    if stray := [s for s in shards if shard_split(s) is None]:
-        raise DataError(f"shard {stray[0]} names no split: its file name must hold train, or validation, val "
-                        "or valid", stray[0])
-    by_split = {ours: [s for s in shards if shard_split(s) == ours] for ours in HF_SPLITS}
-    if missing := [ours for ours, found in by_split.items() if not found]:
-        raise DataError(f"{root} has no {missing[0]} shards: a file name must hold "
-                        f"{' or '.join(HF_SPLITS[missing[0]])}", root)
-    return by_split
+    if gone := [s for s in shards if not is_url(s) and not os.path.isfile(s)]:
+        raise DataError(f"shard {gone[0]} does not exist ({len(gone)} of the {len(shards)} shards {root} "
+                        "names are missing): check --data_path", gone[0])
+    return shards
+
+def shards_key(shards:list[str]) -> str:
+    "What the counts of `shards` are kept under: their names, and the sizes and times of local ones."
+    stats = [(s,) if is_url(s) else (s, os.stat(s).st_size, os.stat(s).st_mtime_ns) for s in shards]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 # %% ../nbs/02a_shards.ipynb #a82d97e7
-def write_indexes(by_split:dict[str, list[str]], out:dict[str, str]):
-    "Count every shard of `by_split`; write each split's wids index, with the class names, to `out[split]`."
-    counts = {ours: [count_shard(fetch_shard(s), s) for s in found] for ours, found in by_split.items()}
-    first = next(iter(by_split.values()))[0]
-    classes = class_names(first, max(top for found in counts.values() for _, top in found))
-    for ours, found in by_split.items():
-        index = {'__kind__': WDS_KIND, 'wids_version': 1, 'classes': classes,
-                 'shardlist': [{'url': s, 'nsamples': n} for s, (n, _) in zip(found, counts[ours])]}
-        atomic_write(out[ours], lambda f: f.write(json.dumps(index, indent=1).encode()), durable=False)
+def shards_by_split(shards:list[str]) -> dict[str, list[str]]:
+    "`shards` under the split each one's file name says, test shards left out; a `DataError` for any other."
+    if stray := [s for s in shards if shard_split(s) is None]:
+        raise DataError(f"shard {stray[0]} names no split: its file name must hold train, or validation, val "
+                        "or valid (or test, to be left out)", stray[0])
+    return {ours: found for ours in HF_SPLITS if (found := [s for s in shards if shard_split(s) == ours])}
 
 # %% ../nbs/02a_shards.ipynb #882a7872
+class CountStopped(Exception):
+    "A stop signal (its name is the message) ended a count of shards: nothing is lost; the next start counts."
+
+def write_counts(
+    by_split:dict[str, list[str]], # the shards of the splits to count
+    out:dict[str, str], # where each split's index goes
+    stop=lambda: None, # the stop signal received so far (a name), or None: asked before each shard
+):
+    "Count every shard of `by_split`, and write each split's wids index (its class names still to come)."
+    for ours, found in by_split.items():
+        counts = []
+        for shard in found:
+            if signal_name := stop(): raise CountStopped(signal_name)
+            counts.append(count_shard(fetch_shard(shard), shard))
+        index = {'__kind__': WDS_KIND, 'wids_version': 1, 'classes': [], 'labels': max(t for _, t in counts),
+                 'shardlist': [{'url': s, 'nsamples': n} for s, (n, _) in zip(found, counts)]}
+        atomic_write(out[ours], lambda f: f.write(json.dumps(index, indent=1).encode()), durable=False)
+
+# %% ../nbs/02a_shards.ipynb #c2343ded
+def name_classes(indexes:list[Path], first_shard:str):
+    """Give the wids indexes of one set of shards the class names, from `CLASSES_FILE` (read at every start,
+    so that a file added or fixed later counts) or from the highest label of any split counted so far."""
+    specs = {p: json.loads(p.read_text()) for p in indexes if p.is_file()}
+    names = class_names(first_shard, max(spec['labels'] for spec in specs.values()))
+    for p, spec in specs.items():
+        if spec['classes'] != names:
+            atomic_write(p, lambda f: f.write(json.dumps({**spec, 'classes': names}, indent=1).encode()),
+                         durable=False)
+
+# %% ../nbs/02a_shards.ipynb #2a7795d0
+@contextlib.contextmanager
+def file_lock(path:Path):
+    "Hold an exclusive lock on the file `path` in the block (the file is made if need be, and never removed)."
+    import fcntl
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/02a_shards.ipynb #b84ecf7a
 def index_shards(
     root:str|Path, # a brace pattern of shards, or a local folder of tar files
-    say=print, # where the line that announces the count goes
+    splits=('train', 'val'), # the splits to index (and to count, the first time)
+    say=print, # where the line that announces a count goes
+    stop=lambda: None, # the stop signal received so far, or None (`write_counts`)
 ) -> dict[str, str]:
-    "A wids index of each split of shards that have none, `{split: path}`: counted once, kept in the cache."
-    by_split = shards_by_split(root)
-    folder = cache_folder() / 'index' / shards_key([s for found in by_split.values() for s in found])
-    out = {ours: str(folder / f'{ours}.json') for ours in by_split}
+    "A wids index of each split of `splits`, `{split: path}`: the shards counted once, kept in the cache."
+    shards = listed_shards(root)
+    by_split, folder = shards_by_split(shards), cache_folder() / 'index' / shards_key(shards)
+    if missing := [s for s in splits if s not in by_split]:
+        raise DataError(f"{root} has no {missing[0]} shards: a file name must hold "
+                        f"{' or '.join(HF_SPLITS[missing[0]])}", root)
+    out = {s: folder / f'{s}.json' for s in splits}
     folder.mkdir(parents=True, exist_ok=True)
-    with need_wids().wids_dl.ULockFile(f'{folder}.lock'):  # one process counts; the ranks beside it wait
-        if not all(Path(p).is_file() for p in out.values()):
-            say(f"=> counting the samples of the {sum(map(len, by_split.values()))} shards of {root}, which "
-                f"have no index (once: the indexes are kept in {folder})")
-            write_indexes(by_split, out)
-    return out
+    with file_lock(folder / '.lock'):  # one process counts; the ranks beside it wait, then read
+        if todo := {s: by_split[s] for s in splits if not out[s].is_file()}:
+            say(f"=> counting the samples of the {sum(map(len, todo.values()))} shards of {root}, which have "
+                f"no index (once: the indexes are kept in {folder})")
+            write_counts(todo, out, stop)
+        name_classes([folder / f'{s}.json' for s in by_split], shards[0])
+    return {s: str(p) for s, p in out.items()}
 
 # %% ../nbs/02a_shards.ipynb #727d50b8
 def shard_kind(root:str|Path) -> str|None:
@@ -392,12 +448,13 @@ def open_shards(
     kind:str, # 'hf' or 'wds', from `shard_kind`
     root:str|Path, # the folder that holds the splits, or (shards) their URL or brace pattern
     train:bool=True, # False: the val split only (scoring a checkpoint)
+    stop=lambda: None, # for shards with no index: the stop signal received so far (`index_shards`)
 ) -> tuple[Dataset|None, Dataset]:
     "The train (None unless `train`) and val sources of `root`, whose classes must match."
     splits = ('train', 'val') if train else ('val',)
     if kind == 'hf': parts = open_hf(Path(root), splits)
     elif is_pattern(root) or not (is_url(root) or any((Path(root) / f'{s}.json').is_file() for s in splits)):
-        parts = {s: WdsSource(index) for s, index in index_shards(root).items() if s in splits}
+        parts = {s: WdsSource(index) for s, index in index_shards(root, splits, stop=stop).items()}
     else: parts = {s: WdsSource(f"{str(root).rstrip('/')}/{s}.json") for s in splits}
     if train and (tr := parts['train'].classes) != (va := parts['val'].classes):
         raise DataError(f"{root}: the train and val splits have different classes ({len(tr)} and {len(va)}): "

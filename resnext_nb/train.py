@@ -27,6 +27,7 @@ from .device import (DEVICE_TYPES, SEED_UNTIMED_STEPS, AmpConfig, LossScaler, Np
 from .model import ARCHS, create_model, unwrap_model, clean_state_dict, load_weights
 from .data import STOP_SIGNALS, DataConfig, DataError, normalize
 from .loaders import build_loaders
+from .shards import CountStopped
 from .recipes import (LR_SCHEDULES, OPTIMIZERS, RECIPES, BatchMixer, batch_seed, describe_recipe,
                                 ema_decay, lr_factor, make_optimizer, make_scheduler, model_ema, param_groups,
                                 recipe_values, run_notes)
@@ -994,7 +995,8 @@ def build_learner(
     if cfg.train.deterministic: torch.use_deterministic_algorithms(True)
     precision = resolve_precision(cfg.amp, place.device.type)
     loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device,
-                            accum=cfg.train.grad_accum_steps)
+                            accum=cfg.train.grad_accum_steps,  # a first count of shards stops on a signal
+                            stop=lambda: stop_request and stop_request.signal)
     state = load_resumable(cfg.train.resume) if cfg.train.resume else None
     if state: check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)  # before the model exists
     model = build_model(cfg, len(loaders.classes), place.device, precision)
@@ -1020,7 +1022,8 @@ def train(
     returns the run's summary."""
     # from the start: a signal while the data is scanned counts too
     with stop_on_signals(request := StopRequest()):
-        learn = build_learner(cfg, place, stop_request=request)
+        try: learn = build_learner(cfg, place, stop_request=request)
+        except CountStopped: return {'stopped_by': request.signal}  # while it counted shards: nothing to save
         learn.fit()
     # a signal after training ended (while the plots were drawn): the run is whole, and ends as stopped, at
     # once
