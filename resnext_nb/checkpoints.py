@@ -120,6 +120,7 @@ def tensor_items(obj, prefix:str='') -> Iterator[tuple[str, torch.Tensor]]:
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj): yield from tensor_items(v, f'{prefix}/{i}')
 
+# %% ../nbs/01a_checkpoints.ipynb #e684bc4b
 def tensor_crc32(obj) -> str:
     "The CRC-32 of the tensors in `obj`, in order: each one's key path, dtype and shape, then its bytes."
     crc = 0
@@ -136,6 +137,7 @@ def checksums(state:dict) -> dict[str, str]:
     return {k: tensor_crc32(v) for k, v in state.items() if k != 'checksums'
             and next(tensor_items(v), None) is not None}
 
+# %% ../nbs/01a_checkpoints.ipynb #fd82230f
 def check_checksums(
     state:dict, # a loaded checkpoint
     path:str|Path, # where it was read from, for the message
@@ -144,12 +146,10 @@ def check_checksums(
     when one does not."""
     saved = state.get('checksums')
     if not isinstance(saved, dict): return state  # older checkpoints, the Ascend recipe's, plain state_dicts
-    bad = [k for k, want in saved.items() if k not in state or tensor_crc32(state[k]) != want]
-    if bad:
+    if bad := [k for k, want in saved.items() if k not in state or tensor_crc32(state[k]) != want]:
         raise CheckpointError(f"checkpoint {path} is damaged: checksum mismatch in {', '.join(bad)} (the "
-                              "file changed after "
-                                  "it was saved: a disk, transfer or copy error); use an intact copy or "
-                                  "another checkpoint")
+                              "file changed after it was saved: a disk, transfer or copy error); use an intact "
+                              "copy or another checkpoint")
     return state
 
 # %% ../nbs/01a_checkpoints.ipynb #e6b67246
@@ -237,16 +237,16 @@ def checkpoint_classes(state:dict) -> int|None:
     except (TypeError, ValueError): return None
     return next((int(v.shape[0]) for k, v in weights.items() if k.endswith('fc.weight')), None)
 
+# %% ../nbs/01a_checkpoints.ipynb #f1df3d3a
 def check_fits(
     state:dict, # a checkpoint or a plain state_dict
     path:str|Path, # where it came from, for the message
     arch:str, # this run's `--arch`
     classes:list[str], # this run's class names, from its data
 ):
-    """Raise one `CheckpointError` line, naming the flag to change, when `state` was trained for another arch
-    or other classes."""
-    saved_arch, saved_n = (state.get('arch') if isinstance(state.get('arch'), str) else None,
-                           checkpoint_classes(state))
+    "One `CheckpointError` line, naming the flag to change, when `state` is for another arch or classes."
+    saved_arch = state.get('arch') if isinstance(state.get('arch'), str) else None
+    saved_n = checkpoint_classes(state)
     if (saved_arch and saved_arch != arch) or (saved_n and saved_n != len(classes)):
         fix = (f"pass --arch {saved_arch}" if saved_arch and saved_arch != arch
                else f"point --data_path at data with {saved_n} classes")

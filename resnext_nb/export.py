@@ -18,8 +18,9 @@ from .checkpoints import CheckpointError, checkpoint_bytes, read_checkpoint
 from .predict import Predictor, load_predictor
 
 # %% auto #0
-__all__ = ['EXPORTERS', 'sha256', 'weights_metrics', 'model_card', 'example_batch', 'export_torchvision', 'export_pt2',
-           'onnx_difference', 'export_onnx', 'ExportConfig', 'export', 'main', 'make_parser']
+__all__ = ['CARD_DATA', 'EXPORTERS', 'sha256', 'weights_metrics', 'card_input', 'model_card', 'example_batch',
+           'export_torchvision', 'export_pt2', 'write_onnx', 'onnx_difference', 'export_onnx', 'ExportConfig', 'export',
+           'make_parser', 'main']
 
 # %% ../nbs/08_export.ipynb #518b3787
 def sha256(path:str|Path) -> str:
@@ -47,6 +48,15 @@ def weights_metrics(state:dict) -> dict:
             **{k: rec[k] for k in ('val_count',) if k in rec}}
 
 # %% ../nbs/08_export.ipynb #883ee647
+CARD_DATA = ('image_size', 'val_resize_size', 'val_crop_size', 'batch_size', 'dataset')  # what a card gives
+
+def card_input(pr:Predictor) -> dict:
+    "How to feed the exported model: its input's shape and layout, and the preprocessing that makes it."
+    return {'shape': ['batch', 3, pr.image_size, pr.image_size], 'dtype': 'float32', 'layout': 'NCHW, RGB',
+            'resize': pr.resize_size, 'crop': pr.image_size, 'scale': '1/255',
+            'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)}
+
+# %% ../nbs/08_export.ipynb #5477b1ef
 def model_card(
     pr:Predictor, # the loaded model
     state:dict, # its checkpoint
@@ -54,21 +64,14 @@ def model_card(
     files:dict, # {format: file name} written next to the card
     digest:str, # the SHA-256 of the bytes `state` was loaded from
 ) -> dict:
-    """What a user of the exported file needs: classes, input and preprocessing, and where the weights came
-    from."""
+    "What a user of the exported file needs: classes, input and preprocessing, where the weights came from."
     config = state.get('config') or {}
-    return {'arch': pr.arch, 'num_classes': len(pr.classes), 'classes': pr.classes,
-            'input': {'shape': ['batch', 3, pr.image_size, pr.image_size], 'dtype': 'float32',
-                      'layout': 'NCHW, RGB',
-                      'resize': pr.resize_size, 'crop': pr.image_size, 'scale': '1/255',
-                      'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)},
+    return {'arch': pr.arch, 'num_classes': len(pr.classes), 'classes': pr.classes, 'input': card_input(pr),
             'output': 'logits (softmax gives probabilities)', 'metrics': weights_metrics(state),
             'recipe': config.get('train', {}),
-            'data': {k: v for k, v in (config.get('data') or {}).items()
-                     if k in ('image_size', 'val_resize_size', 'val_crop_size', 'batch_size', 'dataset')},
+            'data': {k: v for k, v in (config.get('data') or {}).items() if k in CARD_DATA},
             'checkpoint': {'path': str(checkpoint), 'sha256': digest, 'epoch': state.get('epoch'),
-                           'step': state.get('step'),
-                           'run_best_acc1': state.get('best_acc1')},
+                           'step': state.get('step'), 'run_best_acc1': state.get('best_acc1')},
             'files': files, 'torch': torch.__version__}
 
 # %% ../nbs/08_export.ipynb #5f59fa8f
@@ -85,19 +88,17 @@ def export_torchvision(pr:Predictor, out:Path) -> tuple[Path, str]:
     "A state_dict that `torchvision.models.<arch>(num_classes=...)` loads, checked for identical outputs."
     import torchvision
     if not ARCHS[pr.arch].torchvision:
-        raise ValueError(f"--format torchvision: torchvision has no {pr.arch} "
-                         "model; choose --format onnx or pt2")
-    model, path = _plain(pr), out / f'{pr.arch}.pth'
+        raise ValueError(f"--format torchvision: torchvision has no {pr.arch} model; choose --format onnx or "
+                         "pt2")
+    model, path, x = _plain(pr), out / f'{pr.arch}.pth', example_batch(pr)
     torch.save(model.state_dict(), path)
     tv = getattr(torchvision.models, pr.arch)(num_classes=len(pr.classes)).eval()
     tv.load_state_dict(torch.load(path, weights_only=True))
-    x = example_batch(pr)
-    with torch.no_grad(): same = torch.equal(tv(x), model(x))
-    if not same:
-        raise RuntimeError(f"{path}: torchvision's {pr.arch} gives different "
-                           "outputs from the checkpoint's model")
-    return (path,
-            f"torchvision.models.{pr.arch}(num_classes={len(pr.classes)}) loads {path}: identical outputs")
+    with torch.no_grad():
+        if not torch.equal(tv(x), model(x)):
+            raise RuntimeError(f"{path}: torchvision's {pr.arch} gives different outputs from the "
+                               "checkpoint's model")
+    return path, f"torchvision.models.{pr.arch}(num_classes={len(pr.classes)}) loads {path}: the same outputs"
 
 # %% ../nbs/08_export.ipynb #f8951666
 def export_pt2(pr:Predictor, out:Path) -> tuple[Path, str]:
@@ -110,6 +111,18 @@ def export_pt2(pr:Predictor, out:Path) -> tuple[Path, str]:
     return path, f"torch.export.load({path}).module(): largest difference from PyTorch {diff:.2e} on 3 images"
 
 # %% ../nbs/08_export.ipynb #f521c924
+def write_onnx(model:nn.Module, x:torch.Tensor, path:Path):
+    "Write `model`, traced on `x`, as an ONNX file with a dynamic batch axis (the `torch.export` exporter)."
+    try: import onnx, onnxscript  # noqa: F401 (the exporter needs both)
+    except ImportError as e:
+        raise RuntimeError(f"--format onnx needs {e.name}: pip install 'resnext_nb[export]'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model, (x,), path, input_names=['image'], output_names=['logits'], dynamo=True,
+                          verbose=False, external_data=False,
+                          dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, max=4096)}})
+
+# %% ../nbs/08_export.ipynb #a4924e36
 def onnx_difference(path:Path, model:nn.Module, x:torch.Tensor) -> float:
     "The largest absolute difference between onnxruntime's outputs for `path` and `model`'s on `x`."
     import onnxruntime as ort
@@ -117,31 +130,22 @@ def onnx_difference(path:Path, model:nn.Module, x:torch.Tensor) -> float:
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad(): return (torch.from_numpy(got) - model(x)).abs().max().item()
 
+# %% ../nbs/08_export.ipynb #889cb383
 def export_onnx(pr:Predictor, out:Path, tol:float=1e-4) -> tuple[Path, str]:
     "An ONNX file with a dynamic batch axis; checked against PyTorch with onnxruntime when it is installed."
-    model, path, x = _plain(pr), out / 'model.onnx', example_batch(pr)
-    try: import onnx, onnxscript  # noqa: F401 (the exporter needs both)
-    except ImportError as e:
-        raise RuntimeError(f"--format onnx needs {e.name}: pip install 'resnext_nb[export]'") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(model, (x,), path, input_names=['image'], output_names=['logits'], dynamo=True,
-                          verbose=False,
-                          dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, max=4096)}},
-                          external_data=False)
+    model, path = _plain(pr), out / 'model.onnx'
+    write_onnx(model, example_batch(pr), path)
     try: import onnxruntime  # noqa: F401
     except ImportError:
         return (path, f"{path} written; onnxruntime is not installed, so it was not checked (pip install "
                       "'resnext_nb[export]')")
     x3 = example_batch(pr, 3, seed=1)
-    # fp32 rounding grows with the logits
-    with torch.no_grad(): limit = tol * max(1.0, model(x3).abs().max().item())
-    diff = onnx_difference(path, model, x3)
-    if diff > limit:
-        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by up to "
-                           f"{diff:.2e} (more than {limit:.1e})")
-    return (path, f"onnxruntime runs {path}: largest difference from PyTorch {diff:.2e} "
-                  f"on 3 images (limit {limit:.1e})")
+    with torch.no_grad(): limit = tol * max(1.0, model(x3).abs().max().item())  # rounding grows with them
+    if (diff := onnx_difference(path, model, x3)) > limit:
+        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by up to {diff:.2e} (more than "
+                           f"{limit:.1e})")
+    return path, (f"onnxruntime runs {path}: largest difference from PyTorch {diff:.2e} on 3 images (limit "
+                  f"{limit:.1e})")
 
 # %% ../nbs/08_export.ipynb #593f8a7a
 EXPORTERS = {'onnx': export_onnx, 'pt2': export_pt2, 'torchvision': export_torchvision}
@@ -153,16 +157,15 @@ class ExportConfig:
     out:str|None=opt(None, metavar='DIR',
                      help="folder for the file and model_card.json (none: 'export' next to the checkpoint)")
 
+# %% ../nbs/08_export.ipynb #fb0775e2
 def export(
     checkpoint:str|Path, # a checkpoint written by training
     format:str='onnx', # a key of `EXPORTERS`
     out:str|Path|None=None, # the folder (None: `export/` next to the checkpoint)
 ) -> dict:
-    """Export `checkpoint` and write `model_card.json` beside it; returns the card, with the check's line as
-    `check`."""
+    "Export `checkpoint` and write `model_card.json` beside it; the card, with the check's line as `check`."
     if format not in EXPORTERS: raise ValueError(f"--format {format!r}: choose one of {', '.join(EXPORTERS)}")
-    # read once: the weights, the card's step, metrics and sha256 come from these bytes
-    data = checkpoint_bytes(checkpoint)
+    data = checkpoint_bytes(checkpoint)  # read once: the weights, the card's step, metrics and sha256
     state = read_checkpoint(checkpoint, data)
     out = Path(out) if out else Path(checkpoint).parent / 'export'
     out.mkdir(parents=True, exist_ok=True)
@@ -173,10 +176,18 @@ def export(
     return {**card, 'check': line}
 
 # %% ../nbs/08_export.ipynb #18282e65
-def main(
-    argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
-) -> int:
-    "Run the export command; prints the file, the check and the card's path; returns the exit code."
+def make_parser():
+    "The export command's parser: CHECKPOINT and `ExportConfig`'s flags."
+    p = build_parser('python -m resnext_nb.export',
+                     'Export a checkpoint as ONNX, a torch.export program or a torchvision state_dict, '
+                     'checked against PyTorch, with a model_card.json.', {'export': ExportConfig}, {})
+    p.add_argument('checkpoint', metavar='CHECKPOINT',
+                   help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
+    return p
+
+# %% ../nbs/08_export.ipynb #fa32c031
+def main(argv:list[str]|None=None) -> int:
+    "Run the export command on `argv` (default: `sys.argv[1:]`): print the file, the check, the card's path."
     cfg, given = parse_config(make_parser(), ExportConfig, argv)
     try: card = export(given['checkpoint'], cfg.format, cfg.out)
     except (ValueError, CheckpointError, RuntimeError) as e:
@@ -184,16 +195,6 @@ def main(
     print(f"=> {card['check']}\n=> model card: "
           f"{Path(cfg.out or Path(given['checkpoint']).parent / 'export') / 'model_card.json'}")
     return 0
-
-def make_parser():
-    "The export command's parser: CHECKPOINT and `ExportConfig`'s flags."
-    p = build_parser('python -m resnext_nb.export',
-                     'Export a checkpoint as ONNX, a torch.export program or a torchvision '
-                     'state_dict, checked against PyTorch, with a model_card.json.', {'export': ExportConfig},
-                     {})
-    p.add_argument('checkpoint', metavar='CHECKPOINT',
-                   help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
-    return p
 
 # %% ../nbs/08_export.ipynb #0b94aba6
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

@@ -16,8 +16,8 @@ from .checkpoints import atomic_write
 from .data import image_grid, printable
 
 # %% auto #0
-__all__ = ['REPORT_FILES', 'Interpretation', 'per_class', 'top_confused', 'write_per_class', 'plot_confusion', 'plot_mistakes',
-           'write_report']
+__all__ = ['REPORT_FILES', 'Interpretation', 'per_class', 'top_confused', 'write_per_class', 'plot_confused_pairs', 'plot_matrix',
+           'plot_confusion', 'plot_mistakes', 'write_report']
 
 # %% ../nbs/02c_interpret.ipynb #4b41401b
 class Interpretation:
@@ -46,6 +46,7 @@ def _keep(self:Interpretation, conf, true, pred, images):
     top = conf.topk(min(self.n, len(conf))).indices
     self.conf, self.true, self.pred, self.images = conf[top], true[top], pred[top], images[top]
 
+# %% ../nbs/02c_interpret.ipynb #aea56fe4
 @patch
 def add(self:Interpretation, logits:torch.Tensor, target:torch.Tensor, images:torch.Tensor):
     """Count one batch (its logits, labels and `uint8` images) in the matrix, and keep its most confident
@@ -68,21 +69,28 @@ def _gather(t:torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
 
+# %% ../nbs/02c_interpret.ipynb #f9a72598
+@patch
+def _padded(self:Interpretation, shape:list[int]) -> tuple:
+    "The kept mistakes padded to exactly `n` (confidence -1), with images of `shape` even when it saw none."
+    pad = self.n - len(self.conf)
+    images = (self.images if self.images is not None
+              else torch.zeros(0, *shape, dtype=torch.uint8, device=self.device))
+    conf, true, pred = (torch.cat([t, t.new_full((pad,), v)])
+                        for t, v in ((self.conf, -1), (self.true, 0), (self.pred, 0)))
+    return conf, true, pred, torch.cat([images, images.new_zeros(pad, *shape)])
+
+# %% ../nbs/02c_interpret.ipynb #af306b26
 @patch
 def reduce(self:Interpretation) -> Interpretation:
     "The interpretation of every rank together: summed matrices, and the most confident mistakes of all."
     out = Interpretation(self.confusion.shape[0], self.device, self.n)
     out.confusion = self.confusion.clone()
-    if is_distributed(): dist.all_reduce(out.confusion)
     shape = torch.tensor(self.images.shape[1:] if self.images is not None else (0, 0, 0), device=self.device)
-    if is_distributed(): dist.all_reduce(shape, op=dist.ReduceOp.MAX)
-    pad = self.n - len(self.conf)  # every rank sends exactly `n`; padding has confidence -1
-    images = (self.images if self.images is not None
-              else torch.zeros(0, *shape.tolist(), dtype=torch.uint8, device=self.device))
-    conf, true, pred = (torch.cat([t, t.new_full((pad,), v)]) for t,
-                        v in ((self.conf, -1), (self.true, 0), (self.pred, 0)))
-    images = torch.cat([images, images.new_zeros(pad, *shape.tolist())])
-    out._keep(_gather(conf), _gather(true), _gather(pred), _gather(images))
+    if is_distributed():
+        dist.all_reduce(out.confusion)
+        dist.all_reduce(shape, op=dist.ReduceOp.MAX)  # every rank gathers images of one shape
+    out._keep(*(_gather(t) for t in self._padded(shape.tolist())))  # every rank sends exactly `n`
     return out
 
 # %% ../nbs/02c_interpret.ipynb #d710bac8
@@ -106,12 +114,13 @@ def per_class(
     rows = []
     for i, name in enumerate(classes):
         n, right, j = int(cm[i].sum()), int(cm[i, i]), int(off[i].argmax())
-        rows.append({'class': name, 'images': n, 'correct': right, 'accuracy': round(100 * right / n, 3) if n
-                     else float('nan'),
+        rows.append({'class': name, 'images': n, 'correct': right,
+                     'accuracy': round(100 * right / n, 3) if n else float('nan'),
                      'most_confused_with': classes[j] if off[i, j] > 0 else '',
                      'times': max(int(off[i, j]), 0)})
     return rows
 
+# %% ../nbs/02c_interpret.ipynb #8e916916
 def top_confused(confusion:torch.Tensor, classes:list[str], k:int=20) -> list[tuple[str, str, int]]:
     "The `k` largest (true class, predicted class, count) off-diagonal cells, largest first."
     off = confusion.cpu().clone().fill_diagonal_(0).flatten()
@@ -129,36 +138,41 @@ def write_per_class(rows:list[dict], path:str|Path) -> Path:
     return Path(path)
 
 # %% ../nbs/02c_interpret.ipynb #d29a8fcf
+def plot_confused_pairs(confusion:torch.Tensor, classes:list[str], k:int=30):
+    "A bar chart of the `k` largest off-diagonal cells, for a matrix of too many classes to draw."
+    import matplotlib.pyplot as plt
+    pairs = top_confused(confusion, classes, k)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(pairs) + 1.2))
+    ax.barh([f"{t} → {p}" for t, p, _ in pairs], [c for *_, c in pairs])
+    ax.set(title=f'most confused pairs (true → predicted) of {len(classes)} classes', xlabel='images')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/02c_interpret.ipynb #90bcb5a9
+def plot_matrix(confusion:torch.Tensor, classes:list[str]):
+    "The confusion matrix, rows normalised for colour; each cell's count written in, up to 30 classes."
+    import matplotlib.pyplot as plt
+    cm, n = confusion.cpu(), len(classes)
+    share = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(min(2 + 0.35 * n, 18),) * 2)
+    ax.imshow(share, cmap='Blues', vmin=0, vmax=1)
+    ax.set(xticks=range(n), yticks=range(n), xlabel='predicted', ylabel='true',
+           title='confusion matrix (counts; colour: share of the row)')
+    ax.set_xticklabels(classes, rotation=90, fontsize=8); ax.set_yticklabels(classes, fontsize=8)
+    for i, j in (cm.nonzero().tolist() if n <= 30 else []):
+        ax.text(j, i, int(cm[i, j]), ha='center', va='center', fontsize=7,
+                color='white' if share[i, j] > 0.5 else 'black')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/02c_interpret.ipynb #2fab817c
 def plot_confusion(
     confusion:torch.Tensor, # (true, predicted) counts
     classes:list[str], # class names
     max_classes:int=50, # more classes than this: a bar chart of the top confused pairs instead
 ):
     "A matplotlib figure of the confusion matrix, or of the top confused pairs for many classes."
-    import matplotlib.pyplot as plt
-    cm, n = confusion.cpu(), len(classes)
-    if n > max_classes:
-        pairs = top_confused(cm, classes, 30)[::-1]
-        fig, ax = plt.subplots(figsize=(7, 0.25 * len(pairs) + 1.2))
-        ax.barh([f"{t} → {p}" for t, p, _ in pairs], [c for *_, c in pairs])
-        ax.set(title=f'most confused pairs (true → predicted) of {n} classes', xlabel='images')
-        fig.tight_layout()
-        return fig
-    share = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
-    side = min(2 + 0.35 * n, 18)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(share, cmap='Blues', vmin=0, vmax=1)
-    ax.set(xticks=range(n), yticks=range(n), xlabel='predicted', ylabel='true',
-           title='confusion matrix (counts; colour: share of the row)')
-    ax.set_xticklabels(classes, rotation=90, fontsize=8); ax.set_yticklabels(classes, fontsize=8)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha='center', va='center', fontsize=7, color='white'
-                            if share[i, j] > 0.5 else 'black')
-    fig.tight_layout()
-    return fig
+    return (plot_confused_pairs if len(classes) > max_classes else plot_matrix)(confusion.cpu(), classes)
 
 # %% ../nbs/02c_interpret.ipynb #d5ca3b03
 def plot_mistakes(

@@ -20,9 +20,9 @@ from .data import (IMG_EXTENSIONS, DataError, crop_sizes, image_grid, normalize,
 from .checkpoints import CheckpointError, atomic_write, first_line, read_checkpoint
 
 # %% auto #0
-__all__ = ['Predictor', 'checkpoint_image_size', 'load_predictor', 'is_image', 'find_images', 'read_batch', 'predict_batch',
-           'predict', 'flat_record', 'write_predictions', 'format_predictions', 'show_predictions', 'PredictConfig',
-           'make_parser', 'main']
+__all__ = ['Predictor', 'checkpoint_image_size', 'recorded_state', 'load_predictor', 'is_image', 'folder_images', 'list_entries',
+           'find_images', 'read_batch', 'predict_batch', 'batch_records', 'predict', 'flat_record', 'write_predictions',
+           'format_predictions', 'show_predictions', 'PredictConfig', 'make_parser', 'main']
 
 # %% ../nbs/07_predict.ipynb #c83a769e
 @dataclass
@@ -43,31 +43,49 @@ def checkpoint_image_size(state:dict) -> tuple[int, int]:
     sizes = crop_sizes(((state.get('config') or {}).get('data') or {}))
     return sizes.val_crop, sizes.val_resize
 
+# %% ../nbs/07_predict.ipynb #c643ef3a
+def recorded_state(checkpoint:str|Path, state:dict|None=None) -> dict:
+    "The contents of `checkpoint` (read unless given as `state`), which must record its arch and classes."
+    state = read_checkpoint(checkpoint) if state is None else state
+    if not isinstance(state.get('arch'), str) or not isinstance(state.get('classes'), list):
+        raise CheckpointError(f"checkpoint {checkpoint} does not record its arch and class names: pass a "
+                              "checkpoint written by resnext_nb's training")
+    return state
+
+# %% ../nbs/07_predict.ipynb #9a42d74e
 def load_predictor(
     checkpoint:str|Path, # a checkpoint written by training
     device:str|torch.device='auto', # `--device`, or a device
     state:dict|None=None, # its contents, when the caller has read them already (None: read `checkpoint`)
 ) -> Predictor:
     "Build the checkpoint's model, load its weights and move it to `device` in eval mode."
-    state = read_checkpoint(checkpoint) if state is None else state
-    if not isinstance(state.get('arch'), str) or not isinstance(state.get('classes'), list):
-        raise CheckpointError(f"checkpoint {checkpoint} does not record its arch and class names: pass a "
-                              "checkpoint written by resnext_nb's training")
+    state = recorded_state(checkpoint, state)
     device = device if isinstance(device, torch.device) else get_device(device)
-    precision = resolve_precision(AmpConfig(), device.type)
-    model = create_model(state['arch'], num_classes=len(state['classes']))
+    precision, model = resolve_precision(AmpConfig(), device.type), create_model(state['arch'],
+                                                                                len(state['classes']))
     try: load_weights(model, state)
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {first_line(e)}") from None
-    model = to_memory_format(model.to(device), precision).eval()
-    return Predictor(model, list(state['classes']), *checkpoint_image_size(state), device, precision,
-                     state['arch'])
+    return Predictor(to_memory_format(model.to(device), precision).eval(), list(state['classes']),
+                     *checkpoint_image_size(state), device, precision, state['arch'])
 
 # %% ../nbs/07_predict.ipynb #84206805
 def is_image(path:Path) -> bool:
     "Whether `path`'s extension is an image's (`IMG_EXTENSIONS`, any case)."
     return path.suffix.lower() in IMG_EXTENSIONS
 
+def folder_images(folder:Path) -> list[Path]:
+    "The images under `folder`, searched recursively, in sorted order, hidden folders skipped."
+    return sorted(f for f in folder.rglob('*') if f.is_file() and is_image(f)
+                  and not any(s.startswith('.') for s in f.relative_to(folder).parts))
+
+def list_entries(list_file:Path) -> list[Path]:
+    "The paths a list file names, one a line (relative to its folder), blank lines and `#` comments skipped."
+    lines = [line.strip() for line in list_file.read_text(errors='replace').splitlines()]
+    return [Path(l) if Path(l).is_absolute() else list_file.parent / l
+            for l in lines if l and not l.startswith('#')]
+
+# %% ../nbs/07_predict.ipynb #eef0f534
 def find_images(
     paths:list[str|Path], # images, folders and list files
 ) -> tuple[list[Path], list[str]]:
@@ -75,15 +93,11 @@ def find_images(
     found, problems = [], []
     for p in map(Path, paths):
         if p.is_dir():
-            images = sorted(f for f in p.rglob('*') if f.is_file() and is_image(f)
-                            and not any(s.startswith('.') for s in f.relative_to(p).parts))
-            found += images
+            found += (images := folder_images(p))
             if not images: problems.append(f"{p}: no images in this folder ({', '.join(IMG_EXTENSIONS)})")
         elif p.is_file() and is_image(p): found.append(p)
         elif p.is_file():
-            entries = [l.strip() for l in p.read_text(errors='replace').splitlines() if l.strip()
-                       and not l.strip().startswith('#')]
-            more, bad = find_images([e if Path(e).is_absolute() else p.parent / e for e in entries])
+            more, bad = find_images(list_entries(p))
             found += more; problems += bad
         else: problems.append(f"{p}: no such file or folder")
     return found, problems
@@ -100,13 +114,20 @@ def read_batch(paths:list[Path], image_size:int, resize_size:int|None=None) -> t
     return (torch.stack(images) if images
             else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)), good, bad
 
+# %% ../nbs/07_predict.ipynb #d688eb3e
 @torch.no_grad()
 def predict_batch(pr:Predictor, images:torch.Tensor, topk:int=5) -> tuple[torch.Tensor, torch.Tensor]:
     "Top-k probabilities and class indices of one `uint8` batch."
     with pr.precision.autocast(): logits = pr.model(normalize(images, pr.device, pr.precision.memory_format))
     return logits.float().softmax(1).topk(min(topk, len(pr.classes)), dim=1)
 
-# %% ../nbs/07_predict.ipynb #f048b2ac
+def batch_records(pr:Predictor, paths:list[Path], probs:torch.Tensor, idx:torch.Tensor) -> list[dict]:
+    "A record per image of a batch: path, true class (its folder, if a class), top-k classes, probabilities."
+    return [{'path': str(p), 'true': p.parent.name if p.parent.name in pr.classes else '',
+             'pred': [pr.classes[j] for j in ix.tolist()], 'prob': [round(q, 6) for q in pb.tolist()]}
+            for p, pb, ix in zip(paths, probs, idx)]
+
+# %% ../nbs/07_predict.ipynb #58622dc0
 def predict(
     checkpoint:str|Path|Predictor, # a checkpoint, or a `load_predictor` result
     paths:list[str|Path], # images, folders and list files
@@ -115,21 +136,14 @@ def predict(
     batch_size:int=64, # images per forward pass
     report=sys.stderr, # where skipped paths are reported (None: nowhere)
 ) -> list[dict]:
-    """One record per readable image: path, true class (from its folder, when it is a class), top-k classes
-    and probabilities."""
+    "One record per readable image (`batch_records`), predicted `batch_size` at a time."
     pr = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
-    files, problems = find_images(paths)
-    records = []
+    (files, problems), records = find_images(paths), []
     for i in range(0, len(files), batch_size):
         images, good, bad = read_batch(files[i:i + batch_size], pr.image_size, pr.resize_size)
         problems += bad
-        if not good: continue
-        probs, idx = (t.cpu() for t in predict_batch(pr, images, topk))
-        records += [{'path': str(p), 'true': p.parent.name if p.parent.name in pr.classes else '',
-                     'pred': [pr.classes[j] for j in ix.tolist()], 'prob': [round(q, 6) for q in pb.tolist()]}
-                    for p, pb, ix in zip(good, probs, idx)]
-    if report is not None:
-        for line in problems: print(printable(line), file=report)
+        if good: records += batch_records(pr, good, *(t.cpu() for t in predict_batch(pr, images, topk)))
+    for line in problems if report is not None else []: print(printable(line), file=report)
     return records
 
 # %% ../nbs/07_predict.ipynb #59b5bbce
@@ -139,6 +153,7 @@ def flat_record(r:dict) -> dict:
     for k, (c, p) in enumerate(zip(r['pred'], r['prob']), 1): row.update({f'pred_{k}': c, f'prob_{k}': p})
     return row
 
+# %% ../nbs/07_predict.ipynb #97afc025
 def write_predictions(records:list[dict], path:str|Path) -> Path:
     """Write records as CSV (`.csv`) or JSON lines (`.jsonl`, `.json`), by the file's extension, all at once
     (`atomic_write`). A file name that is not UTF-8 keeps its bytes in the CSV, and its escapes (`\\udcff`) in
@@ -151,8 +166,7 @@ def write_predictions(records:list[dict], path:str|Path) -> Path:
     else:
         rows = [flat_record(r) for r in records]
         w = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ['path', 'true'])
-        w.writeheader()
-        w.writerows(rows)
+        w.writeheader(); w.writerows(rows)
     atomic_write(path, lambda f: f.write(text.getvalue().encode('utf-8', 'surrogateescape')))
     return path
 
@@ -206,10 +220,8 @@ def make_parser():
     return p
 
 # %% ../nbs/07_predict.ipynb #d7f1f58b
-def main(
-    argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
-) -> int:
-    "Run the predict command: predict, write `--out`, print a short table; returns the exit code."
+def main(argv:list[str]|None=None) -> int:
+    "Run the predict command on `argv` (default: `sys.argv[1:]`): predict, write `--out`, print a table."
     cfg, given = parse_config(make_parser(), PredictConfig, argv)
     try:
         field_checks(vars(cfg), {'predict': PredictConfig})

@@ -17,7 +17,7 @@ from .model import unwrap_model
 # %% auto #0
 __all__ = ['RECIPES', 'PRESETS', 'OPTIMIZERS', 'LR_SCHEDULES', 'Scaled', 'Recipe', 'recipe_values', 'describe_recipe',
            'preset_table', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'batch_seed', 'BatchMixer',
-           'ema_decay', 'model_ema', 'run_notes']
+           'ema_decay', 'model_ema', 'ema_notes', 'run_notes']
 
 # %% ../nbs/02d_recipes.ipynb #cdaf14c3
 class Scaled(NamedTuple):
@@ -122,14 +122,14 @@ def param_groups(
               for part, body in parts for keep, wd in decays]
     return [g for g in groups if g['params']]
 
+# %% ../nbs/02d_recipes.ipynb #8fac081a
 def make_optimizer(
     model:nn.Module, # its trainable parameters are optimised
     cfg, # a `TrainConfig`: optimizer, lr, momentum, weight decay
     # SGD, or a drop-in such as torch_npu's fused SGD (`sgd_class` in the device chapter)
     opt_class:type=torch.optim.SGD,
 ) -> torch.optim.Optimizer:
-    """The optimiser `cfg.optimizer` names: SGD with momentum (the Ascend recipe), Nesterov SGD, AdamW or
-    RMSprop."""
+    "The optimiser `cfg.optimizer` names: momentum SGD (the Ascend recipe), Nesterov SGD, AdamW or RMSprop."
     groups = param_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay,
                           split_head=getattr(cfg, 'freeze_epochs', 0) > 0)
     name = cfg.optimizer
@@ -156,6 +156,7 @@ def lr_factor(
     if cfg.schedule == 'step': return 0.1 ** (epoch // cfg.step_size)
     raise ValueError(f"--lr-schedule {cfg.schedule!r}: choose cosine or step")
 
+# %% ../nbs/02d_recipes.ipynb #06e3d840
 def make_scheduler(optimizer:torch.optim.Optimizer, cfg, steps_per_epoch:int):
     "A per-step `LambdaLR` following `lr_factor`."
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
@@ -208,6 +209,22 @@ def model_ema(model:nn.Module, decay:float) -> AveragedModel:
     return AveragedModel(unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 # %% ../nbs/02d_recipes.ipynb #30145a02
+def ema_notes(t, batch:int, steps_per_epoch:int|None=None) -> list[str]:
+    """The log's lines on the model EMA of a `TrainConfig` `t` and a global `batch`: its decay, and a warning
+    when it averages over most of the run."""
+    d = ema_decay(t.model_ema_decay, batch * t.grad_accum_steps, t.model_ema_steps, t.epochs)
+    notes = [f"=> model EMA: decay {d:.6f} every {t.model_ema_steps} updates (--model-ema-decay "
+             f"{t.model_ema_decay:g}, torchvision's convention); model_best.pth.tar holds whichever of model "
+             "and EMA validates better"]
+    updates = t.epochs * (steps_per_epoch or 0) / t.grad_accum_steps  # optimiser updates in the run
+    if steps_per_epoch and (share := t.model_ema_steps / (1 - d) / updates) > 0.5:
+        n = steps_per_epoch * batch
+        notes.append(f"=> warning: the EMA averages over about {share:.0%} of this run (3.9% in "
+                     f"torchvision's ImageNet recipe), so it will trail the model; for {n} training images, "
+                     f"--model-ema-decay {1 - 2e-5 * 1281167 / n:.5f} keeps ImageNet's share")
+    return notes
+
+# %% ../nbs/02d_recipes.ipynb #42d9e7d7
 def run_notes(cfg, steps_per_epoch:int|None=None) -> list[str]:
     """The log's lines, for a `RunConfig`, on how batches become updates: accumulation, sync BN and the EMA,
     when they are on."""
@@ -217,16 +234,4 @@ def run_notes(cfg, steps_per_epoch:int|None=None) -> list[str]:
     if t.sync_bn:
         notes.append(f"=> sync BN: batch-norm statistics over all {world_size} ranks" if world_size > 1
                      else "=> sync BN: one process, nothing to sync")
-    if t.model_ema:
-        d = ema_decay(t.model_ema_decay, batch * t.grad_accum_steps, t.model_ema_steps, t.epochs)
-        notes.append(f"=> model EMA: decay {d:.6f} every {t.model_ema_steps} updates (--model-ema-decay "
-                     f"{t.model_ema_decay:g}, torchvision's convention); "
-                     f"model_best.pth.tar holds whichever of model and EMA validates better")
-        updates = t.epochs * (steps_per_epoch or 0) / t.grad_accum_steps  # optimiser updates in the run
-        if steps_per_epoch and (share := t.model_ema_steps / (1 - d) / updates) > 0.5:
-            n = steps_per_epoch * batch
-            notes.append(f"=> warning: the EMA averages over about {share:.0%} of this run (3.9% in "
-                         "torchvision's ImageNet recipe), so it will trail the model; "
-                         f"for {n} training images, --model-ema-decay {1 - 2e-5 * 1281167 / n:.5f} "
-                         "keeps ImageNet's share")
-    return notes
+    return notes + (ema_notes(t, batch, steps_per_epoch) if t.model_ema else [])
