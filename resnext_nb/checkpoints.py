@@ -148,8 +148,8 @@ def check_checksums(
     if not isinstance(saved, dict): return state  # older checkpoints, the Ascend recipe's, plain state_dicts
     if bad := [k for k, want in saved.items() if k not in state or tensor_crc32(state[k]) != want]:
         raise CheckpointError(f"checkpoint {path} is damaged: checksum mismatch in {', '.join(bad)} (the "
-                              "file changed after it was saved: a disk, transfer or copy error); use an intact "
-                              "copy or another checkpoint")
+                              "file changed after it was saved: a disk, transfer or copy error); use an "
+                              "intact copy or another checkpoint")
     return state
 
 # %% ../nbs/01a_checkpoints.ipynb #e6b67246

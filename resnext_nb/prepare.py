@@ -21,8 +21,8 @@ from .shards import (HF_SPLITS, WDS_KIND, check_complete, hf_datasets, hf_split_
 # %% auto #0
 __all__ = ['SHARD_FORMATS', 'PREPARE_FORMATS', 'SPLITS', 'stored_bytes', 'shard_ranges', 'shard_file', 'write_wds_shard',
            'read_wds_shard', 'write_parquet_shard', 'read_parquet_shard', 'shard_items', 'write_order', 'fingerprint',
-           'holds', 'prepare_split', 'prepare', 'shard_splits', 'parquet_split', 'unpack_shard', 'unpack_split',
-           'unpack', 'PrepareConfig', 'make_parser', 'main']
+           'holds', 'write_shard', 'remove_stale', 'prepare_split', 'image_folder_splits', 'prepare', 'shard_splits',
+           'parquet_split', 'unpack_shard', 'unpack_split', 'unpack', 'PrepareConfig', 'make_parser', 'main']
 
 # %% ../nbs/09_prepare.ipynb #08472b14
 SHARD_FORMATS = ('wds', 'parquet')
@@ -68,6 +68,7 @@ def write_wds_shard(path:Path, items:list[tuple[str, bytes, str, int]]):
                     tar.addfile(info, io.BytesIO(payload))
     atomic_write(path, write)
 
+# %% ../nbs/09_prepare.ipynb #2e07c0a7
 def read_wds_shard(path:Path) -> list[tuple[str, bytes, str, int]]:
     "The items of a tar shard, in order."
     with tarfile.open(path) as tar:
@@ -76,6 +77,7 @@ def read_wds_shard(path:Path) -> list[tuple[str, bytes, str, int]]:
     labels = {n[:-4]: int(d) for n, d in members if n.endswith('.cls')}
     return [(key, d, ext, labels.get(key)) for (key, ext), d in images]
 
+# %% ../nbs/09_prepare.ipynb #a8171401
 def write_parquet_shard(path:Path, items:list[tuple[str, bytes, str, int]], classes:list[str]):
     "Write a parquet shard of `items` with the Hub's `image` and `label` features, whole or not at all."
     datasets = hf_datasets()
@@ -85,6 +87,7 @@ def write_parquet_shard(path:Path, items:list[tuple[str, bytes, str, int]], clas
     part = datasets.Dataset.from_dict(rows, features=features)
     atomic_write(path, lambda f: part.to_parquet(f))
 
+# %% ../nbs/09_prepare.ipynb #f6d0f4e4
 def read_parquet_shard(
     path:Path,
     image:str='image', label:str='label', # the columns: encoded images (bytes, path) and class indices
@@ -112,6 +115,7 @@ def write_order(n:int, shuffle:bool=False) -> Sequence[int]:
     writes the same shards), whose every shard mixes the classes as `--shuffle shards` needs."""
     return random.Random(0).sample(range(n), n) if shuffle else range(n)
 
+# %% ../nbs/09_prepare.ipynb #f28b5ced
 def fingerprint(items:list[tuple]) -> list[tuple]:
     "What verification compares: each item's key, SHA-256 of its bytes, extension and label, in order."
     return [(key, hashlib.sha256(data).hexdigest(), ext, label) for key, data, ext, label in items]
@@ -125,6 +129,23 @@ def holds(path:Path, items:list[tuple], fmt:str) -> bool:
     except Exception: return False  # a shard from elsewhere, or damaged: written again
 
 # %% ../nbs/09_prepare.ipynb #0ca820a2
+def write_shard(path:Path, items:list[tuple], fmt:str, classes:list[str]) -> bool:
+    "Keep the shard at `path` if it holds `items` (True), or write it and check it reads back (False)."
+    if holds(path, items, fmt): return True
+    if fmt == 'wds': write_wds_shard(path, items)
+    else: write_parquet_shard(path, items, classes)
+    if not holds(path, items, fmt):
+        raise DataError(f"shard {path} does not read back as it was written: check the disk", path)
+    return False
+
+def remove_stale(dst:Path, fmt:str, split:str, count:int):
+    "Remove shards of `split` left by an earlier run with another `--shard-size`: they would be read too."
+    names = {shard_file(fmt, split, k, count) for k in range(count)}
+    pattern = f'{split}-*.tar' if fmt == 'wds' else f'data/{HF_SPLITS[split][0]}-*.parquet'
+    for stale in dst.glob(pattern):
+        if str(stale.relative_to(dst)) not in names: stale.unlink()
+
+# %% ../nbs/09_prepare.ipynb #4b0db223
 def prepare_split(
     source:ImageFolderSource, # the split's images, in their order
     dst:Path, split:str, fmt:str, # where, which split ('train' or 'val'), which format
@@ -133,30 +154,34 @@ def prepare_split(
     shuffle:bool=False, # write the images in a shuffled order (`write_order`)
 ) -> dict:
     "Write (or keep) every shard of one split, verify each, and index them; returns the counts."
-    ranges, counts = shard_ranges(len(source), shard_size), {'written': 0, 'kept': 0}
-    shardlist, order = [], write_order(len(source), shuffle)
+    ranges, order = shard_ranges(len(source), shard_size), write_order(len(source), shuffle)
+    shardlist, kept = [], 0
     for k, r in enumerate(progress_bar(ranges, leave=False) if progress else ranges):
-        path = dst / shard_file(fmt, split, k, len(ranges))
-        items = shard_items(source, [order[p] for p in r], max_side, quality)
-        if holds(path, items, fmt): counts['kept'] += 1
-        else:
-            if fmt == 'wds': write_wds_shard(path, items)
-            else: write_parquet_shard(path, items, source.classes)
-            if not holds(path, items, fmt):
-                raise DataError(f"shard {path} does not read back as it was written: check the disk", path)
-            counts['written'] += 1
+        path, items = dst / shard_file(fmt, split, k, len(ranges)), shard_items(source, [order[p] for p in r],
+                                                                                max_side, quality)
+        kept += write_shard(path, items, fmt, source.classes)
         shardlist.append({'url': path.name, 'nsamples': len(r), 'filesize': path.stat().st_size})
-    names = {shard_file(fmt, split, k, len(ranges)) for k in range(len(ranges))}
-    pattern = f'{split}-*.tar' if fmt == 'wds' else f'data/{HF_SPLITS[split][0]}-*.parquet'
-    for stale in dst.glob(pattern):  # from an earlier run with another --shard-size: they would be read too
-        if str(stale.relative_to(dst)) not in names: stale.unlink()
+    remove_stale(dst, fmt, split, len(ranges))
     if fmt == 'wds':
         index = {'__kind__': WDS_KIND, 'wids_version': 1, 'name': split, 'classes': source.classes,
                  'shardlist': shardlist}
         atomic_write(dst / f'{split}.json', lambda f: f.write(json.dumps(index, indent=1).encode()))
-    return {**counts, 'shards': len(ranges), 'images': len(source)}
+    return {'written': len(ranges) - kept, 'kept': kept, 'shards': len(ranges), 'images': len(source)}
 
 # %% ../nbs/09_prepare.ipynb #d816ebe6
+def image_folder_splits(src:Path) -> dict[str, ImageFolderSource]:
+    "The splits of the ImageFolder root `src` (train/, val/, or one of them), whose classes must be the same."
+    if not src.is_dir():
+        raise DataError(f"{src} is not a folder: pass an ImageFolder root (train/, val/)", src)
+    splits = [s for s in SPLITS if (src / s).is_dir()]
+    if not splits: raise DataError(f"{src} has no train/ or val/ folder: pass an ImageFolder root", src)
+    sources = {s: ImageFolderSource(src / s) for s in splits}
+    if len({tuple(s.classes) for s in sources.values()}) > 1:
+        raise DataError(f"{src}/train and {src}/val have different classes: give both the same class "
+                        "folders", src)
+    return sources
+
+# %% ../nbs/09_prepare.ipynb #f3eeafbd
 def prepare(
     src:str|Path, dst:str|Path, # an ImageFolder root (train/ and val/), and the output folder
     fmt:str='wds', # 'wds' or 'parquet'
@@ -169,25 +194,16 @@ def prepare(
         raise ValueError(f"--format {fmt}: choose one of {', '.join(PREPARE_FORMATS)}")
     src, dst = Path(src), Path(dst)
     if fmt == 'folder': return unpack(src, dst, progress)
-    if not src.is_dir():
-        raise DataError(f"{src} is not a folder: pass an ImageFolder root (train/, val/)", src)
-    splits = [s for s in SPLITS if (src / s).is_dir()]
-    if not splits: raise DataError(f"{src} has no train/ or val/ folder: pass an ImageFolder root", src)
-    for pattern in ('.*.tar.*.tmp', '.*.json.*.tmp', 'data/.*.parquet.*.tmp'):  # `atomic_write`'s, from a
-        for stale in dst.glob(pattern): stale.unlink()  # run killed while writing
-    sources = {s: ImageFolderSource(src / s) for s in splits}
-    if len({tuple(s.classes) for s in sources.values()}) > 1:
-        raise DataError(f"{src}/train and {src}/val have different classes: give both the same class folders",
-                        src)
-    lines = []
+    sources = image_folder_splits(src)
+    for pattern in ('.*.tar.*.tmp', '.*.json.*.tmp', 'data/.*.parquet.*.tmp'):  # `atomic_write`'s, from a run
+        for stale in dst.glob(pattern): stale.unlink()  # killed while writing
+    lines, order = [], 'a shuffled order (seed 0) of' if shuffle else 'order as in'
     for split, source in sources.items():
         c = prepare_split(source, dst, split, fmt, shard_size, max_side, quality, progress, shuffle)
-        order = 'a shuffled order (seed 0) of' if shuffle else 'order as in'
-        lines.append(f"=> {dst}: {split}: {c['shards']} shard{'s' * (c['shards'] != 1)} of up to "
-                     f"{shard_size} "
-                     f"images, {c['written']} written and {c['kept']} kept from an earlier run; all read "
-                     "back "
-                     f"and verified: {c['images']} images, their bytes, labels and {order} {src / split}")
+        shards = f"{c['shards']} shard{'s' * (c['shards'] != 1)}"
+        lines.append(f"=> {dst}: {split}: {shards} of up to {shard_size} images, {c['written']} written and "
+                     f"{c['kept']} kept from an earlier run; all read back and verified: {c['images']} "
+                     f"images, their bytes, labels and {order} {src / split}")
     return lines + [f"=> train on it: python -m resnext_nb.launch --data_path {dst} ..."]
 
 # %% ../nbs/09_prepare.ipynb #d4b9e68a
@@ -237,6 +253,7 @@ def unpack_shard(f:Path, read:Callable, classes:list[str], dst:Path) -> dict:
         counts['written'] += 1
     return counts
 
+# %% ../nbs/09_prepare.ipynb #000924bc
 def unpack_split(
     files:list[Path], classes:list[str], read:Callable, # from `shard_splits`
     dst:Path, # the split's folder: DST/train or DST/val
@@ -255,6 +272,7 @@ def unpack_split(
                         "folder held others; unpack into an empty folder", dst)
     return counts
 
+# %% ../nbs/09_prepare.ipynb #907f24ab
 def unpack(src:Path, dst:Path, progress:bool=True) -> list[str]:
     "Write the shards in `src` as an ImageFolder in `dst` (`--format folder`); returns the report's lines."
     lines = []
