@@ -19,7 +19,7 @@ __all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'SPLIT_WORDS', '
            'image_label_columns', 'HfSource', 'hf_parts', 'open_hf', 'is_pattern', 'names_shards', 'list_shards',
            'shard_split', 'download', 'fetch_shard', 'count_shard', 'read_class_names', 'class_names', 'listed_shards',
            'shards_key', 'shards_by_split', 'CountStopped', 'write_counts', 'name_classes', 'file_lock', 'index_shards',
-           'shard_kind', 'open_shards']
+           'shard_kind', 'indexed', 'open_shards']
 
 # %% ../nbs/02a_shards.ipynb #ffa10775
 WDS_KIND = 'wids-shard-index-v1'  # the `__kind__` of a wids index
@@ -302,7 +302,7 @@ def fetch_shard(shard:str) -> str:
 # %% ../nbs/02a_shards.ipynb #17d0e083
 def count_shard(path:str, name:str) -> tuple[int, int]:
     "How many samples the tar shard at `path` (called `name`) holds, and 1 + its top label; images unread."
-    wids = need_wids().wids
+    wids = need_wids().wids  # outside the try: its one line stays as it is
     try:
         tar, top = wids.IndexedTarSamples(path=path), -1
         try:
@@ -443,6 +443,11 @@ def shard_kind(root:str|Path) -> str|None:
     if not ((root / 'train').is_dir() or (root / 'val').is_dir()) and list_shards(root): return 'wds'
     return None
 
+def indexed(root:str|Path, splits=('train', 'val')) -> bool:
+    "Whether the shards at `root` come with wids indexes (a URL that is no brace pattern is taken to)."
+    if is_pattern(root): return False
+    return is_url(root) or any((Path(root) / f'{s}.json').is_file() for s in splits)
+
 # %% ../nbs/02a_shards.ipynb #19fc2c94
 def open_shards(
     kind:str, # 'hf' or 'wds', from `shard_kind`
@@ -453,9 +458,8 @@ def open_shards(
     "The train (None unless `train`) and val sources of `root`, whose classes must match."
     splits = ('train', 'val') if train else ('val',)
     if kind == 'hf': parts = open_hf(Path(root), splits)
-    elif is_pattern(root) or not (is_url(root) or any((Path(root) / f'{s}.json').is_file() for s in splits)):
-        parts = {s: WdsSource(index) for s, index in index_shards(root, splits, stop=stop).items()}
-    else: parts = {s: WdsSource(f"{str(root).rstrip('/')}/{s}.json") for s in splits}
+    elif indexed(root, splits): parts = {s: WdsSource(f"{str(root).rstrip('/')}/{s}.json") for s in splits}
+    else: parts = {s: WdsSource(index) for s, index in index_shards(root, splits, stop=stop).items()}
     if train and (tr := parts['train'].classes) != (va := parts['val'].classes):
         raise DataError(f"{root}: the train and val splits have different classes ({len(tr)} and {len(va)}): "
                         "write both from one dataset", root)
