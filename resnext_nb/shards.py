@@ -6,20 +6,20 @@ Docs: https://resnext-nb.github.io/resnext_nb/shards.html.md"""
 
 # %% ../nbs/02a_shards.ipynb #096f1d06
 from __future__ import annotations
-import contextlib, hashlib, io, json, os, re, shutil, tarfile, urllib.request, warnings
+import contextlib, hashlib, io, json, os, queue, re, shutil, tarfile, threading, urllib.request, warnings
 from pathlib import Path
 from urllib.parse import quote
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from .checkpoints import atomic_write, first_line
 from .data import IMG_EXTENSIONS, DataError, read_image
 
 # %% auto #0
 __all__ = ['WDS_KIND', 'IMAGE_KEYS', 'LABEL_KEYS', 'HF_SPLITS', 'SPLIT_WORDS', 'CLASSES_FILE', 'open_files_limit', 'is_url',
-           'need_wids', 'cache_folder', 'shard_cache', 'WdsSource', 'hf_split_files', 'check_complete', 'hf_datasets',
-           'image_label_columns', 'HfSource', 'hf_parts', 'open_hf', 'is_pattern', 'names_shards', 'list_shards',
-           'shard_split', 'download', 'fetch_shard', 'count_shard', 'read_class_names', 'class_names', 'listed_shards',
-           'shards_key', 'shards_by_split', 'CountStopped', 'write_counts', 'name_classes', 'file_lock', 'index_shards',
-           'shard_kind', 'indexed', 'open_shards']
+           'need_wids', 'cache_folder', 'shard_cache', 'local_shard', 'WdsSource', 'hf_split_files', 'check_complete',
+           'hf_datasets', 'image_label_columns', 'HfSource', 'hf_parts', 'open_hf', 'is_pattern', 'names_shards',
+           'list_shards', 'shard_split', 'download', 'fetch_shard', 'prefetch', 'count_shard', 'read_class_names',
+           'class_names', 'listed_shards', 'shards_key', 'shards_by_split', 'CountStopped', 'write_counts',
+           'name_classes', 'file_lock', 'index_shards', 'shard_kind', 'indexed', 'open_shards']
 
 # %% ../nbs/02a_shards.ipynb #ffa10775
 WDS_KIND = 'wids-shard-index-v1'  # the `__kind__` of a wids index
@@ -65,12 +65,17 @@ def shard_cache(shard:str) -> str:
         except FileExistsError: pass  # another loader process made it first
     return str(local)
 
+def local_shard(shard:str) -> str:
+    """What wids opens for `shard`: a remote one downloaded whole first (`fetch_shard`, below), so that wids
+    never reads a file its own download left half-written; a local one's link in the cache (`shard_cache`)."""
+    return fetch_shard(shard) if is_url(shard) else shard_cache(shard)
+
 # %% ../nbs/02a_shards.ipynb #eba61d84
 class WdsSource(Dataset):
     """One split of WebDataset tar shards listed in a wids index, by index: image *i*'s bytes decoded by
     `read_image`, its label from `.cls`."""
     def __init__(self, index:str|os.PathLike): # the split's index file, a path or an http(s) URL
-        self.index, self.ds = str(index), None
+        self.index, self.ds, self.prefetching = str(index), None, None
         self.open()
         self.classes = list(self.ds.spec.get('classes') or [])
         if not self.classes:
@@ -85,11 +90,11 @@ class WdsSource(Dataset):
         wids, quiet = need_wids(), io.StringIO()
         try:  # wids prints a line each time a dataset opens
             with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-                self.ds = wids.ShardListDataset(self.index, transformations=[], localname=shard_cache)
+                self.ds = wids.ShardListDataset(self.index, transformations=[], localname=local_shard)
             # every shard kept open, as far as file descriptors allow: reading by index in a shuffled order, a
             # smaller cache (wids's default is 10) opens and indexes a whole tar again for nearly every sample
             self.ds.cache = wids.wids.LRUShards(min(len(self.ds.shards), max(10, open_files_limit() // 4)),
-                                                localname=shard_cache)
+                                                localname=local_shard)
             # wids prints a warning to stdout when over 30% of the first 100 reads open a shard: with every
             # shard kept open, those are first reads, which a shuffled epoch over many shards begins with
             self.ds.check_cache_misses = lambda: None
@@ -109,6 +114,8 @@ class WdsSource(Dataset):
     def encoded(self, i:int) -> tuple[str, bytes, int]:
         "Image `i` undecoded: `shard:key`, the member's bytes and its label (as `ImageFolderSource.encoded`)."
         if self.ds is None: self.open()
+        if self.prefetching != os.getpid() and get_worker_info() is not None:  # in each loader process, once
+            self.prefetching = os.getpid(); prefetch([s['url'] for s in self.ds.shards])
         try: sample = self.ds[i]
         # wids asserts that a download worked
         except (OSError, AssertionError, ValueError, tarfile.TarError) as e:
@@ -298,6 +305,22 @@ def fetch_shard(shard:str) -> str:
     with need_wids().wids_dl.ULockFile(local + '.lock'):
         if not os.path.exists(local): download(shard, local)
     return local
+
+# %% ../nbs/02a_shards.ipynb #b17ddbd6
+def prefetch(shards:list[str], threads:int=4) -> list[threading.Thread]:
+    """Download the remote `shards` into the cache in the background, `threads` at a time, so that a read
+    seldom waits on the network; a failure is left to the read that needs the shard, which names it."""
+    todo = queue.SimpleQueue()
+    for s in filter(is_url, shards): todo.put(s)
+    def work():
+        while True:
+            try: fetch_shard(todo.get_nowait())
+            except queue.Empty: return
+            except Exception: pass  # the read of that shard says what went wrong
+    started = [threading.Thread(target=work, daemon=True, name='shard-prefetch')
+               for _ in range(min(threads, todo.qsize()))]
+    for t in started: t.start()
+    return started
 
 # %% ../nbs/02a_shards.ipynb #17d0e083
 def count_shard(path:str, name:str) -> tuple[int, int]:
