@@ -15,7 +15,7 @@ from .config import build_parser, opt, parse_config
 from .model import ARCHS
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .checkpoints import CheckpointError, checkpoint_bytes, read_checkpoint
-from .predict import Predictor, load_predictor
+from .predict import Predictor, add_checkpoint_argument, load_predictor
 
 # %% auto #0
 __all__ = ['CARD_DATA', 'EXPORTERS', 'sha256', 'weights_metrics', 'card_input', 'model_card', 'example_batch',
@@ -181,8 +181,7 @@ def make_parser():
     p = build_parser('python -m resnext_nb.export',
                      'Export a checkpoint as ONNX, a torch.export program or a torchvision state_dict, '
                      'checked against PyTorch, with a model_card.json.', {'export': ExportConfig}, {})
-    p.add_argument('checkpoint', metavar='CHECKPOINT',
-                   help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
+    add_checkpoint_argument(p)
     return p
 
 # %% ../nbs/08_export.ipynb #fa32c031

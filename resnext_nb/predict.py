@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/predict.html.md"""
 
 # %% ../nbs/07_predict.ipynb #270e42b2
 from __future__ import annotations
-import csv, io, json, sys
+import argparse, csv, io, json, sys
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -22,7 +22,7 @@ from .checkpoints import CheckpointError, atomic_write, first_line, read_checkpo
 # %% auto #0
 __all__ = ['Predictor', 'checkpoint_image_size', 'recorded_state', 'load_predictor', 'is_image', 'folder_images', 'list_entries',
            'find_images', 'read_batch', 'predict_batch', 'batch_records', 'predict', 'flat_record', 'write_predictions',
-           'format_predictions', 'show_predictions', 'PredictConfig', 'make_parser', 'main']
+           'format_predictions', 'show_predictions', 'PredictConfig', 'add_checkpoint_argument', 'make_parser', 'main']
 
 # %% ../nbs/07_predict.ipynb #c83a769e
 @dataclass
@@ -208,13 +208,17 @@ class PredictConfig:
     device:str=opt('auto', choices=DEVICE_TYPES, help='auto prefers an NPU, then CUDA, then the CPU')
     show:int=opt(10, check=non_negative, help='rows of the table printed')
 
+def add_checkpoint_argument(parser:argparse.ArgumentParser):
+    "The CHECKPOINT positional of the commands that read a trained model (predict, export)."
+    parser.add_argument('checkpoint', metavar='CHECKPOINT',
+                        help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
+
 def make_parser():
     "The predict command's parser: CHECKPOINT, PATH... and `PredictConfig`'s flags."
     p = build_parser('python -m resnext_nb.predict',
                      'Predict the top-k classes of images, folders (recursive) or list files '
                      "with a checkpoint's own preprocessing and class names.", {'predict': PredictConfig}, {})
-    p.add_argument('checkpoint', metavar='CHECKPOINT',
-                   help='a checkpoint written by training, e.g. output/run/model_best.pth.tar')
+    add_checkpoint_argument(p)
     p.add_argument('paths', metavar='PATH', nargs='+',
                    help='images, folders (searched recursively) or list files (one path per line)')
     return p
