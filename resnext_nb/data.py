@@ -24,19 +24,20 @@ from fastcore.basics import patch
 from .config import at_least, between, non_negative, opt, positive
 from .device import is_main_process, seeded_generator
 
-log = logging.getLogger(__name__)  # one-line warnings: files reached twice, images skipped
-
 # %% auto #0
 __all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'SHUFFLES', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP',
            'IMAGENET_MEAN', 'IMAGENET_STD', 'STOP_SIGNALS', 'LOADER_START', 'printable', 'is_utf8', 'DataError',
-           'parse_range', 'at_most_one', 'default_workers', 'DataConfig', 'read_image', 'walk_images', 'not_utf8_error',
-           'duplicates_summary', 'ImageFolderSource', 'open_image_folder', 'open_val_folder', 'plain_image',
-           'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_folder', 'CropFlip',
-           'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform', 'val_transform', 'sample_seed', 'BadSample',
-           'one_thread', 'SampleDataset', 'collate_samples', 'shard_indices', 'epoch_order', 'EpochBatches',
-           'ignore_stop_signals', 'process_ended', 'silent_once_orphaned', 'init_loader_process', 'make_dataloader',
-           'Loader', 'bad_images_summary', 'dead_process_named', 'quiet_sigchld', 'SyntheticLoader', 'normalize',
-           'image_grid']
+           'parse_range', 'at_most_one', 'default_workers', 'DataConfig', 'image_error', 'read_image', 'walk_images',
+           'not_utf8_error', 'duplicates_summary', 'ImageFolderSource', 'open_image_folder', 'open_val_folder',
+           'plain_image', 'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_batch',
+           'write_cifar_folder', 'CropFlip', 'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform',
+           'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset', 'collate_samples',
+           'shard_indices', 'epoch_order', 'EpochBatches', 'ignore_stop_signals', 'process_ended',
+           'silent_once_orphaned', 'init_loader_process', 'make_dataloader', 'Loader', 'bad_images_summary',
+           'dead_process_named', 'quiet_sigchld', 'SyntheticLoader', 'normalize', 'grid_axes', 'image_grid']
+
+# %% ../nbs/02_data.ipynb #f41ab33d
+log = logging.getLogger(__name__)  # one-line warnings: files reached twice, images skipped
 
 # %% ../nbs/02_data.ipynb #19705041
 def printable(
@@ -61,7 +62,7 @@ class DataError(ValueError):
         super().__init__(printable(message))
         self.path = None if path is None else str(path)
 
-# %% ../nbs/02_data.ipynb #520561cb
+# %% ../nbs/02_data.ipynb #d4931871
 DATASETS = ('auto', 'imagefolder', 'cifar10', 'hf', 'wds', 'synthetic', 'builtin')
 # where JPEGs are decoded and cropped: see "A GPU input pipeline" at the end
 DATA_BACKENDS = ('auto', 'pil', 'gpu')
@@ -75,6 +76,7 @@ def parse_range(text:str) -> tuple[float, float]:
     if not 0 < lo <= hi: raise ValueError(f"{text!r}: need 0 < LOW <= HIGH")
     return lo, hi
 
+# %% ../nbs/02_data.ipynb #8c4080dc
 def at_most_one(v) -> str|None:
     "A `Flag.check` for a (low, high) share of the image: the high end is at most 1."
     return None if v[1] <= 1 else 'a share of the image is at most 1'
@@ -141,9 +143,21 @@ class DataConfig:
                     help='where JPEGs are decoded and cropped: gpu (nvjpeg on a CUDA GPU), pil (loader '
                          'processes), auto (gpu where it works)')
 
-# %% ../nbs/02_data.ipynb #41c4d16a
+# %% ../nbs/02_data.ipynb #0f7a221b
 IMG_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
 
+def image_error(
+    path:str|os.PathLike, # the image's file, or the name its bytes go by
+    src, # what Pillow was given to open: `path`, or an in-memory file of the bytes
+    e:Exception, # what Pillow raised
+) -> DataError:
+    "The `DataError` for an image Pillow could not read: the file, Pillow's reason in one line, and the fix."
+    # Pillow sometimes repeats the path, or the in-memory file, address and all
+    reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '').replace(f" {src!r}", '')
+    return DataError(f"cannot read image {path} ({type(e).__name__}: {reason}): "
+                     f"replace or delete it, or pass --skip-bad-images", path)
+
+# %% ../nbs/02_data.ipynb #6e883acb
 def read_image(
     path:str|os.PathLike, # an image file (or, with `data`, the name its bytes go by, as in a shard)
     data:bytes|None=None, # the encoded image, when it is not read from `path`
@@ -154,16 +168,12 @@ def read_image(
         with Image.open(src) as im:
             im.load()
             rgb = im if im.mode == 'RGB' else im.convert('RGB')  # convert would copy an RGB image
-    except Exception as e:
-        # Pillow sometimes repeats the path, or the in-memory file, address and all
-        reason = (str(e).splitlines() or ['no detail'])[0].replace(f" '{path}'", '').replace(f" {src!r}", '')
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {reason}): "
-                        f"replace or delete it, or pass --skip-bad-images", path) from e
+    except Exception as e: raise image_error(path, src, e) from e
     width, height = rgb.size  # Pillow's bytes as the tensor's, with no NumPy array in between
     pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
     return pixels.view(height, width, 3).permute(2, 0, 1)
 
-# %% ../nbs/02_data.ipynb #39ff62fc
+# %% ../nbs/02_data.ipynb #c4d39f5f
 def _entry_id(entry:os.DirEntry, dev:int) -> tuple:
     "The (device, inode) of the file `entry` names, after links: from the listing, a `stat` only for a link."
     if not entry.is_symlink(): return dev, entry.inode()
@@ -171,6 +181,7 @@ def _entry_id(entry:os.DirEntry, dev:int) -> tuple:
     except OSError: return ('broken link', entry.path)  # kept: reading it fails later, with its name
     return st.st_dev, st.st_ino
 
+# %% ../nbs/02_data.ipynb #d65b403c
 def _listing(folder:str) -> list[os.DirEntry]:
     "The entries of `folder`, or a `DataError` naming it (`os.walk` would skip it without a word)."
     try:
@@ -183,7 +194,19 @@ def _real_parents(folder:str) -> tuple:
     "The identities of the folders that really contain `folder`, up to `/`: a link to any of them is a loop."
     return tuple((st.st_dev, st.st_ino) for st in map(os.stat, Path(os.path.realpath(folder)).parents))
 
-# %% ../nbs/02_data.ipynb #513a5e8f
+# %% ../nbs/02_data.ipynb #73c116a8
+def _folder_id(
+    path:str, # a folder the walk reaches
+    above:tuple, # the identities of the folders that contain it (`_real_parents`, and those walked through)
+) -> tuple:
+    "The (device, inode) of folder `path`, or a `DataError` when it is one of the folders `above` it: a loop."
+    st = os.stat(path)
+    if (st.st_dev, st.st_ino) in above:
+        raise DataError(f"directory loop: {path} leads back to {os.path.realpath(path)}, which contains "
+                        f"it, so its images would be counted again and again: remove the link", path)
+    return st.st_dev, st.st_ino
+
+# %% ../nbs/02_data.ipynb #ac609fcf
 def walk_images(
     folder:str, # a class folder
     extensions:tuple[str, ...]=IMG_EXTENSIONS, # names end in one of these, in any case (torchvision's rule)
@@ -192,16 +215,12 @@ def walk_images(
     found, bad, todo = {}, [], [(folder, _real_parents(folder))]
     while todo:
         path, above = todo.pop()
-        st = os.stat(path); here = (st.st_dev, st.st_ino)
-        if here in above:
-            raise DataError(f"directory loop: {path} leads back to {os.path.realpath(path)}, which contains "
-                            f"it, so its images would be counted again and again: remove the link", path)
-        found[path] = []
+        here, found[path] = _folder_id(path, above), []
         for e in _listing(path):
             wanted = e.is_dir() or e.name.lower().endswith(extensions)
             if wanted and not is_utf8(e.name): bad.append(e.path)
             elif e.is_dir(): todo.append((e.path, above + (here,)))
-            elif wanted: found[path].append((e.name, e.path, _entry_id(e, st.st_dev)))
+            elif wanted: found[path].append((e.name, e.path, _entry_id(e, here[0])))
     return [(p, key) for root in sorted(found) for _, p, key in sorted(found[root])], bad
 
 # %% ../nbs/02_data.ipynb #c1e018d2
@@ -252,7 +271,18 @@ class ImageFolderSource(datasets.ImageFolder):
         if bad: raise not_utf8_error(bad, directory)
         return classes, {c: i for i, c in enumerate(classes)}
 
-# %% ../nbs/02_data.ipynb #c7a7b5e4
+# %% ../nbs/02_data.ipynb #1787a1f7
+@patch
+def _reached_again(self:ImageFolderSource,
+                   path:str, cls:str, # a file the walk reached again, and the class it was reached in
+                   first:str, first_cls:str): # where it was reached first, and in which class
+    "Note `path` in `duplicates`, counted once; a `DataError` when the two paths are in different classes."
+    if cls != first_cls:
+        raise DataError(f"{first} and {path} are one file, in classes {first_cls} and {cls}: an image has "
+                        f"one class, so remove one of them", path)
+    self.duplicates.append((path, first))
+
+# %% ../nbs/02_data.ipynb #b9aee9e8
 @patch
 def make_dataset(self:ImageFolderSource,
                  directory:str, # the split folder
@@ -266,10 +296,8 @@ def make_dataset(self:ImageFolderSource,
         files, not_utf8 = walk_images(os.path.join(directory, cls), extensions)
         bad += not_utf8
         for path, key in files:
-            if key not in seen: seen[key] = path, cls; samples.append((path, class_to_idx[cls]))
-            elif seen[key][1] == cls: self.duplicates.append((path, seen[key][0]))
-            else: raise DataError(f"{seen[key][0]} and {path} are one file, in classes {seen[key][1]} and "
-                                  f"{cls}: an image has one class, so remove one of them", path)
+            if key in seen: self._reached_again(path, cls, *seen[key])
+            else: seen[key] = path, cls; samples.append((path, class_to_idx[cls]))
     if bad: raise not_utf8_error(bad, directory)
     return samples
 
@@ -283,17 +311,26 @@ def encoded(self:ImageFolderSource, i:int) -> tuple[str, bytes, int]:
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {e.strerror}): replace or delete it, "
                         "or pass --skip-bad-images", path) from None
 
-# %% ../nbs/02_data.ipynb #0fb2a030
+# %% ../nbs/02_data.ipynb #8178cfd6
+def _data_root(
+    root:str|os.PathLike, # the data folder
+    splits:tuple[str, ...], # the split folders it must hold
+) -> Path:
+    "`root` as a `Path`, checked to exist and to hold each split; a `DataError` naming what is missing."
+    root = Path(root)
+    if not root.is_dir(): raise DataError(f"data folder {root} does not exist: check --data_path", root)
+    for split in splits:
+        if not (root/split).is_dir():
+            expected = ' and '.join(f"{root}/{s}/<class>/<images>" for s in splits)
+            raise DataError(f"{root} has no {split}/ folder: expected {expected}", root/split)
+    return root
+
+# %% ../nbs/02_data.ipynb #1f2ca6a9
 def open_image_folder(
     root:str|os.PathLike, # a folder holding train/<class>/<images> and val/<class>/<images>
 ) -> tuple[ImageFolderSource, ImageFolderSource]:
     "Open the train and val splits of an ImageFolder root, checking the layout and that their classes match."
-    root = Path(root)
-    if not root.is_dir(): raise DataError(f"data folder {root} does not exist: check --data_path", root)
-    for split in ('train', 'val'):
-        if not (root/split).is_dir():
-            raise DataError(f"{root} has no {split}/ folder: expected {root}/train/<class>/<images> "
-                            f"and {root}/val/<class>/<images>", root/split)
+    root = _data_root(root, ('train', 'val'))
     train, val = ImageFolderSource(root/'train'), ImageFolderSource(root/'val')
     if train.classes != val.classes:
         only_t, only_v = (sorted(set(train.classes) - set(val.classes)),
@@ -304,15 +341,12 @@ def open_image_folder(
                         root)
     return train, val
 
+# %% ../nbs/02_data.ipynb #11291454
 def open_val_folder(
     root:str|os.PathLike, # a folder holding val/<class>/<images> (train/ may be missing)
 ) -> ImageFolderSource:
     "Open only the val split of an ImageFolder root: scoring a checkpoint needs no training images."
-    root = Path(root)
-    if not root.is_dir(): raise DataError(f"data folder {root} does not exist: check --data_path", root)
-    if not (root/'val').is_dir():
-        raise DataError(f"{root} has no val/ folder: expected {root}/val/<class>/<images>", root/'val')
-    return ImageFolderSource(root/'val')
+    return ImageFolderSource(_data_root(root, ('val',))/'val')
 
 # %% ../nbs/02_data.ipynb #53bc5c66
 def plain_image(
@@ -359,13 +393,14 @@ def write_image_folder(
     else: [_write_jpeg(j) for j in jobs]
     return root
 
-# %% ../nbs/02_data.ipynb #139a2730
+# %% ../nbs/02_data.ipynb #9c87a78a
 CIFAR_FOLDER = 'cifar-10-batches-py'
 CIFAR_HELP = ("download cifar-10-python.tar.gz "
               "(https://www.cs.toronto.edu/~kriz/cifar.html) and unpack it, so that "
               f"{CIFAR_FOLDER}/ holds data_batch_1..5, test_batch and "
               "batches.meta; nothing is downloaded for you")
 
+# %% ../nbs/02_data.ipynb #99478a80
 def find_cifar10(
     path:str|os.PathLike, # `--data_path`: the `cifar-10-batches-py` folder itself, or a folder containing it
 ) -> Path:
@@ -408,7 +443,18 @@ class CifarSource(Dataset):
     def __len__(self): return len(self.targets)
     def __getitem__(self, i:int) -> tuple[torch.Tensor, int]: return self.data[i], self.targets[i]
 
-# %% ../nbs/02_data.ipynb #ac5820c8
+# %% ../nbs/02_data.ipynb #944ff0a7
+def write_cifar_batch(
+    path:Path, # the batch file to write; its name keys each image's random stream
+    labels:list[int], # one image for each label
+    draw:Callable=plain_image, # as for `write_image_folder`; images are 32×32
+):
+    "Write one batch file in CIFAR-10's python format: rows of 3072 bytes, channels first, and the labels."
+    rows = [np.asarray(draw(random.Random(f'{path.name}{i}'), l, i, (32, 32)).convert('RGB'))
+            .transpose(2, 0, 1).reshape(-1) for i, l in enumerate(labels)]
+    with open(path, 'wb') as f: pickle.dump({'data': np.stack(rows), 'labels': labels}, f)
+
+# %% ../nbs/02_data.ipynb #082ef096
 def write_cifar_folder(
     parent:str|os.PathLike, # the folder that gets a `cifar-10-batches-py/` inside
     n_train:int=4, # images in each of the five train batches
@@ -418,14 +464,9 @@ def write_cifar_folder(
 ) -> Path:
     "Write a small `cifar-10-batches-py` folder in CIFAR-10's python format under `parent`; returns `parent`."
     folder = Path(parent)/CIFAR_FOLDER; folder.mkdir(parents=True)
-    def batch(name, n, start):
-        labels = [(start + i) % len(classes) for i in range(n)]
-        data = np.stack([np.asarray(draw(random.Random(f'{name}{i}'), l, i,
-                                         (32, 32)).convert('RGB')).transpose(2, 0, 1).reshape(-1)
-                         for i, l in enumerate(labels)])
-        with open(folder/name, 'wb') as f: pickle.dump({'data': data, 'labels': labels}, f)
-    for k in range(1, 6): batch(f'data_batch_{k}', n_train, k)
-    batch('test_batch', n_test, 0)
+    def labels(n, start): return [(start + i) % len(classes) for i in range(n)]
+    for k in range(1, 6): write_cifar_batch(folder/f'data_batch_{k}', labels(n_train, k), draw)
+    write_cifar_batch(folder/'test_batch', labels(n_test, 0), draw)
     with open(folder/'batches.meta', 'wb') as f: pickle.dump({'label_names': list(classes)}, f)
     return Path(parent)
 
@@ -619,7 +660,7 @@ class EpochBatches:
         "The dataset indices this rank visits in the current epoch, in order."
         return [i for i, _ in self.draws()]
 
-# %% ../nbs/02_data.ipynb #e61935d7
+# %% ../nbs/02_data.ipynb #5e9f7749
 @patch(as_prop=True)
 def micro_batches(self:EpochBatches) -> int:
     "Batches in one optimiser update, over all ranks: what an update's images are split into (train)."
@@ -631,6 +672,7 @@ def num_samples(self:EpochBatches) -> int:
     if not self.train: return len(shard_indices(self.n, self.rank, self.world_size))
     return self.n // (self.batch_size * self.micro_batches) * self.batch_size * self.accum
 
+# %% ../nbs/02_data.ipynb #cc60cc6a
 @patch(as_prop=True)
 def batches_per_epoch(self:EpochBatches) -> int:
     "Batches in a whole epoch: full batches only for train, a smaller last batch allowed for val."
@@ -642,6 +684,7 @@ def slot(self:EpochBatches, batch:int) -> tuple[int, int]:
     the update's micro-batches it is, whatever the device count (for seeds that must not depend on it)."""
     return batch // self.accum, batch % self.accum * self.world_size + self.rank
 
+# %% ../nbs/02_data.ipynb #205d262d
 @patch(as_prop=True)
 def common_batches(self:EpochBatches) -> int:
     """Batches that every rank has in a whole epoch: a collective inside a pass can only be placed within them
@@ -656,7 +699,7 @@ def set_epoch(self:EpochBatches, epoch:int, batches_done:int=0):
                          f"0..{self.batches_per_epoch} batches")
     self.epoch, self.batches_done = epoch, batches_done
 
-# %% ../nbs/02_data.ipynb #f02d708e
+# %% ../nbs/02_data.ipynb #e58ea981
 @patch
 def __len__(self:EpochBatches) -> int:
     "Batches from `batches_done` to the end of the epoch."
@@ -670,13 +713,14 @@ def batch(self:EpochBatches, b:int,
     return [(i, sample_seed(self.seed, self.epoch, i, r))
             for i, r in draws[b * self.batch_size:(b + 1) * self.batch_size]]
 
+# %% ../nbs/02_data.ipynb #f2e1b78d
 @patch
 def __iter__(self:EpochBatches):
     "Yield this rank's batches of `(index, sample_seed)`, from `batches_done` on."
     draws = self.draws()
     for b in range(self.batches_done, self.batches_per_epoch): yield self.batch(b, draws)
 
-# %% ../nbs/02_data.ipynb #0f6eb157
+# %% ../nbs/02_data.ipynb #cf7e07fb
 # Ctrl-C, preemption, SLURM's --signal, a closed terminal
 STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGUSR1', 'SIGHUP')
 
@@ -686,6 +730,7 @@ def _end_on_parents_sigterm():
     while True:
         if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid(): os._exit(0)
 
+# %% ../nbs/02_data.ipynb #833a5c0c
 def ignore_stop_signals(worker_id:int=0):
     "A `DataLoader` `worker_init_fn`: loader processes leave `STOP_SIGNALS` to the training process."
     for name in set(STOP_SIGNALS) - {'SIGTERM'}:
@@ -694,24 +739,27 @@ def ignore_stop_signals(worker_id:int=0):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_end_on_parents_sigterm, daemon=True, name='sigterm-from-parent').start()
 
-# %% ../nbs/02_data.ipynb #d9fae54e
+# %% ../nbs/02_data.ipynb #808ff660
+def _has_ended(pid:int) -> bool:
+    "Whether `pid` has ended now: gone, or a zombie where `/proc` tells (elsewhere a zombie is alive)."
+    if os.path.isdir('/proc/self'):  # Linux
+        try:
+            with open(f'/proc/{pid}/stat') as f: return f.read().rsplit(')', 1)[1].split()[0] in 'ZX'
+        except FileNotFoundError: return True  # reaped
+    try: os.kill(pid, 0); return False  # no /proc (macOS)
+    except ProcessLookupError: return True
+    except PermissionError: return False  # another user's: alive
+
+# %% ../nbs/02_data.ipynb #daf069f9
 def process_ended(pid:int, # another process
                   wait_s:float=0.0, # how long one still dying may take
                  ) -> bool:
     "Whether process `pid` has ended (a zombie has), waiting up to `wait_s` seconds for it to."
     end = time.monotonic() + wait_s
-    while True:
-        if os.path.isdir('/proc/self'):  # Linux
-            try:
-                with open(f'/proc/{pid}/stat') as f: ended = f.read().rsplit(')', 1)[1].split()[0] in 'ZX'
-            except FileNotFoundError: ended = True  # reaped
-        else:  # no /proc (macOS): a zombie still counts as alive there
-            try: os.kill(pid, 0); ended = False
-            except ProcessLookupError: ended = True
-            except PermissionError: ended = False  # another user's: alive
-        if ended or time.monotonic() >= end: return ended
-        time.sleep(0.02)
+    while not (ended := _has_ended(pid)) and time.monotonic() < end: time.sleep(0.02)
+    return ended
 
+# %% ../nbs/02_data.ipynb #29edba66
 def silent_once_orphaned():
     """Keep uncaught errors of this process's threads (`sys.excepthook`, which `multiprocessing` calls for its
     own threads, and `threading.excepthook`) off stderr once its parent, the training process, has ended."""
@@ -722,6 +770,7 @@ def silent_once_orphaned():
     sys.excepthook = lambda kind, value, tb: None if ended(kind) else report(kind, value, tb)
     threading.excepthook = lambda args: None if ended(args.exc_type) else report_thread(args)
 
+# %% ../nbs/02_data.ipynb #95132f90
 def init_loader_process(worker_id:int=0):
     """The `DataLoader` `worker_init_fn`: stop signals go to the training process, the heap so far is
     frozen, and no traceback is printed once the training process has ended."""
@@ -781,7 +830,7 @@ def epoch(self:Loader) -> int:
     "The epoch set by the last `set_epoch`."
     return self.batches.epoch
 
-# %% ../nbs/02_data.ipynb #8946f626
+# %% ../nbs/02_data.ipynb #3c097444
 @patch
 def _drop_bad(self:Loader, bad:list[BadSample], n_good:int):
     "Stop at a bad image, or (with `skip_bad_images`) remember it, stopping only when a whole batch is bad."
@@ -796,6 +845,7 @@ def _drop_bad(self:Loader, bad:list[BadSample], n_good:int):
                         f"unreadable, e.g. {bad[0].path}: "
                         f"check the data folder", bad[0].path)
 
+# %% ../nbs/02_data.ipynb #041848d5
 def bad_images_summary(
     name:str, # the loader's name
     paths:list[str], # the skipped images
@@ -806,19 +856,7 @@ def bad_images_summary(
     return (f"{name}: skipped {len(paths)} unreadable image{'s' * (len(paths) != 1)}: "
             f"{', '.join(paths[:limit])}{more}")
 
-# %% ../nbs/02_data.ipynb #acfc6406
-@patch
-def __iter__(self:Loader):
-    "Yield `(images, labels)` from the current position to the end of the epoch."
-    self.bad_images, self.batches_done = [], self.batches.batches_done
-    self.pass_iter = iter(self.dataloader)  # kept, so that `close` can end its processes mid-pass
-    with dead_process_named(self.pass_iter):
-        for images, labels, bad in self.pass_iter:
-            if bad: self._drop_bad(bad, len(labels))
-            self.batches_done += 1
-            yield images, labels
-    if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
-
+# %% ../nbs/02_data.ipynb #f6ceafc4
 @contextmanager
 def dead_process_named(it, wait_s:float=1.0):
     """A loader process killed while it hands over a batch (shared memory goes through a socket) breaks the
@@ -832,7 +870,20 @@ def dead_process_named(it, wait_s:float=1.0):
         raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(map(str, pids))}) exited unexpectedly "
                            f"while handing over a batch ({type(e).__name__})") from None
 
-# %% ../nbs/02_data.ipynb #9ae9dfc3
+# %% ../nbs/02_data.ipynb #a2095329
+@patch
+def __iter__(self:Loader):
+    "Yield `(images, labels)` from the current position to the end of the epoch."
+    self.bad_images, self.batches_done = [], self.batches.batches_done
+    self.pass_iter = iter(self.dataloader)  # kept, so that `close` can end its processes mid-pass
+    with dead_process_named(self.pass_iter):
+        for images, labels, bad in self.pass_iter:
+            if bad: self._drop_bad(bad, len(labels))
+            self.batches_done += 1
+            yield images, labels
+    if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
+
+# %% ../nbs/02_data.ipynb #c275fe16
 @contextmanager
 def quiet_sigchld():
     """Keep torch's SIGCHLD handler out of the block: it raises when any loader process has died, and
@@ -843,6 +894,7 @@ def quiet_sigchld():
     try: yield
     finally: signal.signal(signal.SIGCHLD, before)
 
+# %% ../nbs/02_data.ipynb #913e0c49
 @patch
 def close(self:Loader):
     "End this loader's processes now (each exits cleanly); the next pass starts new ones."
@@ -902,7 +954,21 @@ def normalize(
     x = images.to(device, non_blocking=True).contiguous(memory_format=memory_format).float()
     return TF.normalize(x, [255 * m for m in IMAGENET_MEAN], [255 * s for s in IMAGENET_STD], inplace=True)
 
-# %% ../nbs/02_data.ipynb #156b66e0
+# %% ../nbs/02_data.ipynb #27672bb4
+def grid_axes(
+    n:int, # how many pictures
+    cols:int, # pictures per row
+    size:tuple[float, float], # inches per picture: width, height
+) -> tuple:
+    "A figure with rows of `cols` axes for `n` pictures, every axis off: (figure, the axes in reading order)."
+    import matplotlib.pyplot as plt
+    rows = max(1, math.ceil(n / cols))
+    fig, axs = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
+                            layout='constrained')
+    for ax in axs.flat: ax.axis('off')
+    return fig, list(axs.flat)
+
+# %% ../nbs/02_data.ipynb #db0cc93f
 def image_grid(
     images:Sequence[torch.Tensor], # `uint8` CHW images, on any device
     titles:Sequence[str], # one per image
@@ -912,12 +978,8 @@ def image_grid(
     size:tuple[float, float]=(2.4, 2.6), # inches per image: width, height
 ):
     "A matplotlib grid of `images`, each under its title; returns the figure."
-    import matplotlib.pyplot as plt
-    rows = max(1, math.ceil(len(images) / cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
-                            layout='constrained')
-    for ax in axs.flat: ax.axis('off')
-    for ax, im, t, c in zip(axs.flat, images, titles, colours or ['black'] * len(titles)):
+    fig, axs = grid_axes(len(images), cols, size)
+    for ax, im, t, c in zip(axs, images, titles, colours or ['black'] * len(titles)):
         ax.imshow(im.cpu().permute(1, 2, 0).numpy()); ax.set_title(t, fontsize=8, color=c)
     if title: fig.suptitle(title)
     return fig
