@@ -19,8 +19,9 @@ from .model import ARCHS, clean_state_dict, load_weights, unwrap_model
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'topk_hits', 'accuracy', 'MetricSums', 'Throughput', 'CheckpointError', 'atomic_write', 'tensor_items',
            'tensor_crc32', 'checksums', 'check_checksums', 'first_line', 'state_bytes', 'save_checkpoint',
-           'checkpoint_file', 'checkpoint_bytes', 'read_checkpoint', 'load_resumable', 'checkpoint_classes',
-           'check_fits', 'torchvision_weights', 'read_pretrained', 'load_pretrained']
+           'checkpoint_file', 'checkpoint_bytes', 'load_error', 'read_checkpoint', 'load_resumable',
+           'checkpoint_classes', 'check_fits', 'torchvision_weights', 'read_pretrained', 'fitted_weights',
+           'load_pretrained']
 
 # %% ../nbs/01a_checkpoints.ipynb #56b8451e
 def topk_hits(logits:torch.Tensor, target:torch.Tensor, topk=(1, 5)) -> torch.Tensor:
@@ -49,7 +50,7 @@ class MetricSums:
         self.sums += torch.stack([torch.where(finite, loss.detach().float() * n, 0.), hits[0], hits[1], n,
                                   torch.where(finite, n, 0.), (~finite).float()])
 
-# %% ../nbs/01a_checkpoints.ipynb #b1b8a88e
+# %% ../nbs/01a_checkpoints.ipynb #16addbc9
 @patch
 def all_reduce(self:MetricSums) -> MetricSums:
     "A copy summed over every rank of the process group (a plain copy when not distributed)."
@@ -58,6 +59,7 @@ def all_reduce(self:MetricSums) -> MetricSums:
     if is_distributed(): dist.all_reduce(total.sums)
     return total
 
+# %% ../nbs/01a_checkpoints.ipynb #f9a0ddfd
 @patch
 def summary(self:MetricSums) -> dict:
     """Mean finite loss, Acc@1 and Acc@5 in percent, the sample count and the non-finite batch count (one host
@@ -152,7 +154,7 @@ def check_checksums(
                               "intact copy or another checkpoint")
     return state
 
-# %% ../nbs/01a_checkpoints.ipynb #e6b67246
+# %% ../nbs/01a_checkpoints.ipynb #97ac690f
 def first_line(e:BaseException) -> str:
     "An exception's first line, or its type when it has no message."
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -161,6 +163,7 @@ def state_bytes(obj) -> int:
     "Bytes held by the tensors of a (nested) checkpoint dict."
     return sum(t.numel() * t.element_size() for _, t in tensor_items(obj))
 
+# %% ../nbs/01a_checkpoints.ipynb #3594dbfc
 def save_checkpoint(state:dict, path:str|Path):
     """Save a checkpoint dict, with its `checksums`, to `path` atomically; a failure is one `CheckpointError`
     line with the space it needs."""
@@ -175,7 +178,7 @@ def save_checkpoint(state:dict, path:str|Path):
                               f"has {free:.1f} MiB free; free some "
                               "space or choose another --output") from None
 
-# %% ../nbs/01a_checkpoints.ipynb #81b27fab
+# %% ../nbs/01a_checkpoints.ipynb #9398ffcc
 def checkpoint_file(path:str|Path) -> Path:
     "`path`, once it is known to be a non-empty file; one `CheckpointError` line saying what it is instead."
     path = Path(path)
@@ -188,6 +191,7 @@ def checkpoint_file(path:str|Path) -> Path:
                               "another checkpoint, such as model_best.pth.tar")
     return path
 
+# %% ../nbs/01a_checkpoints.ipynb #38303613
 def checkpoint_bytes(path:str|Path) -> bytes:
     """The bytes of the checkpoint file `path`, read in one go; one `CheckpointError` line when they cannot be
     read."""
@@ -195,9 +199,16 @@ def checkpoint_bytes(path:str|Path) -> bytes:
     except OSError as e:
         raise CheckpointError(f"checkpoint {path} cannot be read ({first_line(e)})") from None
 
-# %% ../nbs/01a_checkpoints.ipynb #88520df9
-RESUME_KEYS = ('epoch', 'arch', 'state_dict', 'best_acc1', 'optimizer')
+# %% ../nbs/01a_checkpoints.ipynb #88ea83a4
+def load_error(path:str|Path, e:Exception) -> CheckpointError:
+    "The one line for a checkpoint `torch.load` refused: objects that could run code, or not a whole file."
+    if isinstance(e, pickle.UnpicklingError):
+        return CheckpointError(f"checkpoint {path} was refused: it contains Python objects that could run "
+                               "code when loaded, and only tensors and plain data are accepted "
+                               f"({first_line(e)})")
+    return CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file ({first_line(e)})")
 
+# %% ../nbs/01a_checkpoints.ipynb #98af371a
 def read_checkpoint(
     path:str|Path, # the checkpoint file, and the name the messages give it
     data:bytes|None=None, # its bytes, when the caller has read them already (None: read `path`)
@@ -206,19 +217,15 @@ def read_checkpoint(
     broken or damaged file."""
     source = checkpoint_file(path) if data is None else io.BytesIO(data)
     try: state = torch.load(source, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint {path} was refused: it contains "
-                              "Python objects that could run code "
-                              "when loaded, and only tensors and plain data are accepted "
-                              f"({first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file "
-                              f"({first_line(e)})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise load_error(path, e) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return check_checksums(state, path)
 
-# %% ../nbs/01a_checkpoints.ipynb #887b9294
+# %% ../nbs/01a_checkpoints.ipynb #17fcf942
+RESUME_KEYS = ('epoch', 'arch', 'state_dict', 'best_acc1', 'optimizer')
+
 def load_resumable(path:str|Path) -> dict:
     "Read a checkpoint that training can resume from: the Ascend recipe's keys must be there."
     state = read_checkpoint(path)
@@ -237,7 +244,15 @@ def checkpoint_classes(state:dict) -> int|None:
     except (TypeError, ValueError): return None
     return next((int(v.shape[0]) for k, v in weights.items() if k.endswith('fc.weight')), None)
 
-# %% ../nbs/01a_checkpoints.ipynb #f1df3d3a
+# %% ../nbs/01a_checkpoints.ipynb #fd18e641
+def _check_class_names(state:dict, path:str|Path, classes:list[str]):
+    "One `CheckpointError` line when `state` records class names other than this run's `classes`."
+    if isinstance(state.get('classes'), list) and state['classes'] != list(classes):
+        diff = [f"{a}≠{b}" for a, b in zip(state['classes'], classes) if a != b][:3]
+        raise CheckpointError(f"checkpoint {path} was trained on other classes than this data's "
+                              f"({', '.join(diff)}): check --data_path")
+
+# %% ../nbs/01a_checkpoints.ipynb #885f07e3
 def check_fits(
     state:dict, # a checkpoint or a plain state_dict
     path:str|Path, # where it came from, for the message
@@ -252,32 +267,37 @@ def check_fits(
                else f"point --data_path at data with {saved_n} classes")
         raise CheckpointError(f"checkpoint {path} is {saved_arch or 'a model'} with {saved_n} classes; this "
                               f"run is {arch} with {len(classes)}: {fix}")
-    if isinstance(state.get('classes'), list) and state['classes'] != list(classes):
-        diff = [f"{a}≠{b}" for a, b in zip(state['classes'], classes) if a != b][:3]
-        raise CheckpointError(f"checkpoint {path} was trained on other classes than this data's "
-                              f"({', '.join(diff)}): check --data_path")
+    _check_class_names(state, path, classes)
 
-# %% ../nbs/01a_checkpoints.ipynb #22c35481
+# %% ../nbs/01a_checkpoints.ipynb #6aa4f8d5
+def _weights_entry(
+    name:str, # e.g. 'IMAGENET1K_V2', 'DEFAULT' or 'ResNeXt50_32X4D_Weights.IMAGENET1K_V2'
+    arch:str, # the run's `--arch`
+):
+    "torchvision's weights entry `name` for `arch`; one `CheckpointError` line when it has no such entry."
+    from torchvision.models import get_model_weights
+    if not ARCHS[arch].torchvision:
+        raise CheckpointError(f"--pretrained {name}: torchvision has no weights for --arch {arch}; "
+                              "pass a weights file")
+    weights, key = get_model_weights(arch), name.rsplit('.', 1)[-1]
+    if key not in weights.__members__:
+        raise CheckpointError(f"--pretrained {name}: torchvision's {arch} weights are "
+                              f"{', '.join(weights.__members__)}; or pass a file")
+    return weights[key]
+
+# %% ../nbs/01a_checkpoints.ipynb #280584e6
 def torchvision_weights(
     name:str, # e.g. 'IMAGENET1K_V2', 'DEFAULT' or 'ResNeXt50_32X4D_Weights.IMAGENET1K_V2'
     arch:str, # the run's `--arch`
 ) -> dict:
     "The state_dict of torchvision's weights `name` for `arch`, downloaded by torchvision; one-line errors."
-    from torchvision.models import get_model_weights
-    if not ARCHS[arch].torchvision:
-        raise CheckpointError(f"--pretrained {name}: torchvision has no weights for --arch {arch}; "
-                              "pass a weights file")
-    weights = get_model_weights(arch)
-    key = name.rsplit('.', 1)[-1]
-    if key not in weights.__members__:
-        raise CheckpointError(f"--pretrained {name}: torchvision's {arch} weights are "
-                              f"{', '.join(weights.__members__)}; or pass a file")
-    try: return weights[key].get_state_dict(progress=False, check_hash=True)
+    entry = _weights_entry(name, arch)
+    try: return entry.get_state_dict(progress=False, check_hash=True)
     except Exception as e:
         raise CheckpointError(f"--pretrained {name}: the download failed ({first_line(e)}); fetch "
-                              f"{weights[key].url} "
-                              f"on a machine that can and pass the file") from None
+                              f"{entry.url} on a machine that can and pass the file") from None
 
+# %% ../nbs/01a_checkpoints.ipynb #e89880eb
 def read_pretrained(source:str, arch:str) -> dict:
     "The weights `--pretrained` names: a state_dict or checkpoint file, or a torchvision weights name."
     path = Path(source).expanduser()
@@ -286,27 +306,40 @@ def read_pretrained(source:str, arch:str) -> dict:
     raise CheckpointError(f"--pretrained {source}: no such file; pass a state_dict or checkpoint file, or a "
                           "torchvision weights name such as IMAGENET1K_V2")
 
-# %% ../nbs/01a_checkpoints.ipynb #d9f8305d
-def load_pretrained(
-    model:nn.Module, # the run's freshly built model (wrappers are fine)
-    source:str, # `--pretrained`
-    arch:str, # `--arch`, for torchvision names and the messages
-) -> str:
-    """Load `source`'s backbone (and its head when it fits) into `model`; returns the line saying what was
-    loaded."""
+# %% ../nbs/01a_checkpoints.ipynb #df838202
+def _pretrained_state(source:str, arch:str) -> dict:
+    "The weights `--pretrained` names (`read_pretrained`); one line when they were saved for another arch."
     state = read_pretrained(source, arch)
     saved = state.get('arch') if isinstance(state.get('arch'), str) else None
     if saved and saved != arch:
         raise CheckpointError(f"--pretrained {source} is {saved} and this run is {arch}: pass --arch "
                               f"{saved}, or other weights")
+    return state
+
+# %% ../nbs/01a_checkpoints.ipynb #7976ce58
+def fitted_weights(
+    state:dict, # a checkpoint or a plain state_dict
+    model:nn.Module, # the model that will take its weights (wrappers are fine)
+) -> tuple[dict, bool]:
+    "`state`'s weights, with `model`'s own head instead of one for other classes; and whether the head fits."
     weights, own = dict(clean_state_dict(state)), unwrap_model(model).state_dict()
     head = [k for k in own if k.startswith('fc.')]
     fits = all(k in weights and weights[k].shape == own[k].shape for k in head)
     if not fits: weights.update({k: own[k] for k in head})  # the fresh head stays
+    return weights, fits
+
+# %% ../nbs/01a_checkpoints.ipynb #576ddf71
+def load_pretrained(
+    model:nn.Module, # the run's freshly built model (wrappers are fine)
+    source:str, # `--pretrained`
+    arch:str, # `--arch`, for torchvision names and the messages
+) -> str:
+    "Load `source`'s backbone, and its head when it fits, into `model`; the line saying what was loaded."
+    state = _pretrained_state(source, arch)
+    weights, fits = fitted_weights(state, model)
     try: load_weights(model, weights)
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"--pretrained {source}: {first_line(e)}") from None
     if fits: return f"=> pretrained: every weight from {source}, head included"
-    n = checkpoint_classes(state)
-    return (f"=> pretrained: the backbone from {source}; its head is for {n} classes and this run has "
-            f"{own['fc.weight'].shape[0]}, so the head is re-initialised")
+    return (f"=> pretrained: the backbone from {source}; its head is for {checkpoint_classes(state)} classes "
+            f"and this run has {weights['fc.weight'].shape[0]}, so the head is re-initialised")
