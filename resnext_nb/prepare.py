@@ -19,12 +19,31 @@ from .shards import (HF_SPLITS, WDS_KIND, check_complete, hf_datasets, hf_split_
                                image_label_columns, index_shards, is_url, shard_kind)
 
 # %% auto #0
-__all__ = ['SHARD_FORMATS', 'PREPARE_FORMATS', 'SPLITS', 'stored_bytes', 'shard_ranges', 'shard_file', 'write_wds_shard',
-           'read_wds_shard', 'write_parquet_shard', 'read_parquet_shard', 'shard_items', 'write_order', 'fingerprint',
-           'holds', 'write_shard', 'remove_stale', 'prepare_split', 'image_folder_splits', 'prepare', 'shard_splits',
-           'parquet_split', 'unpack_shard', 'unpack_split', 'unpack', 'PrepareConfig', 'make_parser', 'main']
+__all__ = ['SHARD_FORMATS', 'PREPARE_FORMATS', 'SPLITS', 'shrunk_jpeg', 'stored_bytes', 'shard_ranges', 'shard_file',
+           'write_wds_shard', 'read_wds_shard', 'write_parquet_shard', 'read_parquet_shard', 'shard_items',
+           'write_order', 'fingerprint', 'holds', 'write_shard', 'remove_stale', 'write_shards', 'write_wds_index',
+           'prepare_split', 'image_folder_splits', 'remove_partial', 'split_line', 'prepare', 'wds_indexes',
+           'shard_splits', 'parquet_split', 'write_checked', 'unpack_shard', 'check_folder_names', 'check_file_count',
+           'unpack_split', 'unpack', 'PrepareConfig', 'make_parser', 'main']
 
-# %% ../nbs/09_prepare.ipynb #08472b14
+# %% ../nbs/09_prepare.ipynb #f245cc43
+def shrunk_jpeg(
+    data:bytes, # an encoded image
+    path:str, # its file, for the message
+    max_side:int, # the longer side to shrink it to
+    quality:int=90, # the JPEG quality
+) -> bytes|None:
+    "`data` re-encoded as a JPEG whose longer side is `max_side` (bicubic), or None when it is no larger."
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if max(im.size) <= max_side: return None
+            small = im.convert('RGB'); small.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    except OSError as e:
+        raise DataError(f"cannot read image {path} ({e}): replace or delete it", path) from None
+    buf = io.BytesIO(); small.save(buf, 'JPEG', quality=quality)
+    return buf.getvalue()
+
+# %% ../nbs/09_prepare.ipynb #7ff81b72
 SHARD_FORMATS = ('wds', 'parquet')
 PREPARE_FORMATS = (*SHARD_FORMATS, 'folder')  # --format: shards from a folder, or a folder from shards
 SPLITS = ('train', 'val')
@@ -34,18 +53,10 @@ def stored_bytes(
     max_side:int=0, # shrink an image whose longer side is above this (0: store every file as it is)
     quality:int=90, # the JPEG quality of a shrunk image
 ) -> tuple[bytes, str]:
-    """What a shard stores for the image at `path`: `(bytes, extension)`, the file as it is unless `max_side`
-    says."""
+    "What a shard stores for the image at `path`: `(bytes, extension)`, the file's unless `max_side` says."
     data, ext = Path(path).read_bytes(), Path(path).suffix.lower().lstrip('.') or 'jpg'
-    if not max_side: return data, ext
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if max(im.size) <= max_side: return data, ext
-            small = im.convert('RGB'); small.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    except OSError as e:
-        raise DataError(f"cannot read image {path} ({e}): replace or delete it", path) from None
-    buf = io.BytesIO(); small.save(buf, 'JPEG', quality=quality)
-    return buf.getvalue(), 'jpg'
+    small = shrunk_jpeg(data, path, max_side, quality) if max_side else None
+    return (data, ext) if small is None else (small, 'jpg')
 
 # %% ../nbs/09_prepare.ipynb #ddfad18a
 def shard_ranges(n:int, shard_size:int) -> list[range]:
@@ -145,7 +156,32 @@ def remove_stale(dst:Path, fmt:str, split:str, count:int):
     for stale in dst.glob(pattern):
         if str(stale.relative_to(dst)) not in names: stale.unlink()
 
-# %% ../nbs/09_prepare.ipynb #4b0db223
+# %% ../nbs/09_prepare.ipynb #af443283
+def write_shards(
+    source:ImageFolderSource, # the split's images
+    paths:list[Path], ranges:list[range], # each shard's file, and the positions in `order` it holds
+    order:Sequence[int], # the order the images are written in (`write_order`)
+    fmt:str, max_side:int=0, quality:int=90, # `write_shard`'s format; `stored_bytes`
+    progress:bool=True, # show a progress bar over the shards
+) -> int:
+    "Write (or keep) each shard `paths[k]`: the images `order[p]` for `p` in `ranges[k]`; the number kept."
+    shards = zip(progress_bar(paths, leave=False) if progress else paths, ranges)
+    return sum(write_shard(path, shard_items(source, [order[p] for p in r], max_side, quality), fmt,
+                           source.classes) for path, r in shards)
+
+# %% ../nbs/09_prepare.ipynb #b6071538
+def write_wds_index(
+    dst:Path, split:str, classes:list[str], # the shards' folder, their split and its class names
+    paths:list[Path], ranges:list[range], # each shard's file, and how many images it holds
+):
+    "Write `dst/<split>.json`, the wids index of the split's shards with its class names, atomically."
+    shardlist = [{'url': p.name, 'nsamples': len(r), 'filesize': p.stat().st_size}
+                 for p, r in zip(paths, ranges)]
+    index = {'__kind__': WDS_KIND, 'wids_version': 1, 'name': split, 'classes': classes,
+             'shardlist': shardlist}
+    atomic_write(dst / f'{split}.json', lambda f: f.write(json.dumps(index, indent=1).encode()))
+
+# %% ../nbs/09_prepare.ipynb #d20a5acb
 def prepare_split(
     source:ImageFolderSource, # the split's images, in their order
     dst:Path, split:str, fmt:str, # where, which split ('train' or 'val'), which format
@@ -155,17 +191,10 @@ def prepare_split(
 ) -> dict:
     "Write (or keep) every shard of one split, verify each, and index them; returns the counts."
     ranges, order = shard_ranges(len(source), shard_size), write_order(len(source), shuffle)
-    shardlist, kept = [], 0
-    for k, r in enumerate(progress_bar(ranges, leave=False) if progress else ranges):
-        path, items = dst / shard_file(fmt, split, k, len(ranges)), shard_items(source, [order[p] for p in r],
-                                                                                max_side, quality)
-        kept += write_shard(path, items, fmt, source.classes)
-        shardlist.append({'url': path.name, 'nsamples': len(r), 'filesize': path.stat().st_size})
+    paths = [dst / shard_file(fmt, split, k, len(ranges)) for k in range(len(ranges))]
+    kept = write_shards(source, paths, ranges, order, fmt, max_side, quality, progress)
     remove_stale(dst, fmt, split, len(ranges))
-    if fmt == 'wds':
-        index = {'__kind__': WDS_KIND, 'wids_version': 1, 'name': split, 'classes': source.classes,
-                 'shardlist': shardlist}
-        atomic_write(dst / f'{split}.json', lambda f: f.write(json.dumps(index, indent=1).encode()))
+    if fmt == 'wds': write_wds_index(dst, split, source.classes, paths, ranges)
     return {'written': len(ranges) - kept, 'kept': kept, 'shards': len(ranges), 'images': len(source)}
 
 # %% ../nbs/09_prepare.ipynb #d816ebe6
@@ -181,7 +210,21 @@ def image_folder_splits(src:Path) -> dict[str, ImageFolderSource]:
                         "folders", src)
     return sources
 
-# %% ../nbs/09_prepare.ipynb #f3eeafbd
+# %% ../nbs/09_prepare.ipynb #eaf71304
+def remove_partial(dst:Path):
+    "Remove the temporary files (`atomic_write`'s) that a run killed while writing shards left in `dst`."
+    for pattern in ('.*.tar.*.tmp', '.*.json.*.tmp', 'data/.*.parquet.*.tmp'):
+        for stale in dst.glob(pattern): stale.unlink()
+
+def split_line(dst:Path, src:Path, split:str, c:dict, shard_size:int, shuffle:bool) -> str:
+    "The report's line for one split, from `prepare_split`'s counts `c`."
+    shards = f"{c['shards']} shard{'s' * (c['shards'] != 1)}"
+    order = 'a shuffled order (seed 0) of' if shuffle else 'order as in'
+    return (f"=> {dst}: {split}: {shards} of up to {shard_size} images, {c['written']} written and "
+            f"{c['kept']} kept from an earlier run; all read back and verified: {c['images']} "
+            f"images, their bytes, labels and {order} {src / split}")
+
+# %% ../nbs/09_prepare.ipynb #da73c9d6
 def prepare(
     src:str|Path, dst:str|Path, # an ImageFolder root (train/ and val/), and the output folder
     fmt:str='wds', # 'wds' or 'parquet'
@@ -195,18 +238,24 @@ def prepare(
     src, dst = Path(src), Path(dst)
     if fmt == 'folder': return unpack(src, dst, progress)
     sources = image_folder_splits(src)
-    for pattern in ('.*.tar.*.tmp', '.*.json.*.tmp', 'data/.*.parquet.*.tmp'):  # `atomic_write`'s, from a run
-        for stale in dst.glob(pattern): stale.unlink()  # killed while writing
-    lines, order = [], 'a shuffled order (seed 0) of' if shuffle else 'order as in'
-    for split, source in sources.items():
-        c = prepare_split(source, dst, split, fmt, shard_size, max_side, quality, progress, shuffle)
-        shards = f"{c['shards']} shard{'s' * (c['shards'] != 1)}"
-        lines.append(f"=> {dst}: {split}: {shards} of up to {shard_size} images, {c['written']} written and "
-                     f"{c['kept']} kept from an earlier run; all read back and verified: {c['images']} "
-                     f"images, their bytes, labels and {order} {src / split}")
-    return lines + [f"=> train on it: python -m resnext_nb.launch --data_path {dst} ..."]
+    remove_partial(dst)  # from a run killed while writing
+    counts = {split: prepare_split(source, dst, split, fmt, shard_size, max_side, quality, progress, shuffle)
+              for split, source in sources.items()}
+    return ([split_line(dst, src, split, c, shard_size, shuffle) for split, c in counts.items()]
+            + [f"=> train on it: python -m resnext_nb.launch --data_path {dst} ..."])
 
-# %% ../nbs/09_prepare.ipynb #d4b9e68a
+# %% ../nbs/09_prepare.ipynb #3e0fdd41
+def wds_indexes(src:Path) -> dict[str, dict]:
+    """Each split's wids index in the local folder `src`: its own `train.json` and `val.json`, or, with none,
+    indexes made by counting its tar files (`index_shards`); each must list the class names."""
+    files = ({s: src / f'{s}.json' for s in SPLITS if (src / f'{s}.json').is_file()}
+             or {s: Path(index) for s, index in index_shards(src).items()})
+    indexes = {s: json.loads(index.read_text()) for s, index in files.items()}
+    if missing := [s for s, index in indexes.items() if not index.get('classes')]:
+        raise DataError(f"{src / missing[0]}.json lists no classes: add \"classes\": [...] to it", src)
+    return indexes
+
+# %% ../nbs/09_prepare.ipynb #ddf537c1
 def shard_splits(src:Path) -> dict[str, tuple[list[Path], list[str], Callable]]:
     """Each split's shard files (whole: none missing), its class names and how to read one shard's items, from
     a local wids index (`train.json`, `val.json`), local tar files with none, or parquet files in the Hub's
@@ -216,14 +265,10 @@ def shard_splits(src:Path) -> dict[str, tuple[list[Path], list[str], Callable]]:
         raise DataError(f"{src} holds no local shards: --format folder reads a folder with a wids index "
                         "(train.json, val.json) or the Hub's data/<split>-*.parquet files", src)
     if kind == 'hf': return {s: parquet_split(check_complete(fs)) for s, fs in hf_split_files(src).items()}
-    files = ({s: src / f'{s}.json' for s in SPLITS if (src / f'{s}.json').is_file()}  # or count tar files
-             or {s: Path(index) for s, index in index_shards(src).items()})
-    indexes = {s: json.loads(index.read_text()) for s, index in files.items()}
-    if missing := [s for s, index in indexes.items() if not index.get('classes')]:
-        raise DataError(f"{src / missing[0]}.json lists no classes: add \"classes\": [...] to it", src)
     return {s: ([src / shard['url'] for shard in index['shardlist']], list(index['classes']), read_wds_shard)
-            for s, index in indexes.items()}
+            for s, index in wds_indexes(src).items()}
 
+# %% ../nbs/09_prepare.ipynb #d1d033de
 def parquet_split(files:list[Path]) -> tuple[list[Path], list[str], Callable]:
     "`shard_splits` for one split's parquet files: its image and class-label columns found from the features."
     import pyarrow.parquet as pq  # a dependency of datasets
@@ -232,7 +277,16 @@ def parquet_split(files:list[Path]) -> tuple[list[Path], list[str], Callable]:
     image, label = image_label_columns(features, files[0])
     return files, list(features[label].names), lambda f: read_parquet_shard(f, image, label)
 
-# %% ../nbs/09_prepare.ipynb #6cf317c9
+# %% ../nbs/09_prepare.ipynb #02d50f68
+def write_checked(path:Path, data:bytes) -> bool:
+    "Write `data` to `path` unless the file holds them already, and read it back; whether it was written."
+    if path.is_file() and path.read_bytes() == data: return False
+    atomic_write(path, lambda f: f.write(data), durable=False)  # a rerun checks every file
+    if path.read_bytes() != data:
+        raise DataError(f"{path} does not read back as it was written: check the disk", path)
+    return True
+
+# %% ../nbs/09_prepare.ipynb #0e00e62d
 def unpack_shard(f:Path, read:Callable, classes:list[str], dst:Path) -> dict:
     """Write the images of shard `f` (its items by `read`) as `dst/<class>/<key>.<ext>`, keeping a file that
     already holds its bytes, and read each one written back; members that are no image are left out."""
@@ -244,32 +298,37 @@ def unpack_shard(f:Path, read:Callable, classes:list[str], dst:Path) -> dict:
         if f'.{ext.lower()}' not in IMG_EXTENSIONS: continue  # .json, .txt: not images
         if not isinstance(label, int) or not 0 <= label < len(classes):
             raise DataError(f"{f}: {key} has no label among its {len(classes)} classes: check the shard", f)
-        path = dst / classes[label] / f"{key.replace('/', '_')}.{ext}"
         counts['images'] += 1
-        if path.is_file() and path.read_bytes() == data: counts['kept'] += 1; continue
-        atomic_write(path, lambda f: f.write(data), durable=False)  # a rerun checks every file
-        if path.read_bytes() != data:
-            raise DataError(f"{path} does not read back as it was written: check the disk", path)
-        counts['written'] += 1
+        path = dst / classes[label] / f"{key.replace('/', '_')}.{ext}"
+        counts['written' if write_checked(path, data) else 'kept'] += 1
     return counts
 
-# %% ../nbs/09_prepare.ipynb #000924bc
+# %% ../nbs/09_prepare.ipynb #9b36da2f
+def check_folder_names(classes:list[str], dst:Path):
+    "One `DataError` line when a class name cannot be the name of a folder in `dst`."
+    if bad := [c for c in classes if '/' in c or c in ('', '.', '..')]:
+        raise DataError(f"class name {bad[0]!r} cannot be a folder name: rename it in the index", dst)
+
+def check_file_count(dst:Path, images:int):
+    "One `DataError` line unless `dst` holds one file (not counting hidden ones) for each of its `images`."
+    there = sum(1 for p in dst.rglob('*') if p.is_file() and not p.name.startswith('.'))
+    if there != images:
+        raise DataError(f"{dst} holds {there} files for {images} images: two share a name, or the "
+                        "folder held others; unpack into an empty folder", dst)
+
+# %% ../nbs/09_prepare.ipynb #de177629
 def unpack_split(
     files:list[Path], classes:list[str], read:Callable, # from `shard_splits`
     dst:Path, # the split's folder: DST/train or DST/val
     progress:bool=True, # show a progress bar over the shards
 ) -> dict:
     "`unpack_shard` for every shard of a split, checking that it ends with one file per image; the counts."
-    if bad := [c for c in classes if '/' in c or c in ('', '.', '..')]:
-        raise DataError(f"class name {bad[0]!r} cannot be a folder name: rename it in the index", dst)
+    check_folder_names(classes, dst)
     for stale in dst.rglob('.*.tmp'): stale.unlink()  # from a run killed while writing
     counts = {'written': 0, 'kept': 0, 'images': 0}
     for f in progress_bar(files, leave=False) if progress else files:
         for k, v in unpack_shard(f, read, classes, dst).items(): counts[k] += v
-    there = sum(1 for p in dst.rglob('*') if p.is_file() and not p.name.startswith('.'))
-    if there != counts['images']:
-        raise DataError(f"{dst} holds {there} files for {counts['images']} images: two share a name, or the "
-                        "folder held others; unpack into an empty folder", dst)
+    check_file_count(dst, counts['images'])
     return counts
 
 # %% ../nbs/09_prepare.ipynb #907f24ab
