@@ -15,7 +15,7 @@ from .data import DataError, write_image_folder
 __all__ = ['SHAPE_CLASSES', 'BUILTIN_NAME', 'shape_mask', 'draw_shape', 'write_shapes_dataset', 'default_cache_dir',
            'builtin_dataset_path']
 
-# %% ../nbs/02a_shapes.ipynb #326ec932
+# %% ../nbs/02a_shapes.ipynb #1848241a
 SHAPE_CLASSES = ('checks', 'circle', 'crescent', 'cross', 'dots', 'ring', 'square', 'star', 'stripes',
                  'triangle')
 
@@ -24,6 +24,7 @@ def _rotated(points, cx, cy, angle):
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + x*c - y*s, cy + x*s + y*c) for x, y in points]
 
+# %% ../nbs/02a_shapes.ipynb #7a0bdbc9
 def _pattern_mask(kind:str, rng:random.Random, size:int) -> Image.Image:
     "A full-image mask of stripes or checks, at a random scale and angle."
     big, step = Image.new('L', (2*size, 2*size)), rng.uniform(size/8, size/4)
@@ -36,7 +37,59 @@ def _pattern_mask(kind:str, rng:random.Random, size:int) -> Image.Image:
     return big.rotate(rng.uniform(0, 180),
                       resample=Image.BILINEAR).crop((size//2, size//2, size//2 + size, size//2 + size))
 
-# %% ../nbs/02a_shapes.ipynb #43fa5c4a
+# %% ../nbs/02a_shapes.ipynb #06b8e248
+def _disc(m:Image.Image, rng, cx:float, cy:float, r:float, ang:float) -> Image.Image:
+    "A filled circle of radius `r` at (cx, cy) on the mask `m`."
+    ImageDraw.Draw(m).ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    return m
+
+def _ring(m:Image.Image, rng, cx:float, cy:float, r:float, ang:float) -> Image.Image:
+    "A ring of radius `r`, a quarter of it thick."
+    ImageDraw.Draw(m).ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=max(2, round(r * 0.25)))
+    return m
+
+# %% ../nbs/02a_shapes.ipynb #06452175
+def _crescent(m:Image.Image, rng, cx:float, cy:float, r:float, ang:float) -> Image.Image:
+    "A disc with a circle cut out of it, offset in the direction `ang`."
+    (ox, oy), = _rotated([(0.55 * r, 0)], 0, 0, ang)
+    bite = _disc(Image.new('L', m.size), rng, cx + ox, cy + oy, r, ang)
+    return ImageChops.subtract(_disc(m, rng, cx, cy, r, ang), bite)
+
+def _regular(sides:int):
+    "A drawer of a regular polygon with `sides` sides, radius `r`, turned by `ang`."
+    def draw(m:Image.Image, rng, cx:float, cy:float, r:float, ang:float) -> Image.Image:
+        ImageDraw.Draw(m).regular_polygon((cx, cy, r), sides, rotation=math.degrees(ang), fill=255)
+        return m
+    return draw
+
+# %% ../nbs/02a_shapes.ipynb #6acf79f2
+def _star(m:Image.Image, rng, cx:float, cy:float, r:float, ang:float) -> Image.Image:
+    "A five-pointed star: points at radius `r`, the inner corners at 0.42 `r`."
+    radius = lambda k: r if k % 2 == 0 else 0.42 * r
+    ImageDraw.Draw(m).polygon(_rotated([(radius(k) * math.cos(k*math.pi/5), radius(k) * math.sin(k*math.pi/5))
+                                        for k in range(10)], cx, cy, ang), fill=255)
+    return m
+
+def _cross(m:Image.Image, rng, cx:float, cy:float, r:float, ang:float) -> Image.Image:
+    "A plus sign of arm length `r`, its arms 0.6 `r` wide."
+    w = 0.3 * r
+    ImageDraw.Draw(m).polygon(_rotated([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r),
+                                        (-w, w), (-r, w), (-r, -w), (-w, -w)], cx, cy, ang), fill=255)
+    return m
+
+# %% ../nbs/02a_shapes.ipynb #d8c4b41c
+def _dots(m:Image.Image, rng, cx:float, cy:float, r:float, ang:float) -> Image.Image:
+    "6 to 12 small discs anywhere on the mask (the centre, radius and angle are not used)."
+    size = m.size[0]
+    for _ in range(rng.randint(6, 12)):
+        rad = rng.uniform(0.05, 0.08) * size
+        _disc(m, rng, rng.uniform(rad, size - rad), rng.uniform(rad, size - rad), rad, 0)
+    return m
+
+_DRAWERS = {'circle': _disc, 'crescent': _crescent, 'ring': _ring, 'square': _regular(4),
+            'triangle': _regular(3), 'star': _star, 'cross': _cross, 'dots': _dots}
+
+# %% ../nbs/02a_shapes.ipynb #fdcbc37c
 def shape_mask(
     cls:str, # one of `SHAPE_CLASSES`
     rng:random.Random, # draws the position, size and rotation
@@ -44,40 +97,18 @@ def shape_mask(
 ) -> Image.Image:
     "A mask ('L' image) of one random instance of shape class `cls`."
     if cls in ('stripes', 'checks'): return _pattern_mask(cls, rng, size)
-    m = Image.new('L', (size, size)); d = ImageDraw.Draw(m)
+    if cls not in _DRAWERS:
+        raise ValueError(f"unknown shape class {cls!r}: choose one of {', '.join(SHAPE_CLASSES)}")
     r = rng.uniform(0.28, 0.42) * size
     cx, cy, ang = rng.uniform(r, size - r), rng.uniform(r, size - r), rng.uniform(0, 2*math.pi)
-    circle = lambda x, y, rad: d.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
-    if cls in ('circle', 'crescent'): circle(cx, cy, r)
-    elif cls == 'ring':
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=max(2, round(r * 0.25)))
-    elif cls in ('square', 'triangle'):
-        d.regular_polygon((cx, cy, r), 4 if cls == 'square' else 3, rotation=math.degrees(ang), fill=255)
-    elif cls == 'star':
-        radius = lambda k: r if k % 2 == 0 else 0.42 * r
-        d.polygon(_rotated([(radius(k) * math.cos(k*math.pi/5), radius(k) * math.sin(k*math.pi/5))
-                            for k in range(10)], cx, cy, ang), fill=255)
-    elif cls == 'cross':
-        w = 0.3 * r
-        d.polygon(_rotated([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
-                            (-r, w), (-r, -w), (-w, -w)], cx, cy, ang), fill=255)
-    elif cls == 'dots':
-        for _ in range(rng.randint(6, 12)):
-            rad = rng.uniform(0.05, 0.08) * size
-            circle(rng.uniform(rad, size - rad), rng.uniform(rad, size - rad), rad)
-    else: raise ValueError(f"unknown shape class {cls!r}: choose one of {', '.join(SHAPE_CLASSES)}")
-    if cls == 'crescent':  # cut a circle out of the disc, offset in a random direction
-        (ox, oy), = _rotated([(0.55 * r, 0)], 0, 0, ang)
-        bite = Image.new('L', (size, size))
-        ImageDraw.Draw(bite).ellipse([cx+ox-r, cy+oy-r, cx+ox+r, cy+oy+r], fill=255)
-        m = ImageChops.subtract(m, bite)
-    return m
+    return _DRAWERS[cls](Image.new('L', (size, size)), rng, cx, cy, r, ang)
 
-# %% ../nbs/02a_shapes.ipynb #c383d7ba
+# %% ../nbs/02a_shapes.ipynb #791d135c
 def _random_color(rng:random.Random, lo:int=0,
                   hi:int=256) -> tuple[int, int, int]: return tuple(rng.randrange(lo, hi) for _ in range(3))
 def _luma(c) -> float: return 0.299*c[0] + 0.587*c[1] + 0.114*c[2]
 
+# %% ../nbs/02a_shapes.ipynb #e4149658
 def draw_shape(
     cls:str, # one of `SHAPE_CLASSES`
     rng:random.Random, # draws everything random about the image
@@ -119,19 +150,19 @@ def default_cache_dir() -> Path:
     if os.environ.get('RESNEXT_NB_CACHE'): return Path(os.environ['RESNEXT_NB_CACHE']).expanduser()
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache').expanduser()/'resnext_nb'
 
-# %% ../nbs/02a_shapes.ipynb #89a8370f
-def builtin_dataset_path(
-    cache_dir:str|os.PathLike|None=None, # where to keep it; None for `default_cache_dir()`
-) -> Path:
-    "The built-in shapes dataset's root (train/, val/), drawn on first use, atomically."
-    root = Path(cache_dir or default_cache_dir()).expanduser()/BUILTIN_NAME
-    if root.is_dir(): return root
+# %% ../nbs/02a_shapes.ipynb #44b7fe34
+def _building_folder(root:Path) -> Path:
+    "A new private folder beside `root` to draw the dataset in; one `DataError` line when none can be made."
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=f'.{BUILTIN_NAME}-', dir=root.parent))
+        return Path(tempfile.mkdtemp(prefix=f'.{BUILTIN_NAME}-', dir=root.parent))
     except OSError as e:
         raise DataError(f"cannot create the built-in dataset in {root.parent} ({e.strerror}): set "
                         "RESNEXT_NB_CACHE to a writable folder", root.parent) from e
+
+# %% ../nbs/02a_shapes.ipynb #de64a0fe
+def _publish(building:Path, root:Path):
+    "Draw the dataset in `building` and rename it to `root`; another process that finished first is fine."
     try:
         write_shapes_dataset(building)
         building.chmod(0o755)  # mkdtemp makes it private; the dataset is not
@@ -140,5 +171,15 @@ def builtin_dataset_path(
         if not root.is_dir():  # if it is, another process finished first, which is fine
             raise DataError(f"cannot write the built-in dataset to {root} ({e.strerror}): set "
                             "RESNEXT_NB_CACHE to a writable folder", root) from e
+
+# %% ../nbs/02a_shapes.ipynb #60d01c95
+def builtin_dataset_path(
+    cache_dir:str|os.PathLike|None=None, # where to keep it; None for `default_cache_dir()`
+) -> Path:
+    "The built-in shapes dataset's root (train/, val/), drawn on first use, atomically."
+    root = Path(cache_dir or default_cache_dir()).expanduser()/BUILTIN_NAME
+    if root.is_dir(): return root
+    building = _building_folder(root)
+    try: _publish(building, root)
     finally: shutil.rmtree(building, ignore_errors=True)
     return root
