@@ -12,7 +12,8 @@ from typing import Callable
 
 # %% auto #0
 __all__ = ['Flag', 'opt', 'positive', 'non_negative', 'at_least', 'between', 'flag_fields', 'flag_names', 'field_default',
-           'shown', 'flag_help', 'OneLineParser', 'add_flag', 'build_parser', 'parse_config', 'field_checks']
+           'shown', 'flag_help', 'OneLineParser', 'add_flag', 'flags_by_section', 'build_parser', 'parse_config',
+           'field_checks']
 
 # %% ../nbs/00_config.ipynb #b6660a0a
 @dataclass(frozen=True)
@@ -129,7 +130,19 @@ def add_flag(group, f, flag:Flag, presets:dict={}, recipes:dict={}):
                     choices=flag.choices, metavar=flag.metavar or (f.name.upper() if flag.choices else None))
     group.add_argument(*names, **kw)
 
-# %% ../nbs/00_config.ipynb #5bb39975
+# %% ../nbs/00_config.ipynb #ab334732
+def flags_by_section(
+    configs:dict, # {group: dataclass} whose flag-bearing fields become flags
+    groups:dict|None=None, # {title: field names}: the `--help` sections by purpose
+) -> list[tuple]:
+    """Each flag-bearing field as `(section, field, flag)`: under its `groups` title, in the order `groups`
+    lists them, else under its config's name."""
+    where = {name: title for title, names in (groups or {}).items() for name in names}
+    order = {name: k for k, name in enumerate(where)}  # within a section, as `groups` lists them
+    return [(where.get(f.name, g), f, flag)
+            for g, f, flag in sorted(flag_fields(configs), key=lambda t: order.get(t[1].name, len(order)))]
+
+# %% ../nbs/00_config.ipynb #fce98b40
 def build_parser(
     prog:str, # the command, for usage and errors
     description:str, # one paragraph for `--help`
@@ -142,15 +155,13 @@ def build_parser(
 ) -> OneLineParser:
     "A parser with one flag per flag-bearing field, in sections by purpose."
     p = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS, description=description, **kw)
-    where = {name: title for title, names in (groups or {}).items() for name in names}
-    order = {name: k for k, name in enumerate(where)}  # within a section, as `groups` lists them
     sections = {title: p.add_argument_group(title) for title in (groups or {})}
-    for g, f, flag in sorted(flag_fields(configs), key=lambda t: order.get(t[1].name, len(order))):
-        title = where.get(f.name, g)
+    for title, f, flag in flags_by_section(configs, groups):
         if title not in sections: sections[title] = p.add_argument_group(title)
         add_flag(sections[title], f, flag, presets, recipes)
     return p
 
+# %% ../nbs/00_config.ipynb #24949eb3
 def parse_config(
     parser:argparse.ArgumentParser, # from `build_parser`, with any positional arguments added
     cls, # the config dataclass whose fields the parser's flags fill
