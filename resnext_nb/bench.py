@@ -24,11 +24,13 @@ from .train import Callback, RunConfig, TrainConfig, build_learner
 
 # %% auto #0
 __all__ = ['KIND_COLOURS', 'parse_size', 'parse_counts', 'BenchConfig', 'bench_defaults', 'resolve_bench_config', 'time_steps',
-           'StepTimerCB', 'make_row', 'plain_model', 'plain_step', 'bench_plain', 'precision_label', 'project_config',
-           'bench_project', 'input_label', 'cpu_decoded_note', 'photo_like', 'write_photo_folder', 'bench_input',
-           'bench_eval', 'real_data_plan', 'data_rows', 'loader_rows', 'measure_rows', 'run_bench', 'synthetic_config',
-           'add_ratios', 'row_line', 'cpu_model', 'machine_info', 'check_targets', 'format_table', 'plot_result',
-           'make_parser', 'main']
+           'StepTimerCB', 'make_row', 'plain_model', 'plain_step', 'precision_label', 'random_images', 'bench_plain',
+           'project_config', 'input_label', 'cpu_decoded_note', 'time_project', 'bench_project', 'smooth_field',
+           'photo_like', 'write_photo_folder', 'time_loader', 'bench_input', 'bench_eval', 'real_data_plan',
+           'synthetic_config', 'skipped_gpu_rows', 'backend_rows', 'data_rows', 'loader_rows', 'measure_rows',
+           'row_line', 'fastest_rows', 'bench_folder', 'run_bench', 'add_ratios', 'cpu_model', 'machine_info',
+           'check_targets', 'table_heading', 'table_row', 'format_table', 'bar_label', 'draw_bars', 'kind_legend',
+           'chart_title', 'plot_result', 'make_parser', 'save_result', 'main']
 
 # %% ../nbs/05_bench.ipynb #4b4200df
 def parse_size(text:str) -> tuple[int, int]:
@@ -139,7 +141,7 @@ def make_row(
             else 1000 * seconds,
             'batch': batch, 'notes': notes, **extra}
 
-# %% ../nbs/05_bench.ipynb #26bfde5d
+# %% ../nbs/05_bench.ipynb #d5afacbb
 def plain_model(
     arch:str, # a name from `ARCHS`
     num_classes:int=1000, # outputs of the head
@@ -148,25 +150,44 @@ def plain_model(
     if ARCHS[arch].torchvision: return getattr(torchvision.models, arch)(num_classes=num_classes)
     return create_model(arch, num_classes=num_classes)
 
+# %% ../nbs/05_bench.ipynb #d03de16d
 def plain_step(
     model:nn.Module, # on the device, in its memory format
     images:torch.Tensor, # the fixed input batch, on the device
     target:torch.Tensor, # its labels
     precision:Precision, # fp32, or the autocast dtype (fp16 gets a loss scaler)
 ):
-    """pytorch/examples' training step for a fixed batch: forward, loss, zero_grad, backward, step (with a
-    scaler for fp16)."""
-    criterion = nn.CrossEntropyLoss()
+    "pytorch/examples' step on a fixed batch: forward, loss, zero_grad, backward, step (scaled for fp16)."
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.dtype == torch.float16)
     def step():
-        with precision.autocast(): loss = criterion(model(images), target)
+        with precision.autocast(): loss = nn.functional.cross_entropy(model(images), target)
         optimizer.zero_grad()
         scaler.scale(loss).backward()
         scaler.step(optimizer); scaler.update()
     return step
 
-# %% ../nbs/05_bench.ipynb #4c56618d
+# %% ../nbs/05_bench.ipynb #c93a18e6
+def precision_label(
+    p:Precision, # a resolved precision
+    compiled:bool=False, # whether the model runs under torch.compile
+) -> str:
+    "A short description of a precision, e.g. 'bf16, channels_last, compiled'."
+    parts = [{None: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[p.dtype], 'channels_last'
+             if p.channels_last else 'NCHW']
+    return ', '.join(parts + (['compiled'] if compiled else []))
+
+# %% ../nbs/05_bench.ipynb #5c4fc497
+def random_images(
+    bc:BenchConfig, # the batch size and the image size
+    device:torch.device, # where the batch lives
+    precision:Precision, # its memory format
+) -> torch.Tensor:
+    "`bc.batch_size` random square images of `bc.image_size` pixels on `device`, in `precision`'s format."
+    return to_memory_format(torch.randn(bc.batch_size, 3, bc.image_size, bc.image_size, device=device),
+                            precision)
+
+# %% ../nbs/05_bench.ipynb #1e37c138
 def bench_plain(
     bc:BenchConfig, # sizes and step counts (resolved)
     device:torch.device, # where to run
@@ -177,23 +198,13 @@ def bench_plain(
     "Time the plain step in `precision` (compiled if asked) on a fixed random batch."
     torch.manual_seed(0)
     model = to_memory_format(plain_model(bc.arch).to(device), precision)
-    images = to_memory_format(torch.randn(bc.batch_size, 3, bc.image_size, bc.image_size, device=device),
-                              precision)
+    images = random_images(bc, device, precision)
     target = torch.randint(0, 1000, (bc.batch_size,), device=device)
     step = plain_step(torch.compile(model) if compile else model, images, target, precision)
     return make_row(name, 'train', time_steps(step, bc.warmup, bc.steps, device), bc.batch_size,
                     precision_label(precision, compile))
 
-def precision_label(
-    p:Precision, # a resolved precision
-    compiled:bool=False, # whether the model runs under torch.compile
-) -> str:
-    "A short description of a precision, e.g. 'bf16, channels_last, compiled'."
-    parts = [{None: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[p.dtype], 'channels_last'
-             if p.channels_last else 'NCHW']
-    return ', '.join(parts + (['compiled'] if compiled else []))
-
-# %% ../nbs/05_bench.ipynb #4d064588
+# %% ../nbs/05_bench.ipynb #ae75a72b
 def project_config(
     bc:BenchConfig, # arch and compile
     data:DataConfig, # the row's data
@@ -204,25 +215,7 @@ def project_config(
     train = TrainConfig(arch=bc.arch, epochs=1, max_steps=0, compile=bc.compile, output=output, seed=0)
     return RunConfig(train=train, data=data, amp=AmpConfig(amp=True), device=bc.device)
 
-def bench_project(
-    bc:BenchConfig, # sizes and step counts (resolved)
-    data:DataConfig, # synthetic, or a JPEG folder with an input backend
-    name:str, # the row's label
-    warmup:int, # untimed steps first
-) -> dict:
-    "Time the project's `Learner` training on `data`, from `build_learner` on."
-    timer = StepTimerCB(warmup, bc.steps)
-    with tempfile.TemporaryDirectory() as out:
-        learn = build_learner(project_config(bc, data, out), cbs=[timer])
-        learn.train_epoch()
-    seconds, done = timer.seconds, learn.step
-    notes = (f"{precision_label(learn.precision, bc.compile)}; "
-             f"{input_label(learn.loaders)}" + cpu_decoded_note(learn.loaders.train))
-    learn.loaders.close()  # end the loader processes before the next row
-    if seconds is None:
-        raise RuntimeError(f"{name}: the epoch ended after {done} steps, before the timed window closed")
-    return make_row(name, 'train', seconds, bc.batch_size, notes)
-
+# %% ../nbs/05_bench.ipynb #e1f304a5
 def input_label(
     loaders, # a `Loaders` from `build_loaders`
 ) -> str:
@@ -230,6 +223,7 @@ def input_label(
     if loaders.kind == 'synthetic': return 'synthetic batch on the device'
     return f"{loaders.backend} input, {loaders.train.dataloader.num_workers} loader processes"
 
+# %% ../nbs/05_bench.ipynb #18558bef
 def cpu_decoded_note(
     loader, # a train loader
 ) -> str:
@@ -237,7 +231,49 @@ def cpu_decoded_note(
     n = len(getattr(loader, 'cpu_decoded', []))
     return f", {n} images decoded on the CPU" if n else ''
 
-# %% ../nbs/05_bench.ipynb #047a4c6a
+# %% ../nbs/05_bench.ipynb #76f3dbd5
+def time_project(
+    bc:BenchConfig, # sizes and step counts (resolved)
+    data:DataConfig, # synthetic, or a JPEG folder with an input backend
+    warmup:int, # untimed steps first
+) -> tuple[float|None, int, str]:
+    "(seconds per step or None, steps run, notes) of the project's `Learner` on `data`, built from scratch."
+    timer = StepTimerCB(warmup, bc.steps)
+    with tempfile.TemporaryDirectory() as out:
+        learn = build_learner(project_config(bc, data, out), cbs=[timer])
+        learn.train_epoch()
+    notes = (f"{precision_label(learn.precision, bc.compile)}; "
+             f"{input_label(learn.loaders)}" + cpu_decoded_note(learn.loaders.train))
+    learn.loaders.close()  # end the loader processes before the next row
+    return timer.seconds, learn.step, notes
+
+# %% ../nbs/05_bench.ipynb #ac347bad
+def bench_project(
+    bc:BenchConfig, # sizes and step counts (resolved)
+    data:DataConfig, # synthetic, or a JPEG folder with an input backend
+    name:str, # the row's label
+    warmup:int, # untimed steps first
+) -> dict:
+    "Time the project's `Learner` training on `data`, from `build_learner` on."
+    seconds, done, notes = time_project(bc, data, warmup)
+    if seconds is None:
+        raise RuntimeError(f"{name}: the epoch ended after {done} steps, before the timed window closed")
+    return make_row(name, 'train', seconds, bc.batch_size, notes)
+
+# %% ../nbs/05_bench.ipynb #a5373ab7
+def smooth_field(
+    g:np.random.Generator, # the image's generator
+    w:int, # width in pixels
+    h:int, # height in pixels
+) -> np.ndarray:
+    "A smooth random colour field with a random gradient across it, as `h`×`w`×3 float pixels."
+    field_ = Image.fromarray(g.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3),
+                                        dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    yy, xx = np.mgrid[0:h, 0:w]
+    gradient = (xx / w * g.uniform(-60, 60) + yy / h * g.uniform(-60, 60))[..., None]
+    return np.asarray(field_, dtype=np.float32) + gradient
+
+# %% ../nbs/05_bench.ipynb #f4e24d71
 def photo_like(
     rng, # this image's `random.Random`
     label:int, # its class (unused: every class looks alike)
@@ -247,11 +283,7 @@ def photo_like(
     "A photo-like image for `write_image_folder`: a smooth random colour field, a gradient and noise."
     g = np.random.default_rng(rng.getrandbits(32))
     w, h = size if index % 4 else size[::-1]
-    field_ = Image.fromarray(g.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3),
-                                        dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-    yy, xx = np.mgrid[0:h, 0:w]
-    gradient = (xx / w * g.uniform(-60, 60) + yy / h * g.uniform(-60, 60))[..., None]
-    pixels = np.asarray(field_, dtype=np.float32) + gradient + g.normal(0, 18, (h, w, 3))
+    pixels = smooth_field(g, w, h) + g.normal(0, 18, (h, w, 3))
     mode = 'CMYK' if index % 100 == 99 else 'L' if index % 20 == 19 else 'RGB'
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert(mode)
 
@@ -270,7 +302,20 @@ def write_photo_folder(
                               size, photo_like,
                               seed=0, processes=os.cpu_count() or 1)
 
-# %% ../nbs/05_bench.ipynb #3440b3c6
+# %% ../nbs/05_bench.ipynb #71791c0f
+def time_loader(
+    loader, # a train or val loader from `build_loaders`
+    device:torch.device, # where its batches go
+    warmup:int, # untimed batches first
+    steps:int, # timed batches
+) -> float:
+    "Seconds per batch of `loader` alone, up to a normalised batch on `device`, as `time_steps` times a step."
+    loader.set_epoch(0)
+    batches = iter(loader)
+    fmt = resolve_precision(AmpConfig(amp=True), device.type).memory_format
+    return time_steps(lambda: normalize(next(batches)[0], device, fmt), warmup, steps, device)
+
+# %% ../nbs/05_bench.ipynb #45c6a116
 def bench_input(
     bc:BenchConfig, # sizes and step counts (resolved)
     data:DataConfig, # a JPEG folder and an input backend
@@ -282,10 +327,7 @@ def bench_input(
     device = get_device(bc.device)
     loaders = build_loaders(data, device=device)
     loader = getattr(loaders, split)
-    loader.set_epoch(0)
-    batches = iter(loader)
-    fmt = resolve_precision(AmpConfig(amp=True), device.type).memory_format
-    seconds = time_steps(lambda: normalize(next(batches)[0], device, fmt), warmup, bc.steps, device)
+    seconds = time_loader(loader, device, warmup, bc.steps)
     notes = input_label(loaders) + cpu_decoded_note(loader)
     loaders.close()
     return make_row(name, 'input', seconds, bc.batch_size, notes)
@@ -298,8 +340,7 @@ def bench_eval(
 ) -> dict:
     "Time the project's model in inference mode on a fixed random batch."
     model = to_memory_format(create_model(bc.arch).to(device).eval(), precision)
-    images = to_memory_format(torch.randn(bc.batch_size, 3, bc.image_size, bc.image_size, device=device),
-                              precision)
+    images = random_images(bc, device, precision)
     def step():
         with torch.inference_mode(), precision.autocast(): model(images)
     return make_row('eval', 'eval', time_steps(step, bc.warmup, bc.steps, device), bc.batch_size,
@@ -313,7 +354,37 @@ def real_data_plan(
     warmup = bc.warmup + bc.workers * DataConfig().prefetch_factor
     return warmup, (warmup + bc.steps) * bc.batch_size
 
-# %% ../nbs/05_bench.ipynb #bb2d3d10
+# %% ../nbs/05_bench.ipynb #ad043acd
+def synthetic_config(
+    bc:BenchConfig, # resolved
+) -> DataConfig:
+    "Synthetic data with an epoch longer than the timed window, and a one-batch val split."
+    return DataConfig(dataset='synthetic', image_size=bc.image_size, batch_size=bc.batch_size, workers=0,
+                      synthetic_size=(bc.warmup + bc.steps) * bc.batch_size, synthetic_val_size=bc.batch_size)
+
+# %% ../nbs/05_bench.ipynb #2279265e
+def skipped_gpu_rows(
+    batch:int, # images per step
+    reason:str, # why the GPU backend cannot run here
+) -> list[dict]:
+    "The GPU backend's two rows, not measured, with `reason` in their notes."
+    return [make_row(name, kind, None, batch, f"skipped: {reason}")
+            for name, kind in (('project, JPEG folder, gpu', 'train'), ('input only, gpu', 'input'))]
+
+# %% ../nbs/05_bench.ipynb #0611eddb
+def backend_rows(
+    bc:BenchConfig, # sizes and step counts (resolved)
+    root:Path, # an ImageFolder root with train/ and val/
+    backend:str, # the input backend: 'pil' or 'gpu'
+    warmup:int, # untimed steps first (`real_data_plan`)
+) -> list[dict]:
+    "The project's loop and the input pipeline alone on the JPEG folder `root`, with one input backend."
+    data = DataConfig(data_path=str(root), image_size=bc.image_size, batch_size=bc.batch_size,
+                      workers=bc.workers, backend=backend)
+    return [bench_project(bc, data, f'project, JPEG folder, {backend}', warmup),
+            bench_input(bc, data, f'input only, {backend}', warmup)]
+
+# %% ../nbs/05_bench.ipynb #95959422
 def data_rows(
     bc:BenchConfig, # sizes and step counts (resolved)
     device:torch.device, # where to run
@@ -321,17 +392,10 @@ def data_rows(
 ) -> list[dict]:
     "The project's loop and the input pipeline alone on the JPEG folder `root`, for each input backend."
     warmup, _ = real_data_plan(bc)
-    rows, gpu_reason = [], gpu_jpeg_unavailable_reason(device)
-    for backend in ('pil', 'gpu'):
-        data = DataConfig(data_path=str(root), image_size=bc.image_size, batch_size=bc.batch_size,
-                          workers=bc.workers, backend=backend)
-        if backend == 'gpu' and gpu_reason:
-            rows += [make_row(name, kind, None, bc.batch_size, f"skipped: {gpu_reason}")
-                     for name, kind in (('project, JPEG folder, gpu', 'train'), ('input only, gpu', 'input'))]
-            continue
-        rows.append(bench_project(bc, data, f'project, JPEG folder, {backend}', warmup))
-        rows.append(bench_input(bc, data, f'input only, {backend}', warmup))
-    return rows
+    gpu_reason = gpu_jpeg_unavailable_reason(device)
+    rows = backend_rows(bc, root, 'pil', warmup)
+    if gpu_reason: return rows + skipped_gpu_rows(bc.batch_size, gpu_reason)
+    return rows + backend_rows(bc, root, 'gpu', warmup)
 
 # %% ../nbs/05_bench.ipynb #6237458d
 def loader_rows(
@@ -361,11 +425,41 @@ def measure_rows(
     yield from loader_rows(bc, root)
     yield bench_eval(bc, device, best)
 
-# %% ../nbs/05_bench.ipynb #ac28cfab
+# %% ../nbs/05_bench.ipynb #b7a131bb
+def row_line(
+    r:dict, # a row from `make_row`
+) -> str:
+    "One row as a line of text, for progress output."
+    if r['img_s'] is None: return f"{r['name']:<32} {r['notes']}"
+    return f"{r['name']:<32} {r['img_s']:10.1f} img/s {r['ms_per_step']:10.1f} ms/step  ({r['notes']})"
+
+# %% ../nbs/05_bench.ipynb #5ac0760d
+def fastest_rows(
+    rounds, # each round's rows, measured as they are iterated (e.g. `measure_rows`)
+    log=print, # called with each row's line as it is measured
+) -> list[dict]:
+    "Each row's fastest measurement over all `rounds`, in the order the rows first came."
+    rows = {}
+    for round_ in rounds:
+        for row in round_:
+            log(row_line(row))
+            old = rows.get(row['name'])
+            if old is None or (row['img_s'] or 0) > (old['img_s'] or 0): rows[row['name']] = row
+    return list(rows.values())
+
+# %% ../nbs/05_bench.ipynb #620c257f
+def bench_folder(
+    bc:BenchConfig, # resolved
+    root:str|os.PathLike, # where to write it
+) -> Path:
+    "A folder of ImageNet-like JPEGs of `bc.jpeg_size`, with enough train images for the timed window."
+    n = real_data_plan(bc)[1]
+    return write_photo_folder(root, n, n if bc.sweep_workers else 10, size=bc.jpeg_size)
+
+# %% ../nbs/05_bench.ipynb #fc85d401
 def run_bench(
     bc:BenchConfig, # what to measure
-    # an ImageFolder root to read; None writes ImageNet-like JPEGs to a temporary folder
-    jpeg_root:str|os.PathLike|None=None,
+    jpeg_root:str|os.PathLike|None=None, # an ImageFolder root to read (None: generated JPEGs)
     log=print, # called with each row's line as it is measured
 ) -> dict:
     "Measure every row on one device, in one run; returns the results with ratios and the machine's details."
@@ -374,27 +468,12 @@ def run_bench(
     if bc.threads: torch.set_num_threads(bc.threads)
     # other processes on the machine skew every row; the table says how busy it was
     load_before = os.getloadavg()[0]
-    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = (Path(jpeg_root) if jpeg_root
-                else write_photo_folder(tmp, n := real_data_plan(bc)[1], n if bc.sweep_workers else 10,
-                                        size=bc.jpeg_size))
-        for _ in range(bc.repeat):
-            for row in measure_rows(bc, device, root):
-                log(row_line(row))
-                old = rows.get(row['name'])
-                if old is None or (row['img_s'] or 0) > (old['img_s'] or 0): rows[row['name']] = row
-    return {'meta': machine_info(device, bc, (load_before, os.getloadavg()[0])),
-            'rows': add_ratios(list(rows.values()))}
+        root = Path(jpeg_root) if jpeg_root else bench_folder(bc, tmp)
+        rows = fastest_rows((measure_rows(bc, device, root) for _ in range(bc.repeat)), log)
+    return {'meta': machine_info(device, bc, (load_before, os.getloadavg()[0])), 'rows': add_ratios(rows)}
 
-def synthetic_config(
-    bc:BenchConfig, # resolved
-) -> DataConfig:
-    "Synthetic data with an epoch longer than the timed window, and a one-batch val split."
-    return DataConfig(dataset='synthetic', image_size=bc.image_size, batch_size=bc.batch_size, workers=0,
-                      synthetic_size=(bc.warmup + bc.steps) * bc.batch_size, synthetic_val_size=bc.batch_size)
-
-# %% ../nbs/05_bench.ipynb #2803580e
+# %% ../nbs/05_bench.ipynb #8760e33a
 def add_ratios(
     rows:list[dict], # rows from `make_row`
 ) -> list[dict]:
@@ -405,13 +484,6 @@ def add_ratios(
         r['vs_bare'] = r['img_s'] / bare if r['img_s'] and bare else None
         r['vs_best'] = r['img_s'] / best if r['img_s'] and best else None
     return rows
-
-def row_line(
-    r:dict, # a row from `make_row`
-) -> str:
-    "One row as a line of text, for progress output."
-    if r['img_s'] is None: return f"{r['name']:<32} {r['notes']}"
-    return f"{r['name']:<32} {r['img_s']:10.1f} img/s {r['ms_per_step']:10.1f} ms/step  ({r['notes']})"
 
 # %% ../nbs/05_bench.ipynb #7b2a26a8
 def cpu_model() -> str:
@@ -449,55 +521,94 @@ def check_targets(
         want.append(('project, JPEG folder (best backend) ≥ 0.95 × best plain step', real, 0.95))
     return [{'target': t, 'measured': v, 'met': None if v is None else v >= need} for t, v, need in want]
 
-# %% ../nbs/05_bench.ipynb #67574305
+# %% ../nbs/05_bench.ipynb #86bb1615
+def table_heading(
+    m:dict, # a result's `meta`, from `machine_info`
+) -> list[str]:
+    "The two lines above the table: the machine and its software, then the configuration and the load."
+    c = m['config']
+    how = ', compiled' * c['compile'] + (f", best of {c['repeat']} rounds" if c['repeat'] > 1 else '')
+    return [f"**{m['device']}** ({m['cpu']}, {m['host_cpus']} cores), torch {m['torch']}, torchvision "
+            f"{m['torchvision']}, {m['date']}  ",
+            f"{c['arch']}, batch {c['batch_size']}, {c['image_size']} px, {c['warmup']} warm-up + "
+            f"{c['steps']} timed steps per row{how}; "
+            f"{m['torch_threads']} torch threads; load average {m['load_average'][0]} before, "
+            f"{m['load_average'][1]} after"]
+
+# %% ../nbs/05_bench.ipynb #ead7cee5
+def table_row(
+    r:dict, # a row with its ratios (`add_ratios`)
+) -> str:
+    "One row of the Markdown table, with '–' for what was not measured."
+    fmt = lambda v, spec: '–' if v is None else format(v, spec)
+    return (f"| {r['name']} | {fmt(r['img_s'], ',.1f')} | {fmt(r['ms_per_step'], ',.1f')} | "
+            f"{fmt(r['vs_bare'], '.2f')} | {fmt(r['vs_best'], '.2f')} | {r['notes']} |")
+
+# %% ../nbs/05_bench.ipynb #faf37f54
 def format_table(
     result:dict, # from `run_bench`
 ) -> str:
     "The rows as a Markdown table, headed by the machine, the date and the configuration."
-    m, c = result['meta'], result['meta']['config']
-    fmt = lambda v, spec: '–' if v is None else format(v, spec)
-    how = ', compiled' * c['compile'] + (f", best of {c['repeat']} rounds" if c['repeat'] > 1 else '')
-    lines = [f"**{m['device']}** ({m['cpu']}, {m['host_cpus']} cores), torch {m['torch']}, torchvision "
-             f"{m['torchvision']}, {m['date']}  ",
-             f"{c['arch']}, batch {c['batch_size']}, {c['image_size']} px, {c['warmup']} warm-up + "
-             f"{c['steps']} timed steps per row{how}; "
-             f"{m['torch_threads']} torch threads; load average {m['load_average'][0]} before, "
-             f"{m['load_average'][1]} after", '',
+    lines = table_heading(result['meta']) + ['',
              '| row | img/s | ms/step | × bare step | × best plain step | notes |',
              '|---|--:|--:|--:|--:|---|']
-    for r in result['rows']:
-        lines.append(f"| {r['name']} | {fmt(r['img_s'], ',.1f')} | {fmt(r['ms_per_step'], ',.1f')} | "
-                     f"{fmt(r['vs_bare'], '.2f')} | {fmt(r['vs_best'], '.2f')} | {r['notes']} |")
+    lines += [table_row(r) for r in result['rows']]
     verdict = lambda t: f"{t['measured']:.3f}, {'met' if t['met'] else 'NOT met'}"
     lines += [''] + [f"- target: {t['target']}: " + ('not measured' if t['met'] is None else verdict(t))
                      for t in check_targets(result)]
     return '\n'.join(lines)
 
-# %% ../nbs/05_bench.ipynb #d81685ac
+# %% ../nbs/05_bench.ipynb #fd60ef5f
+def bar_label(
+    r:dict, # a row with its ratios (`add_ratios`)
+) -> str:
+    "The text beside a row's bar: img/s and the ratio to the bare step, or that it was not measured."
+    return f"  {r['img_s']:,.0f} img/s  ({r['vs_bare']:.2f}× bare)" if r['img_s'] else '  not measured here'
+
+# %% ../nbs/05_bench.ipynb #bf15f6f0
 KIND_COLOURS = {'train': '#4c72b0', 'input': '#dd8452', 'eval': '#55a868'}
 
-def plot_result(
-    result:dict, # from `run_bench`
-    path:str|os.PathLike|None=None, # a PNG to write
+def draw_bars(
+    ax, # a matplotlib `Axes`
+    rows:list[dict], # rows with their ratios, the bottom one first
 ):
-    """A horizontal bar chart of img/s per row, labelled with the ratio to the bare step; saved to `path` if
-    given."""
-    import matplotlib.pyplot as plt
-    rows = result['rows'][::-1]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
+    "A horizontal bar of img/s per row on `ax`, coloured by kind and labelled with `bar_label`."
     ax.barh([r['name'] for r in rows], [r['img_s'] or 0 for r in rows],
             color=[KIND_COLOURS[r['kind']] for r in rows])
-    for i, r in enumerate(rows):
-        ax.text(r['img_s'] or 0, i, f"  {r['img_s']:,.0f} img/s  ({r['vs_bare']:.2f}× bare)" if r['img_s']
-                else '  not measured here', va='center', fontsize=8)
-    m, c = result['meta'], result['meta']['config']
-    ax.set(xlabel='images per second',
-           title=f"{m['device']}, {c['arch']} b{c['batch_size']} {c['image_size']} px, {m['date']}")
-    ax.set_xlim(0, max(r['img_s'] or 0 for r in rows) * 1.45); ax.title.set_fontsize(9)
+    for i, r in enumerate(rows): ax.text(r['img_s'] or 0, i, bar_label(r), va='center', fontsize=8)
+    ax.set_xlim(0, max(r['img_s'] or 0 for r in rows) * 1.45)
+
+# %% ../nbs/05_bench.ipynb #229af9b7
+def kind_legend(
+    ax, # a matplotlib `Axes` with bars from `draw_bars`
+):
+    "A legend on `ax` naming what each bar colour measures."
     from matplotlib.patches import Patch
     labels = ('training step', 'input pipeline alone', 'evaluation')
     ax.legend(handles=[Patch(color=c, label=l) for l, c in zip(labels, KIND_COLOURS.values())],
               loc='lower right', fontsize=8)
+
+# %% ../nbs/05_bench.ipynb #8c635f3f
+def chart_title(
+    m:dict, # a result's `meta`, from `machine_info`
+) -> str:
+    "The chart's title: the device, the model, the batch, the image size and the date."
+    c = m['config']
+    return f"{m['device']}, {c['arch']} b{c['batch_size']} {c['image_size']} px, {m['date']}"
+
+# %% ../nbs/05_bench.ipynb #72453bc3
+def plot_result(
+    result:dict, # from `run_bench`
+    path:str|os.PathLike|None=None, # a PNG to write
+):
+    "A bar chart of img/s per row, labelled with the ratio to the bare step; saved to `path` if given."
+    import matplotlib.pyplot as plt
+    rows = result['rows'][::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
+    draw_bars(ax, rows)
+    ax.set(xlabel='images per second', title=chart_title(result['meta']))
+    ax.title.set_fontsize(9)
+    kind_legend(ax)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110)
     return fig
@@ -510,7 +621,22 @@ def make_parser():
                         'synthetic data and on a JPEG folder, the input pipeline alone, and eval.',
                         {'bench': BenchConfig}, {})
 
-# %% ../nbs/05_bench.ipynb #de00846f
+# %% ../nbs/05_bench.ipynb #a59729a2
+def save_result(
+    result:dict, # from `run_bench`, with its targets
+    out:str|os.PathLike, # the folder to write to (made if missing)
+) -> Path:
+    "Write `result` to `out` as bench-<device>.json, and its chart as bench-<device>.png; returns that stem."
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out/f"bench-{result['meta']['device_type']}"
+    stem.with_suffix('.json').write_text(json.dumps(result, indent=1))
+    import matplotlib
+    matplotlib.use('Agg')
+    plot_result(result, stem.with_suffix('.png'))
+    return stem
+
+# %% ../nbs/05_bench.ipynb #1414ee78
 def main(
     argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
 ) -> int:
@@ -521,11 +647,7 @@ def main(
     except (ValueError, RuntimeError) as e:
         print(f"resnext_nb.bench: error: {e}", file=sys.stderr); return 2
     result['targets'] = check_targets(result)
-    out = Path(bc.out); out.mkdir(parents=True, exist_ok=True)
-    stem = out/f"bench-{result['meta']['device_type']}"
-    stem.with_suffix('.json').write_text(json.dumps(result, indent=1))
-    import matplotlib; matplotlib.use('Agg')
-    plot_result(result, stem.with_suffix('.png'))
+    stem = save_result(result, bc.out)
     print('\n' + format_table(result) + f"\n\nwrote {stem}.json and {stem}.png")
     return 0
 

@@ -14,18 +14,18 @@ from .config import non_negative, opt
 
 # %% auto #0
 __all__ = ['CANN_SET_ENV', 'TORCH_AUTOLOAD', 'DEVICE_TYPES', 'VISIBLE_DEVICES', 'DIST_BACKENDS', 'OPT_LEVELS', 'AMP_DTYPES',
-           'SEED_UNTIMED_STEPS', 'find_cann_set_env', 'cann_home', 'npu_import_hint', 'import_torch',
-           'npu_unavailable_reason', 'accelerator_type', 'DeviceUnavailable', 'resolve_device_type',
-           'parse_device_list', 'physical_device_id', 'visible_device_index', 'check_device_index', 'available_devices',
-           'wants_pinned_memory', 'get_device', 'Placement', 'resolve_placement', 'machine_name', 'synchronize',
-           'peak_memory_bytes', 'reset_peak_memory', 'seeded_generator', 'seed_everything', 'rng_state',
-           'set_rng_state', 'device_name', 'dist_backend', 'device_environment', 'set_device_environment',
-           'is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'host_group', 'parse_loss_scale',
-           'AmpConfig', 'Precision', 'supports_channels_last', 'autocast_dtype', 'resolve_precision',
-           'to_memory_format', 'npu_branch', 'npu_saturates_fp16', 'make_grad_scaler', 'LossScaler',
-           'AllReduceBatchNorm', 'sync_batchnorm', 'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg', 'SideStream',
-           'release', 'npu_version_mismatch', 'NpuConfig', 'apply_npu_config', 'sgd_class', 'untimed_steps',
-           'warmup_message']
+           'SEED_UNTIMED_STEPS', 'find_cann_set_env', 'cann_home', 'cann_missing_hint', 'npu_import_hint',
+           'load_npu_plugin', 'import_torch', 'npu_unavailable_reason', 'accelerator_type', 'DeviceUnavailable',
+           'resolve_device_type', 'parse_device_list', 'physical_device_id', 'visible_device_index',
+           'check_device_index', 'available_devices', 'wants_pinned_memory', 'get_device', 'Placement',
+           'resolve_placement', 'machine_name', 'synchronize', 'peak_memory_bytes', 'reset_peak_memory',
+           'seeded_generator', 'seed_everything', 'rng_state', 'set_rng_state', 'device_name', 'dist_backend',
+           'device_environment', 'set_device_environment', 'is_distributed', 'get_rank', 'get_world_size',
+           'is_main_process', 'host_group', 'parse_loss_scale', 'AmpConfig', 'Precision', 'supports_channels_last',
+           'autocast_dtype', 'resolve_precision', 'to_memory_format', 'npu_branch', 'npu_saturates_fp16',
+           'make_grad_scaler', 'LossScaler', 'AllReduceBatchNorm', 'sync_batchnorm', 'jpeg_decode_error',
+           'gpu_jpeg_unavailable_reason', 'supports_gpu_jpeg', 'SideStream', 'release', 'npu_version_mismatch',
+           'NpuConfig', 'apply_npu_config', 'sgd_class', 'untimed_steps', 'warmup_message']
 
 # %% ../nbs/00_device.ipynb #d1c8951e
 CANN_SET_ENV = ('/usr/local/Ascend/ascend-toolkit/set_env.sh', '/usr/local/Ascend/cann/set_env.sh',
@@ -43,7 +43,24 @@ def cann_home(env=os.environ) -> str | None:
     "The toolkit folder that a sourced `set_env.sh` exported, or None when CANN is not sourced."
     return env.get('ASCEND_HOME_PATH') or env.get('ASCEND_TOOLKIT_HOME') or None
 
-# %% ../nbs/00_device.ipynb #bf87a0ac
+# %% ../nbs/00_device.ipynb #9d0cd2cd
+def cann_missing_hint(
+    libs:list[str], # the CANN libraries that were not found
+    env=os.environ, # where to look for a sourced CANN
+) -> str:
+    "One line for CANN libraries torch_npu cannot find: a sourced toolkit that lacks them, or none sourced."
+    if cann_home(env):
+        return (f"torch_npu is installed and CANN is sourced ({cann_home(env)}), but {', '.join(libs)} "
+                "not found: "
+                "that toolkit is incomplete or not the release torch_npu needs; reinstall it "
+                "or source the right set_env.sh")
+    script = find_cann_set_env(env)
+    todo = (f"source {script} (or scripts/env_npu.sh)" if script else
+            f"install CANN and source its set_env.sh (usually {CANN_SET_ENV[0]}; set "
+            "ASCEND_HOME if it is elsewhere)")
+    return f"torch_npu is installed but CANN is not sourced ({', '.join(libs)} not found): {todo}"
+
+# %% ../nbs/00_device.ipynb #1aaeb941
 def npu_import_hint(
     err:BaseException, # what `import torch_npu` raised
     # the CANN libraries known to be missing (the doctor lists them all); None: from `err`
@@ -56,21 +73,22 @@ def npu_import_hint(
     if not libs:
         return (f"torch_npu is installed but failed to import ({type(err).__name__}: {text}): "
                 f"check that CANN, torch and torch_npu are matching releases")
-    if cann_home(env):
-        return (f"torch_npu is installed and CANN is sourced ({cann_home(env)}), but {', '.join(libs)} "
-                "not found: "
-                "that toolkit is incomplete or not the release torch_npu needs; reinstall it "
-                "or source the right set_env.sh")
-    script = find_cann_set_env(env)
-    todo = (f"source {script} (or scripts/env_npu.sh)" if script else
-            f"install CANN and source its set_env.sh (usually {CANN_SET_ENV[0]}; set "
-            "ASCEND_HOME if it is elsewhere)")
-    return f"torch_npu is installed but CANN is not sourced ({', '.join(libs)} not found): {todo}"
+    return cann_missing_hint(libs, env)
 
-# %% ../nbs/00_device.ipynb #7a120dc6
+# %% ../nbs/00_device.ipynb #dedc6138
 # torch's switch for loading device plug-ins during `import torch`
 TORCH_AUTOLOAD = 'TORCH_DEVICE_BACKEND_AUTOLOAD'
 
+def load_npu_plugin():
+    "Import torch_npu as torch's autoload would; if that fails, warn in one line and leave the autoload off."
+    try: import torch_npu  # noqa: F401  NPU-only: what the autoload would have done
+    except Exception as e:
+        print(f"resnext_nb: warning: {npu_import_hint(e)}; continuing without NPUs", file=sys.stderr,
+              flush=True)
+        return  # the switch stays off, so child processes skip the plug-in instead of failing again
+    os.environ.pop(TORCH_AUTOLOAD, None)  # loaded: child processes may autoload as usual
+
+# %% ../nbs/00_device.ipynb #cb14c30d
 def import_torch():
     """Import torch; when torch_npu is installed, load it ourselves so that a broken CANN is one warning line,
     not a failed import."""
@@ -81,12 +99,7 @@ def import_torch():
     # else torch imports torch_npu itself, and a failure there fails `import torch`
     os.environ[TORCH_AUTOLOAD] = '0'
     import torch
-    try: import torch_npu  # noqa: F401  NPU-only: what the autoload would have done
-    except Exception as e:
-        print(f"resnext_nb: warning: {npu_import_hint(e)}; continuing without NPUs", file=sys.stderr,
-              flush=True)
-        return torch  # the switch stays off, so child processes skip the plug-in instead of failing again
-    os.environ.pop(TORCH_AUTOLOAD, None)  # loaded: child processes may autoload as usual
+    load_npu_plugin()
     return torch
 
 # %% ../nbs/00_device.ipynb #c573a200
@@ -569,7 +582,22 @@ def sync_batchnorm(
         else: sync_batchnorm(child, device_type)
     return model
 
-# %% ../nbs/00_device.ipynb #3f1766fe
+# %% ../nbs/00_device.ipynb #f75a7541
+def jpeg_decode_error(
+    device:torch.device|str, # the device that would decode
+) -> Exception | None:
+    "What decoding a tiny JPEG with `torchvision.io.decode_jpeg(device=...)` raised; None when it worked."
+    import warnings
+    from torchvision.io import decode_jpeg, encode_jpeg
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 points to TorchCodec; nvjpeg still works
+            warnings.simplefilter('ignore', DeprecationWarning)
+            decode_jpeg([encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))], device=device)
+    except Exception as e: return e
+    return None
+
+# %% ../nbs/00_device.ipynb #fbb827ce
 def gpu_jpeg_unavailable_reason(
     device:torch.device|str, # the device that would decode
 ) -> str | None:
@@ -579,17 +607,11 @@ def gpu_jpeg_unavailable_reason(
     if device_type != 'cuda':
         return f"decoding JPEGs on the device needs a CUDA GPU (nvjpeg); this run is on {device_type}"
     if accelerator_type() != 'cuda': return "torch sees no CUDA GPU"
-    import warnings
-    from torchvision.io import decode_jpeg, encode_jpeg
-    try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 points to TorchCodec; nvjpeg still works
-            warnings.simplefilter('ignore', DeprecationWarning)
-            decode_jpeg([encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))], device=device)
-    except Exception as e:
-        return f"torchvision cannot decode JPEGs on {device} ({type(e).__name__}: {str(e).splitlines()[0]})"
-    return None
+    e = jpeg_decode_error(device)
+    if e is None: return None
+    return f"torchvision cannot decode JPEGs on {device} ({type(e).__name__}: {str(e).splitlines()[0]})"
 
+# %% ../nbs/00_device.ipynb #1868ffca
 def supports_gpu_jpeg(device:torch.device|str) -> bool:
     "Whether `device` can decode JPEGs itself (nvjpeg on CUDA)."
     return gpu_jpeg_unavailable_reason(device) is None
@@ -620,12 +642,13 @@ def hand_over(self:SideStream, marker, *tensors:torch.Tensor):
     current.wait_event(marker)
     for t in tensors: t.record_stream(current)
 
-# %% ../nbs/00_device.ipynb #83c79948
+# %% ../nbs/00_device.ipynb #8490a65b
 def release(version:str) -> tuple[int, ...]:
     "The numeric release of a version string: '2.14.1+cu130' is (2, 14, 1), '2.5.1.post10' is (2, 5, 1)."
     m = re.match(r'\d+(?:\.\d+)*', version.strip())
     return tuple(int(x) for x in m.group().split('.')) if m else ()
 
+# %% ../nbs/00_device.ipynb #9ca82b8b
 def npu_version_mismatch(
     torch_version:str, # torch's version, e.g. '2.14.1+cu130'
     npu_version:str, # torch_npu's, e.g. '2.14.0' or '2.5.1.post10'
@@ -654,9 +677,7 @@ class NpuConfig:
                          help='steps at the start of each epoch on an NPU that are reported as warm-up and '
                               'left out of FPS@all (0: skip the recipe\'s 2)')
 
-# %% ../nbs/00_device.ipynb #03a4292c
-SEED_UNTIMED_STEPS = 2  # the recipe's FPS@all leaves out the first 2 steps
-
+# %% ../nbs/00_device.ipynb #41b11c7d
 def apply_npu_config(cfg:NpuConfig, device_type:str):
     """Set torch_npu's process-wide options for `cfg` (a no-op off NPUs); call once per process, before the
     model runs."""
@@ -664,6 +685,7 @@ def apply_npu_config(cfg:NpuConfig, device_type:str):
     import torch_npu  # NPU-only
     torch_npu.npu.set_compile_mode(jit_compile=cfg.jit_compile)
 
+# %% ../nbs/00_device.ipynb #513a4f9d
 def sgd_class(device_type:str, fused:bool=True) -> type[torch.optim.Optimizer]:
     "torch_npu's `NpuFusedSGD` on the NPU branch when `fused` and torch_npu has it, else `torch.optim.SGD`."
     if not (npu_branch(device_type) and fused): return torch.optim.SGD
@@ -672,6 +694,9 @@ def sgd_class(device_type:str, fused:bool=True) -> type[torch.optim.Optimizer]:
     import warnings  # its first step reads `p.storage()`, which torch deprecates: torch_npu's to fix
     warnings.filterwarnings('ignore', 'TypedStorage is deprecated', UserWarning, module=r'torch_npu\.optim')
     return NpuFusedSGD
+
+# %% ../nbs/00_device.ipynb #1a15ecd4
+SEED_UNTIMED_STEPS = 2  # the recipe's FPS@all leaves out the first 2 steps
 
 def untimed_steps(cfg:NpuConfig, device_type:str) -> int:
     "Steps at the start of each epoch that `FPS@all` leaves out: the NPU warm-up, else the recipe's 2."

@@ -21,8 +21,8 @@ from .data import (BadSample, DataConfig, DataError, EpochBatches, Loader,
 # %% auto #0
 __all__ = ['NVJPEG_STATUS_ALLOCATOR_FAILURE', 'DECODING', 'JpegInfo', 'jpeg_info', 'nvjpeg_can_decode', 'holds_jpegs',
            'EncodedImages', 'pack_bytes', 'unpack_bytes', 'EncodedBatch', 'collate_encoded', 'decoder_out_of_memory',
-           'decode_jpegs', 'sample_crop_boxes', 'fallback_box', 'ks_statistic', 'center_crop_boxes', 'resized_crops',
-           'GpuLoader', 'drain_side_stream', 'end_decoding']
+           'try_decode', 'decode_jpegs', 'candidate_sizes', 'fallback_box', 'first_fit', 'sample_crop_boxes',
+           'ks_statistic', 'center_crop_boxes', 'resized_crops', 'GpuLoader', 'drain_side_stream', 'end_decoding']
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #25f24908
 class JpegInfo(NamedTuple):
@@ -87,7 +87,7 @@ class EncodedImages(Dataset):
             return (data if nvjpeg_can_decode(jpeg_info(data)) else read_image(name, data)), label, seed, name
         except DataError as e: return BadSample(e.path, str(e))
 
-# %% ../nbs/02b_gpu_jpeg.ipynb #9b745796
+# %% ../nbs/02b_gpu_jpeg.ipynb #7ab65fc5
 def pack_bytes(
     chunks:list[bytes], # each image's bytes
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +97,7 @@ def pack_bytes(
     if not offsets[-1]: return torch.empty(0, dtype=torch.uint8), offsets
     return torch.frombuffer(bytearray(b''.join(chunks)), dtype=torch.uint8), offsets
 
+# %% ../nbs/02b_gpu_jpeg.ipynb #fcfe93ca
 def unpack_bytes(
     data:torch.Tensor, # what `pack_bytes` made
     offsets:torch.Tensor, # and its offsets
@@ -138,51 +139,50 @@ def decoder_out_of_memory(
     return (isinstance(e, torch.OutOfMemoryError) or 'out of memory' in msg.lower()
             or re.search(rf'Failed to [a-z ]+: {NVJPEG_STATUS_ALLOCATOR_FAILURE}\b', msg) is not None)
 
-# %% ../nbs/02b_gpu_jpeg.ipynb #c585e46b
+# %% ../nbs/02b_gpu_jpeg.ipynb #c1bff486
+def try_decode(
+    data:torch.Tensor|list[torch.Tensor], # one JPEG's bytes, or a list of them, as 1-D `uint8` CPU tensors
+    device:torch.device, # where to decode (nvjpeg on CUDA)
+    batch:int, # the size of the batch it belongs to, for the message
+) -> torch.Tensor|list[torch.Tensor]|None:
+    "One call of torchvision's `decode_jpeg` to RGB; None if the decoder refuses, an error if memory ran out."
+    from torchvision.io import ImageReadMode, decode_jpeg
+    try: return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as e:
+        if not decoder_out_of_memory(e): return None
+        fix = 'lower --batch-size, or decode with Pillow (--data-backend pil)'
+        msg = f"{device} ran out of memory decoding a batch of {batch} JPEGs: {fix}"
+        raise torch.OutOfMemoryError(msg) from e
+
+# %% ../nbs/02b_gpu_jpeg.ipynb #95c153dd
 def decode_jpegs(
     datas:list[torch.Tensor], # each JPEG's bytes, as 1-D `uint8` CPU tensors
     device:torch.device, # where to decode (nvjpeg on CUDA)
 ) -> list[torch.Tensor | None]:
     "Decode JPEGs to `uint8` RGB (3, H, W) on `device`, batched; `None` for each image the decoder refuses."
     import warnings
-    from torchvision.io import ImageReadMode, decode_jpeg
-    def decode(data):
-        try: return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError as e:
-            if not decoder_out_of_memory(e): return None
-            fix = 'lower --batch-size, or decode with Pillow (--data-backend pil)'
-            msg = f"{device} ran out of memory decoding a batch of {len(datas)} JPEGs: {fix}"
-            raise torch.OutOfMemoryError(msg) from e
     if not datas: return []
     with warnings.catch_warnings():
         # torchvision 0.29 points to TorchCodec; its decoders still work
         warnings.simplefilter('ignore', DeprecationWarning)
-        return decode(datas) or [decode(d) for d in datas]  # nvjpeg fails a whole batch for one bad image
+        # nvjpeg fails a whole batch for one bad image
+        return try_decode(datas, device, len(datas)) or [try_decode(d, device, len(datas)) for d in datas]
 
-# %% ../nbs/02b_gpu_jpeg.ipynb #b671e2dc
-def sample_crop_boxes(
-    sizes:torch.Tensor, # (n, 2) image heights and widths
+# %% ../nbs/02b_gpu_jpeg.ipynb #88cfa990
+def candidate_sizes(
+    hi:torch.Tensor, # (n, 1) image heights (float64)
+    wi:torch.Tensor, # (n, 1) image widths (float64)
     generator:torch.Generator|None=None, # the random stream (CPU)
     scale:tuple[float, float]=(0.08, 1.0), # range of the box's share of the image area
     ratio:tuple[float, float]=(3/4, 4/3), # range of the box's aspect ratio (width / height)
-    tries:int=10, # boxes to try before falling back to a central one
-) -> torch.Tensor:
-    "RandomResizedCrop's boxes for a batch, as (n, 4) `int64` rows of (top, left, height, width)."
-    hi, wi = sizes[:, 0:1].double(), sizes[:, 1:2].double()
-    n = len(sizes)
+    tries:int=10, # boxes per image
+) -> tuple[torch.Tensor, torch.Tensor]:
+    "RandomResizedCrop's tries: (n, tries) widths and heights of a random area share and log-uniform ratio."
+    n = len(hi)
     area = hi * wi * torch.empty(n, tries, dtype=torch.float64).uniform_(*scale, generator=generator)
     log_lo, log_hi = map(math.log, ratio)
     aspect = torch.empty(n, tries, dtype=torch.float64).uniform_(log_lo, log_hi, generator=generator).exp()
-    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
-    fits = (w > 0) & (w <= wi) & (h > 0) & (h <= hi)
-    first = fits.int().argmax(1, keepdim=True)  # the first try that fits
-    found = fits.any(1, keepdim=True)
-    fw, fh = fallback_box(hi, wi, ratio)
-    w, h = torch.where(found, w.gather(1, first), fw), torch.where(found, h.gather(1, first), fh)
-    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
-    top = torch.where(found, (u[:, 0:1] * (hi - h + 1)).floor(), ((hi - h) / 2).floor())
-    left = torch.where(found, (u[:, 1:2] * (wi - w + 1)).floor(), ((wi - w) / 2).floor())
-    return torch.cat([top, left, h, w], 1).long()
+    return (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #dc583116
 def fallback_box(
@@ -196,6 +196,38 @@ def fallback_box(
     w = torch.where(in_ratio > up, (hi * up).round(), wi)
     h = torch.where(in_ratio < lo, (wi / lo).round(), hi)
     return w, h
+
+# %% ../nbs/02b_gpu_jpeg.ipynb #598cf52d
+def first_fit(
+    w:torch.Tensor, # (n, tries) candidate widths
+    h:torch.Tensor, # (n, tries) candidate heights
+    hi:torch.Tensor, # (n, 1) image heights (float)
+    wi:torch.Tensor, # (n, 1) image widths (float)
+    ratio:tuple[float, float], # the allowed aspect ratios, for the fallback
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Each image's first (width, height) that fits, else `fallback_box`'s, as (n, 1), and whether one fit."
+    fits = (w > 0) & (w <= wi) & (h > 0) & (h <= hi)
+    first = fits.int().argmax(1, keepdim=True)  # the first try that fits
+    found = fits.any(1, keepdim=True)
+    fw, fh = fallback_box(hi, wi, ratio)
+    return torch.where(found, w.gather(1, first), fw), torch.where(found, h.gather(1, first), fh), found
+
+# %% ../nbs/02b_gpu_jpeg.ipynb #3d5c0d86
+def sample_crop_boxes(
+    sizes:torch.Tensor, # (n, 2) image heights and widths
+    generator:torch.Generator|None=None, # the random stream (CPU)
+    scale:tuple[float, float]=(0.08, 1.0), # range of the box's share of the image area
+    ratio:tuple[float, float]=(3/4, 4/3), # range of the box's aspect ratio (width / height)
+    tries:int=10, # boxes to try before falling back to a central one
+) -> torch.Tensor:
+    "RandomResizedCrop's boxes for a batch, as (n, 4) `int64` rows of (top, left, height, width)."
+    hi, wi = sizes[:, 0:1].double(), sizes[:, 1:2].double()
+    w, h = candidate_sizes(hi, wi, generator, scale, ratio, tries)
+    w, h, found = first_fit(w, h, hi, wi, ratio)
+    u = torch.rand(len(sizes), 2, dtype=torch.float64, generator=generator)
+    top = torch.where(found, (u[:, 0:1] * (hi - h + 1)).floor(), ((hi - h) / 2).floor())
+    left = torch.where(found, (u[:, 1:2] * (wi - w + 1)).floor(), ((wi - w) / 2).floor())
+    return torch.cat([top, left, h, w], 1).long()
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #15d15ed6
 def ks_statistic(
@@ -270,6 +302,21 @@ def drain_side_stream(
     marker = side.record()
     if marker is not None: marker.synchronize()
 
+# %% ../nbs/02b_gpu_jpeg.ipynb #4fabfb6b
+@patch
+def _read_refused(self:GpuLoader,
+                  images:dict, # {position: image, or None where the decoder refused it}; filled in place
+                  views:list[torch.Tensor], # each position's bytes
+                  names:list[str]): # each position's name
+    "Pillow decodes each image the decoder refused, in place; the unreadable ones come back as `BadSample`s."
+    bad = []
+    for k in [k for k, im in images.items() if im is None]:
+        try:
+            images[k] = read_image(names[k], bytes(views[k].numpy())).to(self.device, non_blocking=True)
+            self.cpu_decoded.append(names[k])
+        except DataError as e: del images[k]; bad.append(BadSample(e.path, str(e)))
+    return bad
+
 # %% ../nbs/02b_gpu_jpeg.ipynb #bb767940
 @patch
 def _decode(self:GpuLoader, batch:EncodedBatch) -> tuple[list[torch.Tensor], list[int], list[BadSample]]:
@@ -280,13 +327,8 @@ def _decode(self:GpuLoader, batch:EncodedBatch) -> tuple[list[torch.Tensor], lis
     images = dict(zip(on_device, decode_jpegs([views[k] for k in on_device], self.device)))
     images.update({k: im.to(self.device, non_blocking=True) for k, im in batch.decoded.items()})
     self.cpu_decoded += [batch.names[k] for k in batch.decoded]
-    bad = list(batch.bad)
     # nvjpeg refused it: Pillow tries, and names the image if it fails
-    for k in [k for k, im in images.items() if im is None]:
-        try:
-            images[k] = read_image(batch.names[k], bytes(views[k].numpy())).to(self.device, non_blocking=True)
-            self.cpu_decoded.append(batch.names[k])
-        except DataError as e: del images[k]; bad.append(BadSample(e.path, str(e)))
+    bad = list(batch.bad) + self._read_refused(images, views, batch.names)
     keep = sorted(images)
     return [images[k] for k in keep], keep, bad
 
@@ -323,15 +365,33 @@ def _hand_over(self:GpuLoader, prepared) -> tuple[torch.Tensor, torch.Tensor]:
     self.batches_done += 1
     return x, labels
 
+# %% ../nbs/02b_gpu_jpeg.ipynb #12d26e1f
+DECODING = weakref.WeakSet()  # the loaders whose pass has a decode thread now
+
+@patch
+def _start_pass(self:GpuLoader) -> tuple:
+    "Reset the pass's records, and start its loader processes and decode thread; returns both."
+    self.bad_images, self.cpu_decoded, self.batches_done = [], [], self.batches.batches_done
+    self.pass_iter = batches = iter(self.dataloader)  # kept for `close`
+    self.decoder = decoder = ThreadPoolExecutor(1, thread_name_prefix=f'{self.name}-decode')
+    DECODING.add(self)
+    return batches, decoder
+
+# %% ../nbs/02b_gpu_jpeg.ipynb #5cae1d99
+@patch
+def _report_pass(self:GpuLoader):
+    "Log the pass's skipped images (a warning) and how many images Pillow decoded (info)."
+    if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
+    if self.cpu_decoded:
+        log.info(f"{self.name}: {len(self.cpu_decoded)} images decoded on the CPU (greyscale, CMYK, "
+                 "not JPEG, or refused by nvjpeg)")
+
 # %% ../nbs/02b_gpu_jpeg.ipynb #e3e6d257
 @patch
 def __iter__(self:GpuLoader):
     """Yield `(images, labels)` on the device from the current position to the end of the epoch, one batch
     ahead."""
-    self.bad_images, self.cpu_decoded, self.batches_done = [], [], self.batches.batches_done
-    self.pass_iter = batches = iter(self.dataloader)  # kept for `close`
-    self.decoder = decoder = ThreadPoolExecutor(1, thread_name_prefix=f'{self.name}-decode')
-    DECODING.add(self)
+    batches, decoder = self._start_pass()
     try:
         ahead = decoder.submit(self._prepare_next, batches)
         while (ready := ahead.result()) is not None:  # what the thread raised is raised here, unchanged
@@ -340,10 +400,7 @@ def __iter__(self:GpuLoader):
     finally:  # after the batch in hand: no thread outlives its pass (unless `close` ended it already)
         if self.decoder is decoder: decoder.shutdown(cancel_futures=True)
         DECODING.discard(self)
-    if self.bad_images: log.warning(bad_images_summary(self.name, self.bad_images))
-    if self.cpu_decoded:
-        log.info(f"{self.name}: {len(self.cpu_decoded)} images decoded on the CPU (greyscale, CMYK, "
-                 "not JPEG, or refused by nvjpeg)")
+    self._report_pass()
 
 # %% ../nbs/02b_gpu_jpeg.ipynb #f6ea7104
 @patch
@@ -352,8 +409,6 @@ def close(self:GpuLoader):
     if self.decoder is not None: self.decoder.shutdown(cancel_futures=True)
     self.decoder = None
     Loader.close(self)
-
-DECODING = weakref.WeakSet()  # the loaders whose pass has a decode thread now
 
 @atexit.register
 def end_decoding():
