@@ -51,7 +51,7 @@ def cache_folder() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
-# %% ../nbs/02a_shards.ipynb #75b53612
+# %% ../nbs/02a_shards.ipynb #36404ca1
 def shard_cache(shard:str) -> str:
     """Where wids reads `shard` from, in `cache_folder()`: a remote shard is downloaded there once; a local
     one gets a link there (wids would copy it, and it writes a lock file beside what it reads, which read-only
@@ -65,6 +65,7 @@ def shard_cache(shard:str) -> str:
         except FileExistsError: pass  # another loader process made it first
     return str(local)
 
+# %% ../nbs/02a_shards.ipynb #800ae6ae
 def local_shard(shard:str) -> str:
     """What wids opens for `shard`: a remote one downloaded whole first (`fetch_shard`, below), so that wids
     never reads a file its own download left half-written; a local one's link in the cache (`shard_cache`)."""
@@ -322,19 +323,24 @@ def prefetch(shards:list[str], threads:int=4) -> list[threading.Thread]:
     for t in started: t.start()
     return started
 
-# %% ../nbs/02a_shards.ipynb #17d0e083
+# %% ../nbs/02a_shards.ipynb #ecd73288
+def _top_label(tar, wids) -> int:
+    "The largest class index in the open wids `IndexedTarSamples` `tar`, from its label members alone."
+    top = -1
+    for members in tar.samples:  # each sample's members, as wids groups them
+        names = [tar.reader.by_index[i][0] for i in members]
+        if not (labels := [i for i, n in zip(members, names) if n.endswith(LABEL_KEYS)]):
+            raise ValueError(f"sample {wids.splitname(names[0])[0]} has no {' or '.join(LABEL_KEYS)}")
+        top = max(top, int(tar.reader.get_file(labels[0])[1].read()))
+    return top
+
+# %% ../nbs/02a_shards.ipynb #9f66e877
 def count_shard(path:str, name:str) -> tuple[int, int]:
     "How many samples the tar shard at `path` (called `name`) holds, and 1 + its top label; images unread."
     wids = need_wids().wids  # outside the try: its one line stays as it is
     try:
-        tar, top = wids.IndexedTarSamples(path=path), -1
-        try:
-            for members in tar.samples:  # each sample's members, as wids groups them
-                names = [tar.reader.by_index[i][0] for i in members]
-                if not (labels := [i for i, n in zip(members, names) if n.endswith(LABEL_KEYS)]):
-                    raise ValueError(f"sample {wids.splitname(names[0])[0]} has no {' or '.join(LABEL_KEYS)}")
-                top = max(top, int(tar.reader.get_file(labels[0])[1].read()))
-            return len(tar), top + 1
+        tar = wids.IndexedTarSamples(path=path)
+        try: return len(tar), _top_label(tar, wids) + 1
         finally: tar.close()
     except (OSError, ValueError, AssertionError, tarfile.TarError) as e:
         raise DataError(f"cannot count the samples of shard {name} ({type(e).__name__}: {first_line(e)}): "
@@ -431,7 +437,15 @@ def file_lock(path:Path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/02a_shards.ipynb #b84ecf7a
+# %% ../nbs/02a_shards.ipynb #1bdb75af
+def _has_splits(root:str|Path, by_split:dict, splits) -> dict:
+    "`by_split` (`shards_by_split`), once it has shards of each of `splits`; else one `DataError` line."
+    if missing := [s for s in splits if s not in by_split]:
+        raise DataError(f"{root} has no {missing[0]} shards: a file name must hold "
+                        f"{' or '.join(HF_SPLITS[missing[0]])}", root)
+    return by_split
+
+# %% ../nbs/02a_shards.ipynb #8bb9d30f
 def index_shards(
     root:str|Path, # a brace pattern of shards, or a local folder of tar files
     splits=('train', 'val'), # the splits to index (and to count, the first time)
@@ -440,10 +454,8 @@ def index_shards(
 ) -> dict[str, str]:
     "A wids index of each split of `splits`, `{split: path}`: the shards counted once, kept in the cache."
     shards = listed_shards(root)
-    by_split, folder = shards_by_split(shards), cache_folder() / 'index' / shards_key(shards)
-    if missing := [s for s in splits if s not in by_split]:
-        raise DataError(f"{root} has no {missing[0]} shards: a file name must hold "
-                        f"{' or '.join(HF_SPLITS[missing[0]])}", root)
+    by_split = _has_splits(root, shards_by_split(shards), splits)
+    folder = cache_folder() / 'index' / shards_key(shards)
     out = {s: folder / f'{s}.json' for s in splits}
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / '.lock'):  # one process counts; the ranks beside it wait, then read
