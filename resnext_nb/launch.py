@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/launch.html.md"""
 
 # %% ../nbs/04_launch.ipynb #34f49fa7
 from __future__ import annotations
-import argparse, errno, fcntl, gc, logging, os, shlex, signal, socket, sys, time
+import argparse, contextlib, errno, fcntl, gc, logging, os, shlex, signal, socket, sys, time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 # first: it imports torch with a guard for torch_npu
@@ -30,23 +30,27 @@ from .train import (RUN_FILES, RunConfig, RunFailed, TrainConfig, TrainingDiverg
                               evaluate, train)
 
 # %% auto #0
-__all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'ELASTIC_ENV', 'FORWARDED_SIGNALS',
-           'SHUTDOWN_TIMEOUT', 'RDZV_LAST_CALL', 'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'node_range', 'parse_nnodes',
-           'JobConfig', 'make_parser', 'external_launcher', 'slurm_environment', 'preset_for', 'resolve_values',
-           'world_size', 'check_values', 'check_data_path', 'resume_path', 'saved_values', 'moved_layout',
-           'from_checkpoint', 'make_config', 'config_from_args', 'format_config', 'leave_process_group', 'rescaled',
-           'UserError', 'join_process_group', 'run_worker', 'die_with_parent', 'restarted', 'elastic_worker',
-           'check_port_free', 'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal',
-           'describe_failure', 'launch_processes', 'lock_output', 'prepare_output', 'summary_fields', 'write_summary',
-           'summary_lines', 'next_steps', 'finished_line', 'stopped_line', 'run_job', 'main']
+__all__ = ['ASCEND_PORT', 'CONFIGS', 'HELP_GROUPS', 'LAUNCH_USAGE', 'LAUNCH_EPILOG', 'ELASTIC_ENV', 'RDZV_LAST_CALL',
+           'FORWARDED_SIGNALS', 'SHUTDOWN_TIMEOUT', 'LOCK_FILE', 'SUMMARY_UNITS', 'tcp_port', 'node_range',
+           'parse_nnodes', 'JobConfig', 'make_parser', 'external_launcher', 'slurm_environment', 'preset_for',
+           'resolve_values', 'world_size', 'check_values', 'check_data_path', 'resume_path', 'saved_values',
+           'moved_layout', 'resumed_layout', 'resumed_value', 'from_checkpoint', 'make_config', 'run_config',
+           'config_from_args', 'format_config', 'leave_process_group', 'rescaled', 'UserError', 'join_process_group',
+           'run_worker', 'die_with_parent', 'restart_line', 'restarted', 'elastic_worker', 'check_port_free',
+           'rendezvous', 'launch_config', 'check_device_count', 'worker_environment', 'stopped_by_signal',
+           'describe_failure', 'set_worker_environment', 'quiet_elastic_logs', 'launch_processes', 'open_lock_file',
+           'lock_output', 'starts_afresh', 'prepare_output', 'summary_fields', 'write_summary', 'summary_lines',
+           'val_images', 'next_commands', 'next_steps', 'finished_line', 'stopped_line', 'failure_code',
+           'report_summary', 'run_job', 'usage_errors', 'quickstart_line', 'main']
 
-# %% ../nbs/04_launch.ipynb #dea0a756
+# %% ../nbs/04_launch.ipynb #cb00fb23
 ASCEND_PORT = 29688  # the Ascend recipe's fixed MASTER_PORT, kept as the default
 
 def tcp_port(v) -> str|None:
     "A `Flag.check`: None for a TCP port number (1-65535), else the complaint."
     return None if 0 < v < 65536 else 'not a TCP port'
 
+# %% ../nbs/04_launch.ipynb #e2de6898
 def node_range(nnodes:int|str) -> tuple[int, int]:
     "`--nnodes` as (fewest, most) machines: `N` is (N, N), `MIN:MAX` as torchrun's."
     lo, _, hi = str(nnodes).partition(':')
@@ -55,11 +59,11 @@ def node_range(nnodes:int|str) -> tuple[int, int]:
     if not 1 <= lo <= hi: raise ValueError(f"--nnodes {nnodes}: need 1 <= MIN <= MAX")
     return lo, hi
 
+# %% ../nbs/04_launch.ipynb #86b8c899
 def parse_nnodes(text:str) -> int|str:
     "A `Flag.parse` for `--nnodes`: `N` as a number, `MIN:MAX` kept as written, both checked."
     lo, hi = node_range(text)
     return lo if lo == hi else f'{lo}:{hi}'
-
 
 # %% ../nbs/04_launch.ipynb #e4d38664
 @dataclass
@@ -97,7 +101,7 @@ class JobConfig:
 CONFIGS = {'launch': JobConfig, 'device': RunConfig, 'training': TrainConfig, 'data': DataConfig,
            'precision': AmpConfig, 'npu': NpuConfig}
 
-# %% ../nbs/04_launch.ipynb #454e41d3
+# %% ../nbs/04_launch.ipynb #86e334e9
 HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups its flags
     'the run': ('preset', 'recipe', 'epochs', 'batch_size', 'seed', 'print_config'),
     'data': ('data_path', 'dataset', 'image_size', 'workers', 'backend', 'shuffle', 'skip_bad_images',
@@ -117,6 +121,8 @@ HELP_GROUPS = {  # the launcher's `--help` sections, by purpose, as timm groups 
     'checkpoints and output': ('output', 'resume', 'evaluate', 'overwrite', 'checkpoint_every',
                                'max_restarts', 'print_freq', 'tensorboard', 'log_samples', 'case_name'),
 }
+
+# %% ../nbs/04_launch.ipynb #ed539a5a
 LAUNCH_USAGE = 'python -m resnext_nb.launch [--data-path DIR] [--preset NAME] [--nproc N] [flags]'
 LAUNCH_EPILOG = """examples:
   python -m resnext_nb.launch                                          # quick start: the built-in dataset
@@ -126,6 +132,7 @@ LAUNCH_EPILOG = """examples:
 other commands: python -m resnext_nb.doctor (check the machine; --selftest), python -m resnext_nb.predict,
 python -m resnext_nb.export, python -m resnext_nb.bench; each takes --help"""
 
+# %% ../nbs/04_launch.ipynb #cd0d5b6a
 def make_parser() -> OneLineParser:
     "The launcher's argument parser, built from the config fields, in `HELP_GROUPS`."
     return build_parser('python -m resnext_nb.launch',
@@ -149,7 +156,7 @@ def slurm_environment(env, addr:str, port:int) -> dict[str, str]:
             'WORLD_SIZE': env['SLURM_NTASKS'],
             'MASTER_ADDR': env.get('MASTER_ADDR', addr), 'MASTER_PORT': env.get('MASTER_PORT', str(port))}
 
-# %% ../nbs/04_launch.ipynb #4ad3c303
+# %% ../nbs/04_launch.ipynb #7d640650
 def preset_for(given:dict) -> str|None:
     "The run's preset: `--preset`, else the quick start when there is no data to train on."
     if 'preset' in given: return given['preset']
@@ -157,9 +164,9 @@ def preset_for(given:dict) -> str|None:
                and not given.get('dummy'))
     return 'quickstart' if builtin else None
 
+# %% ../nbs/04_launch.ipynb #f26cf3ad
 def resolve_values(given:dict) -> tuple[dict, dict]:
-    """Every flag-bearing field's value, and where it came from: 'flag', 'preset NAME', 'recipe NAME' or
-    'default'."""
+    "Each flag-bearing field's value and its source: 'flag', 'preset NAME', 'recipe NAME' or 'default'."
     name = preset_for(given)
     preset, values, sources = PRESETS.get(name, {}), {'preset': name}, {}
     recipe = given.get('recipe', preset.get('recipe', TrainConfig.recipe))
@@ -188,7 +195,7 @@ def world_size(values:dict, env=os.environ) -> tuple[int, int]:
                          "node-rank < nnodes")
     return nproc, nproc * most
 
-# %% ../nbs/04_launch.ipynb #3f4ec657
+# %% ../nbs/04_launch.ipynb #0af804d4
 def check_values(values:dict, world:int):
     "Reject values that cannot work, naming the flag: each field's own check, then the ones that join fields."
     field_checks(values, CONFIGS)
@@ -204,6 +211,7 @@ def check_values(values:dict, world:int):
                          "(pytorch#161302, #107372): drop one of the two")
     parse_loss_scale(values['loss_scale'])
 
+# %% ../nbs/04_launch.ipynb #8b9a45f5
 def check_data_path(path:str|None):
     "Before anything loads: `--data_path` must be an existing folder (or shards' URL or brace pattern)."
     if path is None or names_shards(path): return
@@ -213,7 +221,7 @@ def check_data_path(path:str|None):
         raise ValueError(f"--data_path {p} is a file: pass the folder that holds train/ and val/ (or "
                          "cifar-10-batches-py)")
 
-# %% ../nbs/04_launch.ipynb #b3b50a14
+# %% ../nbs/04_launch.ipynb #eb10a280
 def resume_path(
     resume:str|None, # `--resume`: a path, 'auto' or None
     output:str|None, # `--output`
@@ -224,6 +232,7 @@ def resume_path(
     if output is None: raise ValueError("--resume auto needs --output DIR: the run folder to continue from")
     return str(ckpt) if (ckpt := Path(output) / 'checkpoint.pth.tar').is_file() else None
 
+# %% ../nbs/04_launch.ipynb #6b2ca3c7
 def saved_values(state:dict) -> dict:
     "The flag-bearing values a checkpoint's run used, by field name."
     config, saved = state.get('config') or {}, {}
@@ -242,9 +251,7 @@ def moved_layout(
     batch_size:int, accum:int, world:int,
     new_world:int, # the ranks it continues on
 ) -> tuple[int, int]:
-    """`(batch_size, grad_accum_steps)` that continue a run on `new_world` ranks with the same updates: the
-    same micro-batches, more of them per rank on fewer ranks; on more ranks than micro-batches, each split
-    evenly."""
+    "`(batch_size, grad_accum_steps)` that continue a run on `new_world` ranks with the same updates."
     S, m = world * accum, batch_size // world  # micro-batches per update, and their size
     if S % new_world == 0: return m * new_world, S // new_world
     if new_world > S and m * S % new_world == 0: return m * S, 1
@@ -254,40 +261,74 @@ def moved_layout(
                      f"cannot share evenly: resume it on {', '.join(counts[:-1])}{' or ' * (len(counts) > 1)}"
                      f"{counts[-1]} processes, or a multiple of {S} that divides {m * S}")
 
-# %% ../nbs/04_launch.ipynb #b764575e
+# %% ../nbs/04_launch.ipynb #c5f53535
+def resumed_layout(
+    state:dict, # the checkpoint
+    saved:dict, # the values its run used (`saved_values`)
+    path:str, # where the checkpoint is, for the message
+    world:int, # the ranks it continues on
+) -> dict:
+    "The `batch_size` and `grad_accum_steps` a run continues with on `world` ranks; {} on its own world size."
+    if (was := state.get('world_size', 1)) == world or 'batch_size' not in saved: return {}
+    try: layout = moved_layout(saved['batch_size'], saved.get('grad_accum_steps', 1), was, world)
+    except ValueError as e: raise ValueError(f"checkpoint {path} ran on {was} processes: {e}") from None
+    return dict(zip(('batch_size', 'grad_accum_steps'), layout))
+
+# %% ../nbs/04_launch.ipynb #8b26cc53
+def resumed_value(
+    flag_name:str, # the field's flag, as the error names it
+    on_resume:str, # the flag's `Flag.on_resume`: 'keep' or 'apply'
+    value, # the field's value now
+    source:str, # where `value` came from
+    saved, # the checkpoint's value
+    keep, # what the run goes on with: `saved`, or what a move to another world size chose
+) -> tuple:
+    "The `(value, source)` a resumed run takes for one field, refusing a flag that would change its recipe."
+    if value in (saved, keep): return (value, source) if value == keep else (keep, 'checkpoint')
+    if source != 'flag': return keep, 'checkpoint'
+    if on_resume == 'apply': return value, source  # given again: it takes effect
+    raise ValueError(f"{flag_name} {shown(value)} differs from the checkpoint's {shown(keep)}: "
+                     "a resumed run keeps its recipe; drop the flag, or start a new run in another --output")
+
+# %% ../nbs/04_launch.ipynb #725f4b7c
 def from_checkpoint(
     values:dict, # the resolved values; updated in place
     sources:dict, # where each came from; updated in place
     path:str, # the checkpoint being resumed
     world:int, # this job's world size
 ):
-    """Take every value not given now from the checkpoint at `path`; refuse a flag given now that would change
-    its recipe."""
+    "Take the run's values from the checkpoint at `path`; refuse a flag that would change its recipe."
     state = read_checkpoint(path)
-    saved, moved = saved_values(state), {}
-    if (was := state.get('world_size', 1)) != world and 'batch_size' in saved:  # the same updates, on `world`
-        try: layout = moved_layout(saved['batch_size'], saved.get('grad_accum_steps', 1), was, world)
-        except ValueError as e: raise ValueError(f"checkpoint {path} ran on {was} processes: {e}") from None
-        moved = dict(zip(('batch_size', 'grad_accum_steps'), layout))
+    saved = saved_values(state)
+    moved = resumed_layout(state, saved, path, world)
     for _, f, flag in flag_fields(CONFIGS):
         if f.name not in saved or flag.on_resume == 'job': continue
         keep = moved.get(f.name, saved[f.name])  # what the run goes on with: the checkpoint's, or its move's
-        if values[f.name] in (saved[f.name], keep):
-            if values[f.name] != keep: values[f.name], sources[f.name] = keep, 'checkpoint'
-            continue
-        if sources[f.name] == 'flag':
-            if flag.on_resume == 'apply': continue  # given again: it takes effect
-            raise ValueError(f"{flag_names(f, flag)[0]} {shown(values[f.name])} differs from the "
-                             f"checkpoint's {shown(keep)}: "
-                             "a resumed run keeps its recipe; drop the flag, or "
-                             "start a new run in another --output")
-        values[f.name], sources[f.name] = keep, 'checkpoint'
+        values[f.name], sources[f.name] = resumed_value(
+            flag_names(f, flag)[0], flag.on_resume, values[f.name], sources[f.name], saved[f.name], keep)
 
-# %% ../nbs/04_launch.ipynb #262a7702
+# %% ../nbs/04_launch.ipynb #c5ebc427
 def make_config(cls, values:dict):
     "An instance of config class `cls` with its flag-bearing fields taken from `values`."
     return cls(**{f.name: values[f.name] for f in fields(cls) if 'flag' in f.metadata})
 
+# %% ../nbs/04_launch.ipynb #3ff465a0
+def run_config(
+    values:dict, # every flag-bearing field's resolved, checked value
+    world:int, # the job's world size
+) -> RunConfig:
+    "The `RunConfig` every worker runs: the configs of the earlier chapters, and the output folder named."
+    tr = make_config(TrainConfig, values)
+    # a resumed run stays in its folder
+    output = (tr.output
+              or (str(Path(values['resume']).parent) if values['resume'] else default_output(tr.arch)))
+    dataset = 'synthetic' if values['dummy'] else values['dataset']
+    data = replace(make_config(DataConfig, values), dataset=dataset, seed=tr.seed or 0)
+    return RunConfig(train=replace(tr, output=output), data=data, amp=make_config(AmpConfig, values),
+                     npu=make_config(NpuConfig, values),
+                     device=values['device'], device_list=values['device_list'], world_size=world)
+
+# %% ../nbs/04_launch.ipynb #f0309ee5
 def config_from_args(args, env=os.environ) -> tuple[RunConfig, JobConfig]:
     "Map the parsed flags onto a `RunConfig` for the workers and a `JobConfig` for the launcher."
     values, sources = resolve_values(vars(args))
@@ -298,16 +339,7 @@ def config_from_args(args, env=os.environ) -> tuple[RunConfig, JobConfig]:
     check_values(values, world)
     job = replace(make_config(JobConfig, {**values, 'nproc': nproc}), preset=values['preset'],
                   sources=sources)
-    tr = make_config(TrainConfig, values)
-    output = (tr.output
-              or (str(Path(values['resume']).parent) if values['resume'] else default_output(tr.arch)))
-    # named once, here, so that every rank agrees; a resumed run stays in its folder
-    tr = replace(tr, output=output)
-    data = replace(make_config(DataConfig, values), dataset='synthetic' if job.dummy else values['dataset'],
-                   seed=tr.seed or 0)
-    return RunConfig(train=tr, data=data, amp=make_config(AmpConfig, values),
-                     npu=make_config(NpuConfig, values),
-                     device=values['device'], device_list=values['device_list'], world_size=world), job
+    return run_config(values, world), job
 
 # %% ../nbs/04_launch.ipynb #92cb7201
 def format_config(cfg:RunConfig, job:JobConfig) -> str:
@@ -377,7 +409,7 @@ def run_worker(cfg:RunConfig) -> dict:
     raise UserError(code)
 
 
-# %% ../nbs/04_launch.ipynb #b277d285
+# %% ../nbs/04_launch.ipynb #17bb62bd
 def die_with_parent(sig:int=signal.SIGTERM):
     """Ask Linux to send `sig` to this process when its parent (the launcher) dies, so that no rank outlives
     it."""
@@ -385,25 +417,34 @@ def die_with_parent(sig:int=signal.SIGTERM):
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1: PR_SET_PDEATHSIG
 
+# %% ../nbs/04_launch.ipynb #b4a32716
+def restart_line(
+    resume:str|None, # the checkpoint the ranks go on from (None: the start)
+    attempt:int, # torch elastic's restart count (0: the job's machines changed)
+    env=os.environ, # for `TORCHELASTIC_MAX_RESTARTS`
+) -> str:
+    "The line rank 0 prints when the ranks start again: why, and where the run goes on from."
+    step = read_checkpoint(resume).get('step') if resume else None
+    where = f"{resume}{f' (step {step})' if step is not None else ''}" if resume else "the start"
+    why = (f"a rank failed; restart {attempt} of {env.get('TORCHELASTIC_MAX_RESTARTS', '?')}" if attempt
+           else "the job's machines changed; it")
+    return f"resnext_nb: {why} goes on from {where}"
+
+# %% ../nbs/04_launch.ipynb #110ae830
 ELASTIC_ENV = 'RESNEXT_NB_ELASTIC'  # set for the workers of a `--nnodes MIN:MAX` job
 
 def restarted(cfg:RunConfig, env=os.environ) -> RunConfig:
-    """`cfg` for ranks that torch elastic restarted after a failure (`--max-restarts`), or, in an elastic job,
-    because a machine joined (which torch does not count as a restart): the run goes on from its own
-    checkpoint, as `--resume auto` would, and rank 0 says so in one line."""
+    """`cfg` for ranks that torch elastic started again, after a failure or because a machine joined: the run
+    goes on from its own checkpoint, and rank 0 says so (`restart_line`)."""
     attempt = int(env.get('TORCHELASTIC_RESTART_COUNT', 0))
     ckpt = Path(cfg.train.output) / 'checkpoint.pth.tar'
     regrouped = env.get(ELASTIC_ENV) == '1' and ckpt.is_file() and cfg.train.resume != str(ckpt)
     if (attempt == 0 and not regrouped) or cfg.train.evaluate: return cfg
     resume = str(ckpt) if ckpt.is_file() else cfg.train.resume  # none written yet: where the run began
-    if env.get('RANK', '0') == '0':
-        step = read_checkpoint(resume).get('step') if resume else None
-        where = f"{resume}{f' (step {step})' if step is not None else ''}" if resume else "the start"
-        why = (f"a rank failed; restart {attempt} of {env.get('TORCHELASTIC_MAX_RESTARTS', '?')}" if attempt
-               else "the job's machines changed; it")
-        print(f"resnext_nb: {why} goes on from {where}", file=sys.stderr, flush=True)
+    if env.get('RANK', '0') == '0': print(restart_line(resume, attempt, env), file=sys.stderr, flush=True)
     return replace(cfg, train=replace(cfg.train, resume=resume))
 
+# %% ../nbs/04_launch.ipynb #20855442
 @record
 def elastic_worker(cfg:RunConfig) -> dict:
     """The entry point torch elastic runs in each process; a rank stopped by a signal exits with its code once
@@ -417,7 +458,6 @@ def elastic_worker(cfg:RunConfig) -> dict:
         raise SystemExit(128 + signal.Signals[summary['stopped_by']])
     return summary
 
-
 # %% ../nbs/04_launch.ipynb #2a1bf619
 def check_port_free(addr:str, port:int):
     "Raise a clear error when `port` is already taken on this machine."
@@ -427,25 +467,33 @@ def check_port_free(addr:str, port:int):
             raise ValueError(f"--port {port} is already in use on this machine (another job?): "
                              "choose a free port with --port") from None
 
-# %% ../nbs/04_launch.ipynb #7fa41a2d
+# %% ../nbs/04_launch.ipynb #39776096
+RDZV_LAST_CALL = 10  # seconds an elastic rendezvous waits for more machines once it has MIN
+
+def rendezvous(
+    nnodes:int|str, # `--nnodes`: N, or MIN:MAX for an elastic job
+    node_rank:int, # this machine's rank; node 0 hosts an elastic job's rendezvous
+) -> dict:
+    "Torch elastic's rendezvous settings: static for a fixed `nnodes`, c10d hosted by node 0 for `MIN:MAX`."
+    lo, hi = node_range(nnodes)
+    if lo == hi: return dict(rdzv_backend='static', rdzv_configs={'rank': node_rank, 'timeout': 900})
+    # a new round waits RDZV_LAST_CALL s for more machines once MIN are there
+    return dict(rdzv_backend='c10d', rdzv_configs={'is_host': node_rank == 0, 'join_timeout': 900,
+                                                   'last_call_timeout': RDZV_LAST_CALL})
+
+# %% ../nbs/04_launch.ipynb #766db040
 FORWARDED_SIGNALS = (*STOP_SIGNALS, 'SIGQUIT')  # what the launcher takes and passes on to every rank
 SHUTDOWN_TIMEOUT = 120  # seconds the ranks get to save after a forwarded signal, before SIGKILL
-RDZV_LAST_CALL = 10  # seconds an elastic rendezvous waits for more machines once it has MIN
 
 def launch_config(nproc:int, nnodes:int|str, node_rank:int, addr:str, port:int,
                   max_restarts:int=0) -> LaunchConfig:
-    """A torch elastic `LaunchConfig` for a rendezvous at `addr:port`, forwarding `FORWARDED_SIGNALS`: static
-    for a fixed `nnodes`, c10d (hosted by node 0) for `MIN:MAX`."""
+    "A torch elastic `LaunchConfig` for the `rendezvous` at `addr:port`, forwarding `FORWARDED_SIGNALS`."
     # torch >= 2.9
     newer = dict(signals_to_handle=','.join(FORWARDED_SIGNALS), shutdown_timeout=SHUTDOWN_TIMEOUT)
     known = {f.name for f in fields(LaunchConfig)}
     lo, hi = node_range(nnodes)
-    rdzv = (dict(rdzv_backend='static', rdzv_configs={'rank': node_rank, 'timeout': 900}) if lo == hi else
-            # a new round waits RDZV_LAST_CALL s for more machines once MIN are there
-            dict(rdzv_backend='c10d', rdzv_configs={'is_host': node_rank == 0, 'join_timeout': 900,
-                                                    'last_call_timeout': RDZV_LAST_CALL}))
     return LaunchConfig(min_nodes=lo, max_nodes=hi, nproc_per_node=nproc, run_id=f'resnext_nb-{port}',
-                        rdzv_endpoint=f'{addr}:{port}', **rdzv,
+                        rdzv_endpoint=f'{addr}:{port}', **rendezvous(nnodes, node_rank),
                         max_restarts=max_restarts, monitor_interval=0.5, start_method='spawn',
                         **{k: v for k, v in newer.items() if k in known})
 
@@ -469,7 +517,7 @@ def worker_environment(device_type:str, nproc:int) -> dict[str, str]:
     if nproc > 1: env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // nproc))
     return env
 
-# %% ../nbs/04_launch.ipynb #e78ad2b4
+# %% ../nbs/04_launch.ipynb #7eb1801c
 def stopped_by_signal(e:ChildFailedError) -> str|None:
     """The stop signal every failed rank exited with (as 128 + its number, having saved), or None for a real
     failure."""
@@ -477,6 +525,7 @@ def stopped_by_signal(e:ChildFailedError) -> str|None:
     stops = {128 + getattr(signal, n): n for n in STOP_SIGNALS if hasattr(signal, n)}
     return stops[codes.pop()] if len(codes) == 1 and codes <= stops.keys() else None
 
+# %% ../nbs/04_launch.ipynb #77805b0e
 def describe_failure(e:ChildFailedError) -> str:
     "One line per failed rank: its rank, exit code and recorded error message."
     lines = []
@@ -490,7 +539,31 @@ def describe_failure(e:ChildFailedError) -> str:
         lines.append(f"rank {rank} (pid {f.pid}) failed with exit code {f.exitcode}: {why}")
     return "resnext_nb: the job failed\n  " + "\n  ".join(lines)
 
-# %% ../nbs/04_launch.ipynb #bfb40bbb
+# %% ../nbs/04_launch.ipynb #2433eb24
+def set_worker_environment(
+    device_type:str, # the workers' device type
+    nproc:int, # processes on this node
+    elastic:bool, # a `--nnodes MIN:MAX` job, whose workers may start again on a checkpoint: see `restarted`
+    env=os.environ, # what the workers inherit; updated in place
+):
+    "Set the environment the workers inherit: the device's, torch elastic's for older torch, fewer warnings."
+    for k, v in worker_environment(device_type, nproc).items(): env.setdefault(k, v)
+    # older torch reads these two
+    env.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', ','.join(FORWARDED_SIGNALS))
+    env.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', str(SHUTDOWN_TIMEOUT))
+    # a rank killed outright leaves semaphores, which multiprocessing's tracker frees, with a warning
+    quiet = 'ignore::UserWarning:multiprocessing.resource_tracker'
+    env['PYTHONWARNINGS'] = ','.join(w for w in (env.get('PYTHONWARNINGS'), quiet) if w)
+    if elastic: env[ELASTIC_ENV] = '1'
+
+# %% ../nbs/04_launch.ipynb #5caae8cc
+def quiet_elastic_logs():
+    "Silence torch elastic's own loggers: `describe_failure` reports a failure, in one line."
+    for name in [n for n in logging.root.manager.loggerDict
+                 if n.startswith(('torch.distributed.elastic', 'torch.multiprocessing'))]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # each sets its own level
+
+# %% ../nbs/04_launch.ipynb #ca22dd96
 def launch_processes(
     cfg:RunConfig, # what every worker runs
     job:JobConfig, # processes per node, machines, this node's rank, the rendezvous
@@ -499,38 +572,35 @@ def launch_processes(
     device_type = resolve_device_type(cfg.device)
     check_device_count(device_type, job.nproc, cfg.device_list, available_devices(device_type))
     if job.node_rank == 0: check_port_free(job.addr, job.port)
-    for k, v in worker_environment(device_type, job.nproc).items(): os.environ.setdefault(k, v)
-    # older torch reads these two
-    os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE', ','.join(FORWARDED_SIGNALS))
-    os.environ.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', str(SHUTDOWN_TIMEOUT))
-    # a rank killed outright leaves semaphores, which multiprocessing's tracker frees, with a warning
-    quiet = 'ignore::UserWarning:multiprocessing.resource_tracker'
-    os.environ['PYTHONWARNINGS'] = ','.join(w for w in (os.environ.get('PYTHONWARNINGS'), quiet) if w)
-    for name in [n for n in logging.root.manager.loggerDict
-                 if n.startswith(('torch.distributed.elastic', 'torch.multiprocessing'))]:
-        # each sets its own level; `describe_failure` reports failures, in one line
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     lo, hi = node_range(job.nnodes)
-    if lo != hi: os.environ[ELASTIC_ENV] = '1'  # its workers may start again on a checkpoint: see `restarted`
+    set_worker_environment(device_type, job.nproc, elastic=lo != hi)
+    quiet_elastic_logs()
     lc = launch_config(job.nproc, job.nnodes, job.node_rank, job.addr, job.port, job.max_restarts)
     results = elastic_launch(lc, elastic_worker)(cfg)
     return results.get(0, {})  # on the machine that held rank 0 (an elastic rendezvous deals the ranks)
 
-# %% ../nbs/04_launch.ipynb #76085399
+# %% ../nbs/04_launch.ipynb #1c722475
 LOCK_FILE = '.resnext_nb.lock'  # in the output folder, held for the whole job
 
-def lock_output(
+def open_lock_file(
     folder:Path, # the run's output folder (created here)
 ):
-    "Create `folder` and lock it for this process; the open lock file is returned and must stay open."
+    "Create `folder` and open its lock file, refusing a file in the way or a folder it cannot write to."
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--output {folder} is a file: choose a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / LOCK_FILE, 'a+')
+        return open(folder / LOCK_FILE, 'a+')
     except OSError as e:
         raise ValueError(f"--output {folder} is not writable ({e.strerror}): "
                          "choose a folder you can write to") from None
+
+# %% ../nbs/04_launch.ipynb #f16dcb2a
+def lock_output(
+    folder:Path, # the run's output folder (created here)
+):
+    "Create `folder` and lock it for this process; the open lock file is returned and must stay open."
+    f = open_lock_file(folder)
     try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0); holder = f.read().strip() or 'another process'
@@ -541,7 +611,23 @@ def lock_output(
     f.flush()
     return f
 
-# %% ../nbs/04_launch.ipynb #6dc1e6be
+# %% ../nbs/04_launch.ipynb #264e71df
+def starts_afresh(
+    folder:Path, # the locked output folder
+    cfg:RunConfig, # the run: whether it resumes or only evaluates
+    overwrite:bool, # `--overwrite`
+) -> bool:
+    "Whether the run files in `folder` go before this run starts; a folder holding another run is refused."
+    saved = (folder / 'checkpoint.pth.tar').exists()
+    if saved and not (cfg.train.resume or cfg.train.evaluate):
+        if overwrite: return True
+        raise ValueError(f"--output {folder} already holds a run (checkpoint.pth.tar): "
+                         "continue it with --resume auto, "
+                         f"replace it with --overwrite, or choose another --output")
+    # logs of a run that never saved: it starts again
+    return not saved and not cfg.train.evaluate
+
+# %% ../nbs/04_launch.ipynb #79a4f2e0
 def prepare_output(
     cfg:RunConfig, # the run: its output folder, and whether it resumes or only evaluates
     job:JobConfig, # `--overwrite`
@@ -549,20 +635,13 @@ def prepare_output(
     "Lock the output folder, refuse one that holds another run, and remove temporary files of a killed save."
     folder = Path(cfg.train.output)
     lock = lock_output(folder)
-    if (folder / 'checkpoint.pth.tar').exists() and not (cfg.train.resume or cfg.train.evaluate):
-        if not job.overwrite:
-            raise ValueError(f"--output {folder} already holds a run (checkpoint.pth.tar): "
-                             "continue it with --resume auto, "
-                             f"replace it with --overwrite, or choose another --output")
-        for name in RUN_FILES: (folder / name).unlink(missing_ok=True)
-    # logs of a run that never saved: it starts again
-    elif not (folder / 'checkpoint.pth.tar').exists() and not cfg.train.evaluate:
+    if starts_afresh(folder, cfg, job.overwrite):
         for name in RUN_FILES: (folder / name).unlink(missing_ok=True)
     # a save killed midway; the lock says no save runs now
     for tmp in folder.glob('.*.tmp'): tmp.unlink(missing_ok=True)
     return lock
 
-# %% ../nbs/04_launch.ipynb #3cf31508
+# %% ../nbs/04_launch.ipynb #42bca0d4
 def summary_fields(summary:dict, cfg:RunConfig, device_type:str, case_name:str|None, wall_s:float) -> dict:
     "The Ascend recipe's summary fields for a finished run."
     global_batch, world = cfg.data.batch_size, cfg.world_size
@@ -577,6 +656,7 @@ def summary_fields(summary:dict, cfg:RunConfig, device_type:str, case_name:str|N
             'ActualLoss': round(summary.get('train_loss', summary.get('loss', float('nan'))), 4),
             'E2ETrainingTime': round(wall_s, 1)}
 
+# %% ../nbs/04_launch.ipynb #6678124b
 def write_summary(fields:dict, output:str|Path) -> Path:
     "Write `fields` as `Key = value` lines to `<output>/<CaseName>.log`."
     path = Path(output) / f"{fields['CaseName']}.log"
@@ -595,29 +675,42 @@ def summary_lines(fields:dict) -> list[str]:
     return [f"   {k} = {v}" + (f" ({SUMMARY_UNITS[k]})" if k in SUMMARY_UNITS else '') for k,
             v in fields.items()]
 
-# %% ../nbs/04_launch.ipynb #14b2f2e9
+# %% ../nbs/04_launch.ipynb #39f072ae
+def val_images(
+    data_path:str|None, # `--data_path` (None: the built-in dataset)
+) -> str|Path:
+    "What to show `predict`: the data's `val` folder, or any of yours for shards (no image files)."
+    data_path = data_path or builtin_dataset_path()
+    return 'IMAGES_OR_FOLDERS' if shard_kind(data_path) else Path(data_path) / 'val'
+
+# %% ../nbs/04_launch.ipynb #56cad929
+def next_commands(
+    cfg:RunConfig, # the finished run
+) -> dict[str, str]:
+    "The commands that go on from a finished run, each with what it does."
+    out = Path(cfg.train.output); best = out / 'model_best.pth.tar'
+    data = f" --data_path {shlex.quote(str(cfg.data.data_path))}" if cfg.data.data_path else ''
+    model = f" --arch {cfg.train.arch} --image-size {cfg.data.image_size}"
+    return {f"python -m resnext_nb.predict {best} {val_images(cfg.data.data_path)}":
+                'the top-5 classes of images or folders',
+            f"python -m resnext_nb.launch --evaluate --resume {best}{model}{data}":
+                'score it on the validation set',
+            f"python -m resnext_nb.launch --resume auto --output {out}{data} --epochs N":
+                'train on, to N epochs',
+            f"python -m resnext_nb.export {best} --format onnx": 'ONNX, checked against PyTorch'}
+
+# %% ../nbs/04_launch.ipynb #76b8249b
 def next_steps(
     cfg:RunConfig, # the finished run
 ) -> list[str]:
     "Where a finished run's files are, and the commands that go on from it."
-    out = Path(cfg.train.output); best = out / 'model_best.pth.tar'
-    data = f" --data_path {shlex.quote(str(cfg.data.data_path))}" if cfg.data.data_path else ''
-    model = f" --arch {cfg.train.arch} --image-size {cfg.data.image_size}"
-    data_path = cfg.data.data_path or builtin_dataset_path()
-    # shards have no image files to point at: then any of yours
-    images = 'IMAGES_OR_FOLDERS' if shard_kind(data_path) else Path(data_path) / 'val'
-    commands = {f"python -m resnext_nb.predict {best} {images}": 'the top-5 classes of images or folders',
-                f"python -m resnext_nb.launch --evaluate --resume {best}{model}{data}":
-                    'score it on the validation set',
-                f"python -m resnext_nb.launch --resume auto --output {out}{data} --epochs N":
-                    'train on, to N epochs',
-                f"python -m resnext_nb.export {best} --format onnx": 'ONNX, checked against PyTorch'}
+    commands = next_commands(cfg)
     width = max(map(len, commands))
-    return [f"=> plots: {out / 'loss.png'}, accuracy.png, lr.png; reports: {', '.join(REPORT_FILES)}; "
-            f"logs: train.log, metrics.jsonl", "=> next:",
+    return [f"=> plots: {Path(cfg.train.output) / 'loss.png'}, accuracy.png, lr.png; "
+            f"reports: {', '.join(REPORT_FILES)}; logs: train.log, metrics.jsonl", "=> next:",
             *(f"   {c:<{width}}  # {why}" for c, why in commands.items())]
 
-# %% ../nbs/04_launch.ipynb #80b6df5c
+# %% ../nbs/04_launch.ipynb #9bf4c786
 def _start(cfg:RunConfig, job:JobConfig) -> dict:
     "Run the job the way the environment and the flags ask: torchrun/SLURM, in-process, or torch elastic."
     launcher = external_launcher()
@@ -625,6 +718,7 @@ def _start(cfg:RunConfig, job:JobConfig) -> dict:
     if launcher or (job.nproc == 1 and node_range(job.nnodes) == (1, 1)): return run_worker(cfg)
     return launch_processes(cfg, job)
 
+# %% ../nbs/04_launch.ipynb #28062e7c
 def finished_line(cfg:RunConfig) -> str|None:
     """For a resume whose checkpoint already ends the run (all `epochs` trained): the one line to say so, else
     None."""
@@ -636,6 +730,7 @@ def finished_line(cfg:RunConfig) -> str|None:
             f"do, and its summary and reports stay as they are: pass --epochs N (more than {state['epoch']}) "
             "to train on")
 
+# %% ../nbs/04_launch.ipynb #0b021bca
 def stopped_line(name:str, output:str) -> str:
     "The one line a job stopped by signal `name` ends with: what was saved, and how to continue."
     ckpt = Path(output) / 'checkpoint.pth.tar'
@@ -645,61 +740,93 @@ def stopped_line(name:str, output:str) -> str:
     return (f"resnext_nb: stopped by {name}; {ckpt} (step {step}) resumes it exactly: run the same command "
             "with --resume auto")
 
-def _leads() -> bool:
-    """Whether this process owns the output folder: the launcher on node 0, or global rank 0 under torchrun or
-    SLURM."""
-    return (int(os.environ.get('RANK', os.environ.get('SLURM_PROCID', 0))) == 0 if external_launcher()
-            else True)
+# %% ../nbs/04_launch.ipynb #f68490bd
+def failure_code(
+    e:BaseException, # what starting the job raised: a failure a user can act on, or a stop
+    output:str, # the run's output folder, which holds a stopped run's checkpoint
+) -> int:
+    "Print the one line that says why the job ended early; returns its exit code."
+    if isinstance(e, UserError): return int(e.code)  # its rank printed the line
+    name = (stopped_by_signal(e) if isinstance(e, ChildFailedError)
+            else e.sigval.name if isinstance(e, SignalException) else None)
+    if name: line, code = stopped_line(name, output), 128 + signal.Signals[name]
+    elif isinstance(e, ChildFailedError): line, code = describe_failure(e), 1
+    elif isinstance(e, KeyboardInterrupt): line, code = "resnext_nb: interrupted", 130
+    else: line, code = f"resnext_nb: error: {e}", 2 if isinstance(e, ValueError) else 1
+    print(line, file=sys.stderr)
+    return code
 
+# %% ../nbs/04_launch.ipynb #035ee321
+def report_summary(
+    summary:dict, # rank 0's summary of the finished run
+    cfg:RunConfig, # the run
+    job:JobConfig, # `--case-name`
+    wall_s:float, # the job's wall time, in seconds
+) -> Path:
+    "Write the summary file, and print it, with each number's unit, and the commands that go on from the run."
+    fields_ = summary_fields(summary, cfg, resolve_device_type(cfg.device), job.case_name, wall_s)
+    path = write_summary(fields_, cfg.train.output)
+    print('\n'.join([f"=> summary {path}:", *summary_lines(fields_),
+                     *([] if cfg.train.evaluate else next_steps(cfg))]), flush=True)
+    return path
+
+# %% ../nbs/04_launch.ipynb #94e0ad9d
 def run_job(cfg:RunConfig, job:JobConfig, start:float) -> int:
     "Run the resolved job; returns the exit code, with every failure as a short message."
     try: summary = _start(cfg, job)
-    except ChildFailedError as e:
-        if name := stopped_by_signal(e):
-            print(stopped_line(name, cfg.train.output), file=sys.stderr); return 128 + signal.Signals[name]
-        print(describe_failure(e), file=sys.stderr); return 1
-    except SignalException as e:
-        print(stopped_line(e.sigval.name, cfg.train.output), file=sys.stderr); return 128 + e.sigval
-    except ValueError as e: print(f"resnext_nb: error: {e}", file=sys.stderr); return 2
-    except (DeviceUnavailable, torch.OutOfMemoryError) as e:
-        print(f"resnext_nb: error: {e}", file=sys.stderr); return 1
-    except UserError as e: return int(e.code)
-    except KeyboardInterrupt: print("resnext_nb: interrupted", file=sys.stderr); return 130
+    except (ChildFailedError, SignalException, ValueError, DeviceUnavailable, torch.OutOfMemoryError,
+            UserError, KeyboardInterrupt) as e:
+        return failure_code(e, cfg.train.output)
     if summary.get('stopped_by'):
         print(stopped_line(summary['stopped_by'], cfg.train.output), file=sys.stderr)
         return 128 + signal.Signals[summary['stopped_by']]
-    if summary:  # rank 0 alone returns one
-        fields_ = summary_fields(summary, cfg, resolve_device_type(cfg.device), job.case_name,
-                                 time.time() - start)
-        path = write_summary(fields_, cfg.train.output)
-        print('\n'.join([f"=> summary {path}:", *summary_lines(fields_),
-                         *([] if cfg.train.evaluate else next_steps(cfg))]), flush=True)
+    if summary: report_summary(summary, cfg, job, time.time() - start)  # rank 0 alone returns one
     return 0
 
+# %% ../nbs/04_launch.ipynb #7c69ff7c
+def _leads(env=os.environ) -> bool:
+    """Whether this process owns the output folder: the launcher on node 0, or global rank 0 under torchrun or
+    SLURM."""
+    return (int(env.get('RANK', env.get('SLURM_PROCID', 0))) == 0 if external_launcher(env)
+            else True)
+
+# %% ../nbs/04_launch.ipynb #5f3cbf9f
+@contextlib.contextmanager
+def usage_errors(
+    parser:argparse.ArgumentParser, # reports the error and exits with code 2
+):
+    "Turn a bad value, checkpoint or path raised inside into the parser's one-line error."
+    try: yield
+    except (ValueError, CheckpointError) as e: parser.error(str(e))
+    except OSError as e:  # a path the system refuses, such as a name over 255 bytes (ENAMETOOLONG)
+        parser.error(f"cannot use {e.filename}: {e.strerror}" + (": each part of a path is at most 255 bytes"
+                                                                 if e.errno == errno.ENAMETOOLONG else ''))
+
+# %% ../nbs/04_launch.ipynb #e721f70d
+def quickstart_line(
+    cfg:RunConfig, # the quick start's run
+) -> str:
+    "The line a run without `--data-path` begins with: what it trains, and on what."
+    return (f"=> no --data-path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the "
+            "built-in dataset "
+            f"(pass --data-path DIR for ImageNet; see --help)")
+
+# %% ../nbs/04_launch.ipynb #e9222029
 def main(
     argv:list[str]|None=None, # the flags (None: `sys.argv[1:]`)
 ) -> int:
-    """The `python -m resnext_nb.launch` command: resolve, check and take the output folder before any work;
-    returns the exit code."""
+    "The `python -m resnext_nb.launch` command: check, take the output folder, run; returns the exit code."
     parser, start = make_parser(), time.time()
     args = parser.parse_args(argv)
-    try:
+    with usage_errors(parser):
         cfg, job = config_from_args(args)
         if job.print_config: print(format_config(cfg, job)); return 0
         if done := finished_line(cfg): print(done); return 0
         check_data_path(cfg.data.data_path)
         lock = prepare_output(cfg, job) if _leads() and job.node_rank == 0 else None
-    except (ValueError, CheckpointError) as e: parser.error(str(e))
-    except OSError as e:  # a path the system refuses, such as a name over 255 bytes (ENAMETOOLONG)
-        parser.error(f"cannot use {e.filename}: {e.strerror}" + (": each part of a path is at most 255 bytes"
-                                                                 if e.errno == errno.ENAMETOOLONG else ''))
-    if job.preset == 'quickstart':
-        print(f"=> no --data-path: quick start with {cfg.train.arch} at {cfg.data.image_size} px on the "
-              "built-in dataset "
-              f"(pass --data-path DIR for ImageNet; see --help)", flush=True)
-    try: return run_job(cfg, job, start)
-    finally:
-        if lock: lock.close()  # the lock is held for the whole job
+    if job.preset == 'quickstart': print(quickstart_line(cfg), flush=True)
+    with lock or contextlib.nullcontext():  # the lock is held for the whole job
+        return run_job(cfg, job, start)
 
 # %% ../nbs/04_launch.ipynb #995c54f0
 if __name__ == '__main__' and '__file__' in globals():
