@@ -6,8 +6,8 @@ Docs: https://resnext-nb.github.io/resnext_nb/doctor.html.md"""
 
 # %% ../nbs/06_doctor.ipynb #e08f37ed
 from __future__ import annotations
-import argparse, contextlib, importlib, importlib.metadata, importlib.util, io, json, math, os, random
-import re, shutil, socket, subprocess, sys, tempfile, time
+import argparse, contextlib, dataclasses, importlib, importlib.metadata, importlib.util, io, json, math
+import os, random, re, shutil, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,15 +15,18 @@ from typing import NamedTuple
 __all__ = ['STATUSES', 'SMI_TOOLS', 'SELFTEST_STATUSES', 'NUMERICS_TOLERANCES', 'Check', 'format_checks', 'exit_code',
            'package_version', 'check_python', 'Stack', 'import_stack', 'check_torch', 'check_torchvision',
            'missing_libraries', 'torch_npu_extension', 'check_torch_npu', 'check_cann', 'Holder', 'parse_npu_chips',
-           'parse_npu_smi', 'parse_nvidia_smi', 'device_holders', 'used_devices', 'check_devices', 'check_port',
-           'checkpoint_bytes', 'free_bytes', 'check_disk', 'usable_cores', 'check_workers', 'open_splits',
+           'parse_npu_smi', 'parse_nvidia_smi', 'device_holders', 'used_devices', 'check_busy', 'check_devices',
+           'check_port', 'checkpoint_bytes', 'free_bytes', 'check_disk', 'usable_cores', 'check_workers', 'open_splits',
            'sample_images', 'check_images', 'check_data', 'Outcome', 'format_outcomes', 'failure_line',
            'numerics_dtype', 'relative_error', 'param_layers', 'layer_values', 'numerics_batches', 'seeded_model',
-           'hook_layers', 'trace_steps', 'LayerError', 'layer_errors', 'first_beyond', 'numerics_outcome',
-           'check_numerics', 'optimizer_name', 'step_together', 'check_fused_sgd', 'scaler_step', 'check_loss_scaler',
-           'free_port', 'wait_processes', 'collective_worker', 'check_collective', 'sample_jpegs', 'pillow_rgb',
+           'trace_value', 'layer_hooks', 'hook_layers', 'place_for_trace', 'traced_loss', 'backward_step',
+           'trace_steps', 'LayerError', 'layer_errors', 'first_beyond', 'worst_by_layer', 'numerics_outcome',
+           'check_numerics', 'optimizer_name', 'step_together', 'sgd_differences', 'optimizer_outcome',
+           'check_fused_sgd', 'scaler_step', 'fp16_precision', 'overflow_runs', 'scaler_faults', 'scaler_outcome',
+           'check_loss_scaler', 'free_port', 'wait_processes', 'log_to', 'join_group', 'allreduce_timed',
+           'collective_worker', 'spawn_pair', 'collective_outcome', 'check_collective', 'sample_jpegs', 'pillow_rgb',
            'compare_decoded', 'check_gpu_decode', 'selftest_precisions', 'guarded', 'run_selftest', 'write_selftest',
-           'make_parser', 'check_versions', 'run_checks', 'selftest_main', 'main']
+           'make_parser', 'check_versions', 'device_checks', 'run_checks', 'selftest_main', 'main']
 
 # %% ../nbs/06_doctor.ipynb #1400d2bd
 STATUSES = ('ok', 'warn', 'fail')
@@ -94,6 +97,7 @@ def check_torch(version:str|None, error:BaseException|None=None) -> Check:
     return (Check('torch', 'ok', version) if rel >= (2, 6)
             else Check('torch', 'fail', f"{version}: resnext_nb needs torch 2.6 or later: {from_pip}"))
 
+# %% ../nbs/06_doctor.ipynb #362c8163
 def check_torchvision(version:str|None, torch_version:str|None) -> Check:
     "torchvision is installed and is the release that goes with torch (torch 2.m, torchvision 0.(m+15))."
     if version is None:
@@ -118,6 +122,7 @@ def missing_libraries(
     names = re.findall(r'^\s*(\S+) => not found', out, re.M)
     return [n for n in dict.fromkeys(names) if n not in provided]
 
+# %% ../nbs/06_doctor.ipynb #25949d68
 def torch_npu_extension() -> Path | None:
     "torch_npu's compiled extension (`torch_npu/_C*.so`), found without importing it."
     spec = importlib.util.find_spec('torch_npu')
@@ -134,6 +139,7 @@ def check_torch_npu(version:str|None, torch_version:str|None, requires:list[str]
     return (Check('torch_npu', 'fail', problem) if problem
             else Check('torch_npu', 'ok', f"{version}, built for this torch"))
 
+# %% ../nbs/06_doctor.ipynb #269eb0d8
 def check_cann(npu_version:str|None, npu_error:BaseException|None, missing:list[str], dv,
                env=os.environ) -> Check:
     "CANN is sourced and torch_npu loads, when torch_npu is installed."
@@ -198,6 +204,24 @@ def used_devices(device_type:str, nproc:int, device_list:list[int]|None, env=os.
     visible = [int(s) for s in mask.split(',') if s.strip().isdigit()]
     return visible[:nproc] if visible else list(range(nproc))
 
+# %% ../nbs/06_doctor.ipynb #12df53e9
+def check_busy(
+    device_type:str, # 'npu' or 'cuda'
+    used:set[int], # the physical ids of the devices the run takes (`used_devices`)
+    holders:list[Holder]|None, # from `device_holders`; None when its tool is not here
+) -> Check:
+    "None of the `used` devices is held by another process."
+    if holders is None:
+        return Check('busy', 'warn', f"cannot see other processes: {SMI_TOOLS[device_type]} not found")
+    busy = [h for h in holders if h.device in used]
+    free = f"no other process holds {device_type} {', '.join(map(str, sorted(used)))}"
+    if not busy: return Check('busy', 'ok', free)
+    who = ', '.join(f"pid {h.pid} ({h.name}) on {device_type} {h.device}" for h in busy)
+    kill = ' '.join(str(h.pid) for h in busy)
+    return Check('busy', 'fail', f"{who}: end leftover jobs (kill {kill}) or pick free devices with "
+                                 "--device-list")
+
+# %% ../nbs/06_doctor.ipynb #40c6c4b3
 def check_devices(device_type:str, available:int, nproc:int, device_list:list[int]|None,
                   holders:list[Holder]|None,
                   env=os.environ) -> list[Check]:
@@ -209,18 +233,8 @@ def check_devices(device_type:str, available:int, nproc:int, device_list:list[in
     unit = 'CPU cores' if device_type == 'cpu' else f'{device_type} devices'
     checks = [Check('devices', 'ok', f"{available} {unit} for {nproc} process{'es' * (nproc > 1)}")]
     if device_type == 'cpu': return checks
-    if holders is None:
-        return checks + [Check('busy', 'warn',
-                               f"cannot see other processes: {SMI_TOOLS[device_type]} not found")]
     used = set(used_devices(device_type, nproc, device_list, env))
-    busy = [h for h in holders if h.device in used]
-    if not busy:
-        return checks + [Check('busy', 'ok',
-                               f"no other process holds {device_type} {', '.join(map(str, sorted(used)))}")]
-    who = ', '.join(f"pid {h.pid} ({h.name}) on {device_type} {h.device}" for h in busy)
-    return checks + [Check('busy', 'fail',
-                           f"{who}: end leftover jobs (kill {' '.join(str(h.pid) for h in busy)}) or pick "
-                           "free devices with --device-list")]
+    return checks + [check_busy(device_type, used, holders)]
 
 # %% ../nbs/06_doctor.ipynb #964f4746
 def check_port(addr:str, port:int, nproc:int) -> Check:
@@ -239,6 +253,7 @@ def checkpoint_bytes(arch:str) -> int:
     with torch.device('meta'): model = create_model(arch)
     return 4 * (2 * count_parameters(model) + sum(b.numel() for b in model.buffers()))
 
+# %% ../nbs/06_doctor.ipynb #f981239f
 def free_bytes(folder:str|os.PathLike) -> tuple[Path, int]:
     "The nearest existing folder at or above `folder`, and the bytes free there."
     p = Path(folder).expanduser().absolute()
@@ -386,7 +401,7 @@ def numerics_batches(
     images = lambda: torch.randn(batch, 3, image_size, image_size, generator=g)
     return [(images(), torch.randint(0, classes, (batch,), generator=g)) for _ in range(steps)]
 
-
+# %% ../nbs/06_doctor.ipynb #76a6754a
 def seeded_model(arch:str, seed:int=0):
     "`create_model(arch)` initialised from `seed`, leaving torch's global random state as it was."
     import torch
@@ -395,7 +410,37 @@ def seeded_model(arch:str, seed:int=0):
         torch.manual_seed(seed)
         return create_model(arch)
 
-# %% ../nbs/06_doctor.ipynb #5efcea76
+# %% ../nbs/06_doctor.ipynb #f15d2941
+def trace_value(
+    t, # a layer's input, output or output gradient
+    key:str, # which of them: 'input', 'output' or 'grad_output'
+    name:str, # the layer's name
+    steps:list[dict], # the trace: `t` is recorded in its last entry
+    forced:list[dict]|None=None, # the reference's steps: their value for this step is returned instead
+):
+    "Record `t` in the trace's last step (fp64, on the CPU), or return `forced`'s value in its place."
+    import torch
+    # a copy: in-place ops may change t later
+    if forced is None: steps[-1][key][name] = t.detach().to('cpu', torch.float64, copy=True)
+    else: return torch.empty_like(t).copy_(forced[len(steps) - 1][key][name].to(t.dtype))  # like t
+
+# %% ../nbs/06_doctor.ipynb #ee2b69cf
+def layer_hooks(
+    name:str, # the layer's name in the trace
+    steps:list[dict], # the trace: the hooks write into its last entry
+    forced:list[dict]|None=None, # the reference's steps: the layer is given their input and output gradient
+) -> tuple:
+    "Layer `name`'s forward pre-hook, forward hook and backward pre-hook, for `hook_layers`."
+    def pre(mod, args):
+        given = trace_value(args[0], 'input', name, steps, forced)
+        if given is not None: return ((args[0] - args[0].detach()) + given,)
+    def post(mod, args, out): trace_value(out, 'output', name, steps)
+    def back(mod, grads):
+        given = trace_value(grads[0], 'grad_output', name, steps, forced)
+        if given is not None: return (given,)
+    return pre, post, back
+
+# %% ../nbs/06_doctor.ipynb #503906ae
 def hook_layers(
     model, # the model to watch
     names:list[str], # its layers, from `param_layers`
@@ -403,20 +448,53 @@ def hook_layers(
     forced:list[dict]|None=None, # the reference's steps: each layer is given their input and output gradient
 ) -> list:
     "Hooks that record each layer's input, output and output gradient, or swap in `forced`'s input and grad."
+    hooks = []
+    for n in names:
+        pre, post, back = layer_hooks(n, steps, forced)
+        m = model.get_submodule(n)
+        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post),
+                  m.register_full_backward_pre_hook(back)]
+    return hooks
+
+# %% ../nbs/06_doctor.ipynb #46816ae2
+def place_for_trace(
+    x, # a model or a batch of images
+    device, # where it goes
+    precision=None, # a `Precision`: fp32, in its memory format; None: fp64, for the reference
+):
+    "`x` on `device` as `trace_steps` trains it: fp32 in `precision`'s memory format, else fp64."
     import torch
-    from functools import partial
-    keep = lambda t: t.detach().to('cpu', torch.float64, copy=True)  # a copy: in-place ops may change t later
-    given = lambda t, key, n: torch.empty_like(t).copy_(forced[len(steps) - 1][key][n].to(t.dtype))  # like t
-    def pre(n, mod, args):
-        if forced is None: steps[-1]['input'][n] = keep(args[0])
-        else: return ((args[0] - args[0].detach()) + given(args[0], 'input', n),)
-    def post(n, mod, args, out): steps[-1]['output'][n] = keep(out)
-    def back(n, mod, grads):
-        if forced is None: steps[-1]['grad_output'][n] = keep(grads[0])
-        else: return (given(grads[0], 'grad_output', n),)
-    mods = {n: model.get_submodule(n) for n in names}
-    return [h for n, m in mods.items() for h in (m.register_forward_pre_hook(partial(pre, n)),
-            m.register_forward_hook(partial(post, n)), m.register_full_backward_pre_hook(partial(back, n)))]
+    from resnext_nb.device import to_memory_format
+    x = x.to(device, torch.float32 if precision else torch.float64)
+    return to_memory_format(x, precision) if precision else x
+
+# %% ../nbs/06_doctor.ipynb #bed4a82d
+def traced_loss(
+    model, # the copy, placed by `place_for_trace`
+    batch:tuple, # (images, labels), on the CPU
+    device, # where the model is
+    precision=None, # its `Precision`, whose autocast the forward pass runs in; None: fp64, no autocast
+):
+    "The cross-entropy of `model` on `batch`, the images placed as the model and run in its autocast."
+    import torch
+    images, labels = batch
+    with precision.autocast() if precision else contextlib.nullcontext():
+        out = model(place_for_trace(images, device, precision))
+        return torch.nn.functional.cross_entropy(out, labels.to(device))
+
+# %% ../nbs/06_doctor.ipynb #855528d8
+def backward_step(
+    model, # the traced copy
+    opt, # its optimiser
+    loss, # the step's loss, from `traced_loss`
+    names:list[str], # the layers to record, from `param_layers`
+) -> dict:
+    "Backpropagate `loss` and step `opt`: the loss, and each layer's parameter gradients before the step."
+    loss.backward()
+    record = dict(loss=loss.item(), grad=layer_values(model, names, grads=True))
+    opt.step()
+    opt.zero_grad()
+    return record
 
 # %% ../nbs/06_doctor.ipynb #95da5109
 def trace_steps(
@@ -429,23 +507,15 @@ def trace_steps(
 ) -> dict:
     "Train `model` one SGD step a batch, recording each layer's output and gradients, and its last weights."
     import torch
-    from resnext_nb.device import to_memory_format
-    dtype = torch.float32 if precision else torch.float64
-    layout = (lambda t: to_memory_format(t, precision)) if precision else (lambda t: t)  # NHWC as the job
-    model = layout(model.to(device, dtype))
+    model = place_for_trace(model, device, precision)
     for m in model.modules():
         if getattr(m, 'inplace', False): m.inplace = False  # a backward hook cannot see past an in-place ReLU
     names, steps = param_layers(model), []
     hooks = hook_layers(model, names, steps, forced and forced['steps'])
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, foreach=False)
-    for images, labels in batches:
-        steps.append(dict(input={}, output={}, grad_output={}))
-        with precision.autocast() if precision else contextlib.nullcontext():
-            out = model(layout(images.to(device, dtype)))
-            loss = torch.nn.functional.cross_entropy(out, labels.to(device))
-        loss.backward()
-        steps[-1].update(loss=loss.item(), grad=layer_values(model, names, grads=True))
-        opt.step(); opt.zero_grad()
+    for batch in batches:
+        steps.append(dict(input={}, output={}, grad_output={}))  # the hooks write into it
+        steps[-1].update(backward_step(model, opt, traced_loss(model, batch, device, precision), names))
     for h in hooks: h.remove()
     return dict(steps=steps, weights=layer_values(model, names))
 
@@ -472,19 +542,26 @@ def first_beyond(errors:list[LayerError], tol:float) -> LayerError|None:
     return next((e for e in errors if not e.error <= tol), None)
 
 # %% ../nbs/06_doctor.ipynb #6fd5ca04
+def worst_by_layer(errors:list[LayerError]) -> dict[str, dict[str, float]]:
+    "Each layer's worst error of each quantity (NaN counts as inf), for the JSON file."
+    layers = {}
+    for e in errors:
+        d = layers.setdefault(e.layer, {})
+        d[e.quantity] = max(d.get(e.quantity, 0.0), e.error if e.error == e.error else math.inf)
+    return layers
+
+# %% ../nbs/06_doctor.ipynb #aa692f51
 def _where(e:LayerError) -> str:
     return f"{e.layer} {e.quantity} " + (f"at step {e.step}" if e.step is not None else 'after the steps')
 
+# %% ../nbs/06_doctor.ipynb #c050c41e
 def numerics_outcome(precision, errors:list[LayerError], about:str) -> Outcome:
     "The numerics row for `precision`: the first layer beyond its dtype's tolerance, else the worst layer."
     key = numerics_dtype(precision)
     tol, first = NUMERICS_TOLERANCES[key], first_beyond(errors, NUMERICS_TOLERANCES[key])
     worst = max(errors, key=lambda e: e.error if e.error == e.error else math.inf)
-    layers = {}
-    for e in errors:  # each layer's worst of each quantity, NaN as inf
-        d = layers.setdefault(e.layer, {})
-        d[e.quantity] = max(d.get(e.quantity, 0.0), e.error if e.error == e.error else math.inf)
-    data = dict(precision=str(precision), tolerance_key=key, tolerance=tol, worst_by_layer=layers)
+    data = dict(precision=str(precision), tolerance_key=key, tolerance=tol,
+                worst_by_layer=worst_by_layer(errors))
     name = f"numerics {'fp32' if precision.dtype is None else key}"
     if first:
         why = f"first beyond tolerance: {_where(first)}: {first.error:.1e} > {tol:g} ({key})"
@@ -516,6 +593,7 @@ def optimizer_name(cls) -> str:
     "How the table names an optimiser class: where it is imported from, e.g. 'torch_npu.optim.NpuFusedSGD'."
     return f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}"
 
+# %% ../nbs/06_doctor.ipynb #07bcd773
 def step_together(a, b, opts:tuple, steps:int, seed:int=0):
     "Step both optimisers `steps` times, giving `a`'s and `b`'s parameters the same random gradients."
     import torch
@@ -527,7 +605,36 @@ def step_together(a, b, opts:tuple, steps:int, seed:int=0):
             p.grad.copy_(grad); q.grad.copy_(grad)
         for o in opts: o.step()
 
-# %% ../nbs/06_doctor.ipynb #682204bb
+# %% ../nbs/06_doctor.ipynb #ada68e46
+def sgd_differences(
+    device, # where both copies train
+    cfg, # a `TrainConfig` whose optimizer is 'sgd' or 'sgd-nesterov'
+    cls, # the optimiser class to compare with `torch.optim.SGD(foreach=False)`
+    steps:int=5, # optimiser steps
+) -> dict[str, float]:
+    "Each parameter tensor's relative difference between `cls` and plain SGD after `steps` steps."
+    import copy, functools, torch
+    from resnext_nb.recipes import make_optimizer
+    a = seeded_model(cfg.arch).to(device); b = copy.deepcopy(a)
+    plain = functools.partial(torch.optim.SGD, foreach=False)
+    step_together(a, b, (make_optimizer(a, cfg, cls), make_optimizer(b, cfg, plain)), steps)
+    return {n: relative_error(p, q) for (n, p), q in zip(a.named_parameters(), b.parameters())}
+
+# %% ../nbs/06_doctor.ipynb #386f1c8f
+def optimizer_outcome(
+    errs:dict[str, float], # each parameter tensor's relative difference, from `sgd_differences`
+    tol:float, # the largest difference allowed
+    what:str, # what was compared with what
+    compared:str, # the optimiser tested, as `optimizer_name` gives it
+) -> Outcome:
+    "The optimiser row: the worst parameter tensor (NaN counts as worst) against `tol`."
+    worst = max(errs, key=lambda n: errs[n] if errs[n] == errs[n] else math.inf)
+    why = f"worst {worst}: {errs[worst]:.1e} (tolerance {tol:g})"
+    status = 'pass' if errs[worst] <= tol else 'fail'
+    data = dict(errors=errs, compared=compared)
+    return Outcome('optimizer', status, f"{errs[worst]:.1e}", f"{why}; {what}", data)
+
+# %% ../nbs/06_doctor.ipynb #c792007a
 def check_fused_sgd(
     device, # the device to test
     train, # the job's `TrainConfig`: arch, lr, momentum, weight decay
@@ -536,23 +643,13 @@ def check_fused_sgd(
     tol:float=1e-6, # the largest relative difference allowed in any parameter tensor
 ) -> Outcome:
     "The SGD a job builds on `device` (`sgd_class`) against `torch.optim.SGD(foreach=False)`, same start."
-    import copy, functools, torch
-    from dataclasses import replace
     from resnext_nb.device import sgd_class
-    from resnext_nb.recipes import make_optimizer
-    cfg = train if train.optimizer in ('sgd', 'sgd-nesterov') else replace(train, optimizer='sgd')
+    cfg = train if train.optimizer in ('sgd', 'sgd-nesterov') else dataclasses.replace(train, optimizer='sgd')
     cls = sgd_class(device.type, fused)
-    a = seeded_model(cfg.arch).to(device); b = copy.deepcopy(a)
-    plain = functools.partial(torch.optim.SGD, foreach=False)
-    step_together(a, b, (make_optimizer(a, cfg, cls), make_optimizer(b, cfg, plain)), steps)
-    errs = {n: relative_error(p, q) for (n, p), q in zip(a.named_parameters(), b.parameters())}
-    worst = max(errs, key=lambda n: errs[n] if errs[n] == errs[n] else math.inf)
+    errs = sgd_differences(device, cfg, cls, steps)
     what = (f"{optimizer_name(cls)} (sgd_class on {device.type}) vs torch.optim.SGD(foreach=False): "
             f"{steps} steps of {cfg.optimizer}, lr {cfg.lr:g}, on {cfg.arch}'s {len(errs)} tensors")
-    why = f"worst {worst}: {errs[worst]:.1e} (tolerance {tol:g})"
-    status = 'pass' if errs[worst] <= tol else 'fail'
-    data = dict(errors=errs, compared=optimizer_name(cls))
-    return Outcome('optimizer', status, f"{errs[worst]:.1e}", f"{why}; {what}", data)
+    return optimizer_outcome(errs, tol, what, optimizer_name(cls))
 
 # %% ../nbs/06_doctor.ipynb #5434b6b5
 def scaler_step(model, opt, scaler, precision, x, factor:float) -> tuple[bool, int, float|None, float|None]:
@@ -567,6 +664,57 @@ def scaler_step(model, opt, scaler, precision, x, factor:float) -> tuple[bool, i
     moved = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     return moved, int(scaler.skipped_steps) - skipped, scale, scaler.current_scale
 
+# %% ../nbs/06_doctor.ipynb #a121af6e
+def fp16_precision(
+    amp, # the job's `AmpConfig`: its `--loss-scale` and `--opt-level`
+    device_type:str, # 'npu', 'cuda' or 'cpu'
+):
+    "The job's mixed precision in fp16, at its opt level (O2 for O0): what the loss scaler is tested with."
+    from resnext_nb.device import resolve_precision
+    level = 'O2' if amp.opt_level == 'O0' else amp.opt_level
+    fp16 = dataclasses.replace(amp, amp=True, opt_level=level, dtype='float16')
+    return resolve_precision(fp16, device_type)
+
+# %% ../nbs/06_doctor.ipynb #f8461f12
+def overflow_runs(
+    model, # a model on the device
+    opt, # its optimiser
+    scaler, # the loss scaler to test
+    precision, # the fp16 `Precision` whose autocast the steps run in
+    x, # the input, on the device
+) -> tuple[list[tuple], str]:
+    "`scaler_step` three times, the middle one's loss overflowing: their results, and what the scaler said."
+    import torch
+    huge = torch.finfo(torch.float32).max  # the scaled gradients overflow where they are computed
+    with contextlib.redirect_stdout(io.StringIO()) as said:  # torch_npu's scaler prints each skipped step
+        runs = [scaler_step(model, opt, scaler, precision, x, f) for f in (1.0, huge, 1.0)]
+    return runs, said.getvalue()
+
+# %% ../nbs/06_doctor.ipynb #60b900a5
+def scaler_faults(
+    runs:list[tuple], # (moved, skipped, scale before, scale after) per step, from `overflow_runs`
+) -> list[str]:
+    "What each of the three steps did that it should not have: moved or kept the weights, counted a skip."
+    want = [('a normal step', True, 0), ('the overflowing step', False, 1), ('the step after it', True, 0)]
+    return [f"{w} {'moved' if m else 'did not move'} the weights, skipped_steps +{k}"
+            for (w, wm, wk), (m, k, *_) in zip(want, runs) if (m, k) != (wm, wk)]
+
+# %% ../nbs/06_doctor.ipynb #34ba5714
+def scaler_outcome(
+    runs:list[tuple], # from `overflow_runs`
+    printed:str, # what the scaler printed meanwhile
+    what:str, # the precision and the optimiser tested
+) -> Outcome:
+    "The loss scaler row: the overflowing step skipped, counted and harmless, or what each step did wrong."
+    wrong = scaler_faults(runs)
+    data = dict(runs=[dict(moved=m, skipped=k, scale_before=a, scale_after=b) for m, k, a, b in runs],
+                printed=printed)
+    skipped = f"{sum(r[1] for r in runs)} of 3 skipped"
+    if wrong: return Outcome('loss scaler', 'fail', skipped, '; '.join(wrong + [what]), data)
+    done = "the overflowing step was skipped and counted, the weights unchanged"
+    done += f" (scale {runs[1][2]:g} -> {runs[1][3]:g})"
+    return Outcome('loss scaler', 'pass', '1 of 3 skipped', f"{done}; {what}", data)
+
 # %% ../nbs/06_doctor.ipynb #8a473a6a
 def check_loss_scaler(
     device, # the device to test
@@ -575,28 +723,13 @@ def check_loss_scaler(
 ) -> Outcome:
     "A step, an overflowing one, another: the middle one must be skipped, counted, and change nothing."
     import torch
-    from dataclasses import replace
-    from resnext_nb.device import LossScaler, resolve_precision, sgd_class
-    level = 'O2' if amp.opt_level == 'O0' else amp.opt_level
-    precision = resolve_precision(replace(amp, amp=True, opt_level=level, dtype='float16'), device.type)
+    from resnext_nb.device import LossScaler, sgd_class
+    precision = fp16_precision(amp, device.type)
     model = torch.nn.Linear(16, 4).to(device)
     opt = sgd_class(device.type, fused)(model.parameters(), lr=0.1, momentum=0.9)
-    scaler = LossScaler(precision)
     x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0)).to(device)
-    huge = torch.finfo(torch.float32).max  # the scaled gradients overflow where they are computed
-    with contextlib.redirect_stdout(io.StringIO()) as said:  # torch_npu's scaler prints each skipped step
-        runs = [scaler_step(model, opt, scaler, precision, x, f) for f in (1.0, huge, 1.0)]
-    want = [('a normal step', True, 0), ('the overflowing step', False, 1), ('the step after it', True, 0)]
-    wrong = [f"{w} {'moved' if m else 'did not move'} the weights, skipped_steps +{k}"
-             for (w, wm, wk), (m, k, *_) in zip(want, runs) if (m, k) != (wm, wk)]
-    what = f"{precision}, {optimizer_name(type(opt))}"
-    data = dict(runs=[dict(moved=m, skipped=k, scale_before=a, scale_after=b) for m, k, a, b in runs],
-                printed=said.getvalue())
-    skipped = f"{sum(r[1] for r in runs)} of 3 skipped"
-    if wrong: return Outcome('loss scaler', 'fail', skipped, '; '.join(wrong + [what]), data)
-    done = "the overflowing step was skipped and counted, the weights unchanged"
-    done += f" (scale {runs[1][2]:g} -> {runs[1][3]:g})"
-    return Outcome('loss scaler', 'pass', '1 of 3 skipped', f"{done}; {what}", data)
+    runs, printed = overflow_runs(model, opt, LossScaler(precision), precision, x)
+    return scaler_outcome(runs, printed, f"{precision}, {optimizer_name(type(opt))}")
 
 # %% ../nbs/06_doctor.ipynb #f3b3eb97
 def free_port(addr:str='127.0.0.1') -> int:
@@ -605,6 +738,7 @@ def free_port(addr:str='127.0.0.1') -> int:
         s.bind((addr, 0))
         return s.getsockname()[1]
 
+# %% ../nbs/06_doctor.ipynb #53722658
 def wait_processes(ctx, timeout:float) -> str|None:
     "Wait for `torch.multiprocessing` processes: None if all ended well, else why not (killed at `timeout`)."
     deadline = time.monotonic() + timeout
@@ -617,6 +751,44 @@ def wait_processes(ctx, timeout:float) -> str|None:
         return next((l for l in reversed(str(e).splitlines()) if l.strip()), type(e).__name__)
     return None
 
+# %% ../nbs/06_doctor.ipynb #9543511e
+def log_to(path:Path):
+    "Send this process's stdout and stderr (file descriptors 1 and 2) to the file `path` from now on."
+    with open(path, 'w') as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+
+# %% ../nbs/06_doctor.ipynb #41cd8e8d
+def join_group(
+    dev, # this process's device
+    rank:int, # its rank
+    port:int, # the rendezvous port on 127.0.0.1
+    world_size:int=2, # the processes in the group
+):
+    "Join the process group on `dev`'s backend (hccl, nccl or gloo), meeting at `port` on 127.0.0.1."
+    from datetime import timedelta
+    import torch.distributed as dist
+    from resnext_nb.device import dist_backend
+    dist.init_process_group(dist_backend(dev.type), init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=world_size, timeout=timedelta(seconds=60))
+
+# %% ../nbs/06_doctor.ipynb #73e40023
+def allreduce_timed(
+    t, # this rank's tensor, on its device
+    want:float, # the value every element must have after the all-reduce
+    iters:int, # timed all-reduces
+) -> tuple[int, float]:
+    "All-reduce `t`, count the elements that are not `want`, then time `iters` more: (count, seconds each)."
+    import torch.distributed as dist
+    from resnext_nb.device import synchronize
+    dist.all_reduce(t); synchronize(t.device)
+    wrong = int((t != want).sum())
+    dist.all_reduce(t); synchronize(t.device)  # one more, untimed: the first ones set up the connections
+    start = time.perf_counter()
+    for _ in range(iters): dist.all_reduce(t)
+    synchronize(t.device)
+    return wrong, (time.perf_counter() - start) / iters
+
 # %% ../nbs/06_doctor.ipynb #f01aea92
 def collective_worker(
     rank:int, # 0 or 1, given by torch.multiprocessing
@@ -628,25 +800,45 @@ def collective_worker(
     folder:str, # where to write rank<r>.json and rank<r>.log
 ):
     "One rank of `check_collective`: all-reduce `nbytes` on its device, check the sum, time `iters` more."
-    log = open(Path(folder) / f'rank{rank}.log', 'w')
-    os.dup2(log.fileno(), 1); os.dup2(log.fileno(), 2)  # gloo and HCCL talk on stderr
-    from datetime import timedelta
+    log_to(Path(folder) / f'rank{rank}.log')  # gloo and HCCL talk on stderr
     import torch, torch.distributed as dist
-    from resnext_nb.device import dist_backend, get_device, synchronize
+    from resnext_nb.device import get_device
     dev = get_device(device, rank, device_list)
-    dist.init_process_group(dist_backend(dev.type), init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=2, timeout=timedelta(seconds=60))
+    join_group(dev, rank, port)
     t = torch.full((nbytes // 4,), float(rank + 1), device=dev)
-    dist.all_reduce(t); synchronize(dev)
-    wrong = int((t != 3).sum())  # 1 + 2 everywhere
-    dist.all_reduce(t); synchronize(dev)  # one more, untimed: the first ones set up the connections
-    start = time.perf_counter()
-    for _ in range(iters): dist.all_reduce(t)
-    synchronize(dev)
-    seconds = (time.perf_counter() - start) / iters
+    wrong, seconds = allreduce_timed(t, 3.0, iters)  # 1 + 2 everywhere
     result = dict(wrong=wrong, allreduce_seconds=seconds, device=str(dev))
     (Path(folder) / f'rank{rank}.json').write_text(json.dumps(result))
     dist.destroy_process_group()
+
+# %% ../nbs/06_doctor.ipynb #87982a05
+def spawn_pair(
+    args:tuple, # `collective_worker`'s arguments between the rank and the folder
+    timeout:float, # seconds before the processes are stopped
+) -> tuple[str|None, list[dict]]:
+    "`collective_worker` in two spawned processes: why they failed (None if they did not), what each wrote."
+    import torch.multiprocessing as mp
+    worker = importlib.import_module('resnext_nb.doctor').collective_worker  # spawned processes look it up
+    with tempfile.TemporaryDirectory() as folder:
+        ctx = mp.start_processes(worker, (*args, folder), nprocs=2, join=False, start_method='spawn')
+        error = wait_processes(ctx, timeout)
+        return error, [json.loads(p.read_text()) for p in sorted(Path(folder).glob('rank*.json'))]
+
+# %% ../nbs/06_doctor.ipynb #3ca72dde
+def collective_outcome(
+    ranks:list[dict], # what each process wrote, from `spawn_pair`
+    backend:str, # 'hccl', 'nccl' or 'gloo'
+    nbytes:int, # the all-reduce's size
+    what:str, # the backend, the processes and the size, in words
+) -> Outcome:
+    "The collective row of two processes that ended well: the sum checked, and the slower's bus bandwidth."
+    seconds = max(r['allreduce_seconds'] for r in ranks)
+    busbw = nbytes / seconds  # x 2(n - 1)/n, which is 1 for two processes
+    wrong = max(r['wrong'] for r in ranks)
+    data = dict(backend=backend, nbytes=nbytes, ranks=ranks, busbw=busbw)
+    if wrong: return Outcome('collective', 'fail', '', f"the sum is wrong in {wrong:,} places; {what}", data)
+    done = f"{seconds * 1e3:.1f} ms, bus bandwidth {busbw / 1e9:.2f} GB/s; the sum is right"
+    return Outcome('collective', 'pass', f"{busbw / 1e9:.2f} GB/s", f"{what}: {done}", data)
 
 # %% ../nbs/06_doctor.ipynb #5e5284e4
 def check_collective(
@@ -658,27 +850,15 @@ def check_collective(
     timeout:float=180, # seconds before the processes are stopped
 ) -> Outcome:
     "Two processes on the device's backend (hccl, nccl or gloo): an all-reduce, its sum checked and timed."
-    import torch.multiprocessing as mp
     from resnext_nb.device import available_devices, dist_backend
     backend, have = dist_backend(device.type), available_devices(device.type)
     if device.type != 'cpu' and have < 2:
         return Outcome('collective', 'skip', '', f"{backend} needs two {device.type} devices; {have} here")
-    worker = importlib.import_module('resnext_nb.doctor').collective_worker  # spawned processes look it up
-    with tempfile.TemporaryDirectory() as folder:
-        args = (device_arg, device_list, free_port(), nbytes, iters, folder)
-        ctx = mp.start_processes(worker, args, nprocs=2, join=False, start_method='spawn')
-        error = wait_processes(ctx, timeout)
-        ranks = [json.loads(p.read_text()) for p in sorted(Path(folder).glob('rank*.json'))]
+    error, ranks = spawn_pair((device_arg, device_list, free_port(), nbytes, iters), timeout)
     what = f"{backend}, 2 processes, all_reduce of {nbytes / 2**20:g} MiB"
     if error or len(ranks) < 2:
         return Outcome('collective', 'fail', '', f"{error or 'a process wrote nothing'}; {what}")
-    seconds = max(r['allreduce_seconds'] for r in ranks)
-    busbw = nbytes / seconds  # x 2(n - 1)/n, which is 1 for two processes
-    wrong = max(r['wrong'] for r in ranks)
-    data = dict(backend=backend, nbytes=nbytes, ranks=ranks, busbw=busbw)
-    if wrong: return Outcome('collective', 'fail', '', f"the sum is wrong in {wrong:,} places; {what}", data)
-    done = f"{seconds * 1e3:.1f} ms, bus bandwidth {busbw / 1e9:.2f} GB/s; the sum is right"
-    return Outcome('collective', 'pass', f"{busbw / 1e9:.2f} GB/s", f"{what}: {done}", data)
+    return collective_outcome(ranks, backend, nbytes, what)
 
 # %% ../nbs/06_doctor.ipynb #bdb39a62
 def sample_jpegs(n:int, size:int=224, seed:int=0) -> list[bytes]:
@@ -696,6 +876,7 @@ def sample_jpegs(n:int, size:int=224, seed:int=0) -> list[bytes]:
         out.append(buf.getvalue())
     return out
 
+# %% ../nbs/06_doctor.ipynb #06b79b99
 def pillow_rgb(data:bytes):
     "Pillow's decoding of JPEG `data`: a `uint8` (3, H, W) tensor."
     import io
@@ -753,12 +934,12 @@ def check_gpu_decode(
 # %% ../nbs/06_doctor.ipynb #8d500f76
 def selftest_precisions(amp, device_type:str) -> list:
     "The precisions the numerics compare: fp32, and the mixed precision `--amp` gives (with `--amp-dtype`)."
-    from dataclasses import replace
     from resnext_nb.device import resolve_precision
     level = 'O2' if amp.opt_level == 'O0' else amp.opt_level
-    fp32, mixed = replace(amp, amp=False), replace(amp, amp=True, opt_level=level)
+    fp32, mixed = dataclasses.replace(amp, amp=False), dataclasses.replace(amp, amp=True, opt_level=level)
     return [resolve_precision(fp32, device_type), resolve_precision(mixed, device_type)]
 
+# %% ../nbs/06_doctor.ipynb #ee326498
 def guarded(name:str, check, *args) -> list[Outcome]:
     "Run `check(*args)`, timed; an error it raises becomes one failed row named `name`."
     start = time.perf_counter()
@@ -785,6 +966,7 @@ def run_selftest(cfg) -> tuple[list[Outcome], dict]:
     rows += guarded('collective', check_collective, device, cfg.device, cfg.device_list)
     return rows + guarded('gpu decode', check_gpu_decode, device), about
 
+# %% ../nbs/06_doctor.ipynb #198a68bb
 def write_selftest(path:str|os.PathLike, rows:list[Outcome], about:dict) -> Path:
     "Write the rows and what was tested to `path` as JSON (its folder is created); returns the path."
     path = Path(path)
@@ -825,6 +1007,23 @@ def check_versions(stack:Stack) -> list[Check]:
                      check_cann(nv, stack.npu_error, missing, stack.device)]
 
 # %% ../nbs/06_doctor.ipynb #66513cd5
+def device_checks(
+    cfg, # the job's `RunConfig`
+    job, # its `JobConfig`
+    stack:Stack, # from `import_stack`, with torch imported
+) -> list[Check]:
+    "The devices the job asks for: their type, count and holders; a warning when `auto` misses the NPUs."
+    dv = stack.device
+    try: device_type = dv.resolve_device_type(cfg.device)
+    except RuntimeError as e: device_type, checks = None, [Check('devices', 'fail', str(e))]
+    else: checks = check_devices(device_type, dv.available_devices(device_type), job.nproc, cfg.device_list,
+                                 device_holders(device_type))
+    if cfg.device == 'auto' and stack.npu_error is not None and device_type != 'npu':
+        checks.append(Check('devices', 'warn',
+                            f"--device auto will train on {device_type}: torch_npu does not load (see CANN)"))
+    return checks
+
+# %% ../nbs/06_doctor.ipynb #caec97a2
 def run_checks(
     cfg, # the job's `RunConfig`, from the launcher's `config_from_args` (None when torch does not import)
     job, # its `JobConfig`
@@ -834,18 +1033,9 @@ def run_checks(
     "Every check, in the order a job meets them."
     checks = check_versions(stack)
     if stack.device is None: return checks + [Check('devices', 'warn', 'not checked: torch does not import')]
-    dv = stack.device
-    try: device_type = dv.resolve_device_type(cfg.device)
-    except RuntimeError as e: checks.append(Check('devices', 'fail', str(e))); device_type = None
-    else:
-        checks += check_devices(device_type, dv.available_devices(device_type), job.nproc, cfg.device_list,
-                                device_holders(device_type))
-    if cfg.device == 'auto' and stack.npu_error is not None and device_type != 'npu':
-        checks.append(Check('devices', 'warn',
-                            f"--device auto will train on {device_type}: torch_npu does not load (see CANN)"))
-    return checks + [check_port(job.addr, job.port, job.nproc), check_disk(cfg.train.output, cfg.train.arch),
-                     *check_data(cfg.data.data_path, sample),
-                     check_workers(cfg.data.workers, job.nproc, usable_cores())]
+    return checks + device_checks(cfg, job, stack) + [
+        check_port(job.addr, job.port, job.nproc), check_disk(cfg.train.output, cfg.train.arch),
+        *check_data(cfg.data.data_path, sample), check_workers(cfg.data.workers, job.nproc, usable_cores())]
 
 # %% ../nbs/06_doctor.ipynb #6b01a1c1
 def selftest_main(
