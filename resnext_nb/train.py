@@ -40,8 +40,9 @@ from .interpret import REPORT_FILES, Interpretation, write_report
 __all__ = ['RUN_FILES', 'default_output', 'TrainConfig', 'RunConfig', 'CancelFitException', 'Callback', 'StopRequest',
            'stop_on_signals', 'Learner', 'zero_grads', 'hold_body', 'freeze_batchnorm', 'TrainingDiverged',
            'DataFailed', 'held_sigchld', 'RunFailed', 'data_failure', 'score', 'console_line', 'LogCB', 'CheckpointCB',
-           'gather_keys', 'SampleLogCB', 'ProgressCB', 'plot_history', 'LivePlotCB', 'PlotsCB', 'InterpretCB',
-           'default_callbacks', 'build_model', 'build_learner', 'train', 'evaluate']
+           'gather_keys', 'SampleLogCB', 'ProgressCB', 'style_history_axes', 'plot_history', 'LivePlotCB', 'PlotsCB',
+           'InterpretCB', 'default_callbacks', 'wrap_ddp', 'build_model', 'prepare_process', 'resume_state',
+           'opening_notes', 'build_learner', 'train', 'checkpoint_model', 'report_evaluation', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #5cb2a61f
 # what a run writes
@@ -233,6 +234,7 @@ def zero_grads(opt:torch.optim.Optimizer):
     "Zero the gradients in place, as every optimiser accepts (a fused one refuses `set_to_none=True`)."
     opt.zero_grad(set_to_none=False)
 
+# %% ../nbs/03_train.ipynb #855c6b62
 @contextmanager
 def hold_body(opt:torch.optim.Optimizer):
     "Inside the block, the groups marked `body` step with zero gradients, no learning rate and no decay."
@@ -248,6 +250,7 @@ def hold_body(opt:torch.optim.Optimizer):
     finally:
         for g, (lr, wd) in zip(body, kept): g['lr'], g['weight_decay'] = lr, wd
 
+# %% ../nbs/03_train.ipynb #8f5c9064
 @patch(as_prop=True)
 def frozen(self:Learner) -> bool:
     "Whether only the head trains now: the epoch is below `freeze_epochs`."
@@ -260,26 +263,29 @@ def at_update(self:Learner) -> bool:
     end of an epoch."""
     return self.batches_done % self.accum == 0 or self.batches_done >= self.steps_per_epoch
 
+# %% ../nbs/03_train.ipynb #161bc61e
 @patch
-def train_step(self:Learner, images:torch.Tensor, labels:torch.Tensor):
-    """Forward and backward on one batch, then the update when its `grad_accum_steps` batches are in; add its
-    metrics to `train_sums`."""
+def prepare_batch(self:Learner, images:torch.Tensor, labels:torch.Tensor):
+    """Set `xb` (the batch normalised on the device), `yb` (its labels) and `targets` (the labels, or soft
+    targets blended by MixUp or CutMix)."""
     self.xb = normalize(images, self.device, self.precision.memory_format)
     self.yb = self.targets = labels.to(self.device, non_blocking=True)
     if self.mixer:  # seeded by the batch's place in its update, the same on any number of devices
         seed = batch_seed(self.cfg.seed or 0, self.epoch, *self.loaders.train.batches.slot(self.batches_done))
         self.xb, self.targets = self.mixer(self.xb, self.yb, seed)
-    self.step, self.batches_done = self.step + 1, self.batches_done + 1
-    with (self.model.no_sync() if not self.at_update and hasattr(self.model, 'no_sync') else nullcontext()):
-        with self.precision.autocast():
-            self.preds = self.model(self.xb)
-            self.loss = self.loss_func(self.preds, self.targets)
-        self.scaler.scale(self.loss / self.accum).backward()
-    # the rate this batch's update uses, before the schedule moves on
-    self.lr = self.opt.param_groups[0]['lr']
-    if self.at_update: self.update()
-    self.train_sums.add(self.loss, self.preds, self.targets.argmax(1) if self.targets.ndim == 2 else self.yb)
 
+# %% ../nbs/03_train.ipynb #ec69bac1
+@patch
+def update_ema(self:Learner):
+    """Every `model_ema_steps` optimiser updates, average the model into the EMA; during warmup, restart the
+    EMA from the model, as torchvision's references do."""
+    if self.ema is not None and self.sched.last_epoch % self.cfg.model_ema_steps == 0:
+        # in warmup: copy the model
+        if self.epoch + self.batches_done / self.steps_per_epoch <= self.cfg.warmup_epochs:
+            self.ema.n_averaged.zero_()
+        self.ema.update_parameters(unwrap_model(self.model))
+
+# %% ../nbs/03_train.ipynb #4f611437
 @patch
 def update(self:Learner):
     """Step the optimiser on the accumulated gradients (the head's only while frozen; clipped when asked),
@@ -291,11 +297,24 @@ def update(self:Learner):
         self.scaler.step(self.opt)
     zero_grads(self.opt)
     self.sched.step()
-    if self.ema is not None and self.sched.last_epoch % self.cfg.model_ema_steps == 0:
-        # in warmup: copy the model
-        if self.epoch + self.batches_done / self.steps_per_epoch <= self.cfg.warmup_epochs:
-            self.ema.n_averaged.zero_()
-        self.ema.update_parameters(unwrap_model(self.model))
+    self.update_ema()
+
+# %% ../nbs/03_train.ipynb #7618c149
+@patch
+def train_step(self:Learner, images:torch.Tensor, labels:torch.Tensor):
+    """Forward and backward on one batch, then the update when its `grad_accum_steps` batches are in; add its
+    metrics to `train_sums`."""
+    self.prepare_batch(images, labels)
+    self.step, self.batches_done = self.step + 1, self.batches_done + 1
+    with (self.model.no_sync() if not self.at_update and hasattr(self.model, 'no_sync') else nullcontext()):
+        with self.precision.autocast():
+            self.preds = self.model(self.xb)
+            self.loss = self.loss_func(self.preds, self.targets)
+        self.scaler.scale(self.loss / self.accum).backward()
+    # the rate this batch's update uses, before the schedule moves on
+    self.lr = self.opt.param_groups[0]['lr']
+    if self.at_update: self.update()
+    self.train_sums.add(self.loss, self.preds, self.targets.argmax(1) if self.targets.ndim == 2 else self.yb)
 
 # %% ../nbs/03_train.ipynb #bfff5a30
 def freeze_batchnorm(model:nn.Module):
@@ -414,8 +433,9 @@ def noting_data_failure(self:Learner):
 
 # %% ../nbs/03_train.ipynb #f60daf96
 @patch
-def train_epoch(self:Learner):
-    "Train from the current position to the end of the epoch (or the step budget)."
+def begin_epoch(self:Learner) -> Iterator:
+    """Ready the model, the metric sums, the gradients, the loader and the timer for training from the current
+    position, fire `before_epoch`, and return the epoch's batches."""
     self.model.train()
     if self.cfg.freeze_bn or self.frozen: freeze_batchnorm(self.model)
     if self.batches_done == 0: self.train_sums = MetricSums(self.device)
@@ -423,22 +443,44 @@ def train_epoch(self:Learner):
     self.loaders.train.set_epoch(self.epoch, self.batches_done)
     self.throughput.start_epoch()
     self.callback('before_epoch')
-    batches = iter(self.loaders.train)
+    return iter(self.loaders.train)
+
+# %% ../nbs/03_train.ipynb #6446ce7a
+@patch
+def next_batch(self:Learner, batches:Iterator) -> tuple|None:
+    """The next batch to train from `batches`, or None where the epoch ends here: the loader ran out, or the
+    ranks agreed to stop (a data failure on any rank raises `DataFailed` on all)."""
+    batch = None  # stays None where this rank's data fails: `failed` then says so
+    with self.noting_data_failure():
+        if not self.failed: batch = next(batches, None)
+    if batch is None and not self.failed: return None  # a loader with fewer batches than the epoch: its end
+    # every rank, before the batch's collectives: a data failure on any rank ends the run on all, and a
+    # stop signal waits for the end of the update
+    with self.noting_data_failure(): stop = self.agree_to_stop(signals=self.at_update)
+    return None if stop else batch
+
+# %% ../nbs/03_train.ipynb #8b753021
+@patch
+def train_batch(self:Learner, batch:tuple):
+    """Train on `batch` and time it; every `print_freq` steps check health and record the step; fire
+    `after_batch`; at the step budget, ask to stop."""
+    # a loader's death is noted after the step and its records, never inside them
+    with self.noting_data_failure():
+        self.train_step(*batch)
+        self.throughput.after_step(self.device)
+        if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
+        self.callback('after_batch')
+        if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update:
+            self.stop_request.ask()
+
+# %% ../nbs/03_train.ipynb #0a948680
+@patch
+def train_epoch(self:Learner):
+    "Train from the current position to the end of the epoch (or the step budget)."
+    batches = self.begin_epoch()
     while self.batches_done < self.steps_per_epoch and not self.stop_request.now:
-        with self.noting_data_failure(): batch = None if self.failed else next(batches, None)
-        if batch is None and not self.failed: break  # a loader with fewer batches than the epoch: its end
-        # every rank, before the batch's collectives: a data failure on any rank ends the run on all, and a
-        # stop signal waits for the end of the update
-        with self.noting_data_failure(): stop = self.agree_to_stop(signals=self.at_update)
-        if stop: break
-        # a loader's death is noted after the step and its records, never inside them
-        with self.noting_data_failure():
-            self.train_step(*batch)
-            self.throughput.after_step(self.device)
-            if self.step % self.cfg.print_freq == 0: self.check_health(); self.record_step()
-            self.callback('after_batch')
-            if self.cfg.max_steps and self.step >= self.cfg.max_steps and self.at_update:
-                self.stop_request.ask()
+        if (batch := self.next_batch(batches)) is None: break
+        self.train_batch(batch)
     # the loader ends its pass, and says what it skipped, as a for loop would let it
     if self.batches_done >= self.steps_per_epoch and not self.failed:
         with self.noting_data_failure(): next(batches, None)
@@ -480,40 +522,74 @@ def score(
     if stop is not None and stop(None): return None
     return sums.all_reduce().summary()
 
+# %% ../nbs/03_train.ipynb #12af8f16
+@patch
+def validation_stop(self:Learner, loader) -> Callable[[int|None], bool]:
+    """`score`'s `stop` for a pass over `loader` that all ranks make together: they agree to stop (a
+    signal) or fail (data) after each batch that all of them have, and after the pass."""
+    common = getattr(getattr(loader, 'batches', None), 'common_batches', 0)
+    return lambda i: self.agree_to_stop(now=i is None or i < common)
+
+# %% ../nbs/03_train.ipynb #bf6f19e3
 @patch
 def validate(self:Learner, loader=None) -> dict:
     """`score` over `loader` (default: the validation set), of the model and of its EMA; `interp` follows the
     better one."""
-    loader, n = loader or self.loaders.val, unwrap_model(self.model).fc.out_features
-    self.interp = Interpretation(n, self.device)
-    # a stop signal or a data failure ends validation too: the ranks agree after each batch that all of them
-    # have (a val shard can be one image shorter on the last ranks), and after the pass
-    common = getattr(getattr(loader, 'batches', None), 'common_batches', 0)
-    stop = lambda i: self.agree_to_stop(now=i is None or i < common)
+    loader = loader or self.loaders.val
+    self.interp = Interpretation(unwrap_model(self.model).fc.out_features, self.device)
+    stop = self.validation_stop(loader)
     # SIGCHLD held for the pass: a loader's death is noted at its end or met by the next fetch, never raised
     # in a forward
     with self.noting_data_failure():
         self.val_metrics = score(self.model, self.agreeing(loader), self.device, self.precision, self.interp,
                                  stop)
-    if self.ema is not None and self.val_metrics is not None:
-        ema_interp = Interpretation(n, self.device)
-        with self.noting_data_failure():
-            self.ema_metrics = score(self.ema.module, self.agreeing(loader), self.device, self.precision,
-                                     ema_interp, stop)
-        if self.ema_metrics is None: self.val_metrics = None
-        elif self.ema_metrics['acc1'] > self.val_metrics['acc1']: self.interp = ema_interp
+    if self.ema is not None and self.val_metrics is not None: self.validate_ema(loader, stop)
     return self.val_metrics
 
+# %% ../nbs/03_train.ipynb #fec37051
+@patch
+def validate_ema(
+    self:Learner,
+    loader, # the batches the model was just scored on
+    stop:Callable[[int|None], bool], # the ranks' agreement (`validation_stop`)
+):
+    """Score the EMA as `validate` scored the model: `interp` follows the better of the two, and a stop voids
+    both."""
+    ema_interp = Interpretation(unwrap_model(self.model).fc.out_features, self.device)
+    with self.noting_data_failure():
+        self.ema_metrics = score(self.ema.module, self.agreeing(loader), self.device, self.precision,
+                                 ema_interp, stop)
+    if self.ema_metrics is None: self.val_metrics = None
+    elif self.ema_metrics['acc1'] > self.val_metrics['acc1']: self.interp = ema_interp
+
 # %% ../nbs/03_train.ipynb #11c44b47
+@patch
+def skipped_images(self:Learner) -> int:
+    """Unreadable images skipped (`--skip-bad-images`) by the loaders of every rank since they were built,
+    train and val."""
+    n = torch.tensor([sum(getattr(l, 'skipped_total', 0) for l in (self.loaders.train, self.loaders.val)
+                          if l is not None)])
+    if is_distributed(): dist.all_reduce(n := n.to(self.device))  # every rank calls this, at the same places
+    return int(n.item())
+
+# %% ../nbs/03_train.ipynb #232eff05
+@patch
+def update_best(self:Learner):
+    """Whether this epoch's validation, of the model or of its EMA, set the best Acc@1 (`is_best`); if so,
+    `best_acc1` and `best_model` follow it."""
+    v, e = self.val_metrics, self.ema_metrics if self.ema is not None else None
+    which = 'ema' if e and e['acc1'] > v['acc1'] else 'model'
+    acc = e['acc1'] if which == 'ema' else v['acc1']
+    self.is_best = acc > self.best_acc1
+    if self.is_best: self.best_acc1, self.best_model = acc, which
+
+# %% ../nbs/03_train.ipynb #e48536b8
 @patch
 def record_epoch(self:Learner):
     """Append the epoch's record, and update `best_acc1` and `best_model`, model or EMA (`is_best`: whether
     this epoch set them)."""
     t, v, e = self.train_metrics, self.val_metrics, self.ema_metrics if self.ema is not None else None
-    which = 'ema' if e and e['acc1'] > v['acc1'] else 'model'
-    acc = e['acc1'] if which == 'ema' else v['acc1']
-    self.is_best = acc > self.best_acc1
-    if self.is_best: self.best_acc1, self.best_model = acc, which
+    self.update_best()
     self.history.append({'kind': 'epoch', 'epoch': self.epoch, 'step': self.step, 'train_loss': t['loss'],
                          'train_acc1': t['acc1'],
                          'val_loss': v['loss'], 'val_acc1': v['acc1'], 'val_acc5': v['acc5'],
@@ -524,22 +600,14 @@ def record_epoch(self:Learner):
                          'skipped_images': self.skipped_images(),
                          'peak_memory_mb': peak_memory_bytes(self.device) / 2**20})
 
-# %% ../nbs/03_train.ipynb #0bc81024
-@patch
-def skipped_images(self:Learner) -> int:
-    """Unreadable images skipped (`--skip-bad-images`) by the loaders of every rank since they were built,
-    train and val."""
-    n = torch.tensor([sum(getattr(l, 'skipped_total', 0) for l in (self.loaders.train, self.loaders.val)
-                          if l is not None)])
-    if is_distributed(): dist.all_reduce(n := n.to(self.device))  # every rank calls this, at the same places
-    return int(n.item())
-
+# %% ../nbs/03_train.ipynb #760315a1
 @patch(as_prop=True)
 def train_time_s(self:Learner) -> float:
     """Seconds spent in `fit` over the whole run: the jobs before a resume (from the checkpoint), and this one
     so far."""
     return self.time_before + (time.perf_counter() - self.fit_start if self.fit_start is not None else 0.0)
 
+# %% ../nbs/03_train.ipynb #c56a3da6
 @patch
 def record_summary(self:Learner):
     "The run's `summary`: the last epoch's record, the best Acc@1, `FPS@all`, the steps and the time."
@@ -560,39 +628,34 @@ def resume_position(self:Learner) -> tuple[int, int]:
     if self.batches_done >= self.steps_per_epoch and last.get('epoch') == self.epoch: return self.epoch + 1, 0
     return self.epoch, self.batches_done
 
+# %% ../nbs/03_train.ipynb #cd6c2496
 @patch
-def fit(self:Learner, epochs:int|None=None) -> dict:
-    "Train to `epochs` (default `cfg.epochs`), validating after each epoch; returns the last epoch's record."
-    self.n_epochs, self.fit_start = epochs or self.cfg.epochs, time.perf_counter()
-    self.stop_request.asked, self.failed, self.failed_together = False, None, False
-    try:
-        self.callback('before_fit')
-        self.loaders.start_val()  # its processes start while the first epoch trains
-        while self.epoch < self.n_epochs and not self.stop_request.now:
-            if self.batches_done < self.steps_per_epoch: self.train_epoch()
-            # trained, not validated: the run had failed in validation, and resumes there
-            else: self.check_health()
-            if not self.stop_request.now: self.agree_to_stop(now=True)  # a signal in the epoch's last steps
-            if self.stop_request.agreed or self.validate() is None: break  # stopped: saved below
-            self.record_epoch()
-            self.callback('after_epoch')
-            self.epoch, self.batches_done = self.resume_position()
-            if not self.stop_request.now: self.agree_to_stop(now=True)  # a signal while checkpointing
-        if self.stop_request.agreed: self.callback('after_stop')  # `CheckpointCB` saves where the run stands
-    except CancelFitException: pass
-    except Exception as e:
-        if (what := data_failure(e)) is None: raise
-        self.failed_together = isinstance(e, DataFailed)  # every rank is here, and may take part in the save
-        self.callback('after_failure')  # `CheckpointCB` saves the steps done
-        if self.failed_together and is_distributed(): dist.barrier(group=host_group())  # none ends before it
-        here = getattr(e, 'here', True)  # the rank that met it tells the user; the others end quietly
-        raise RunFailed(f"{what}; {self.failure_saved()}" if here else what, here, self.failed_together,
-                        getattr(e, 'near', True)) from None
-    # no loader process outlives `fit` (see `Loader.close`); the next `fit` starts new ones
-    finally: self.loaders.close()
-    self.record_summary()
-    self.callback('after_fit')
-    return next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
+def fit_epochs(self:Learner):
+    "Train and validate epoch after epoch up to `n_epochs`, or to a stop (then fire `after_stop`)."
+    while self.epoch < self.n_epochs and not self.stop_request.now:
+        if self.batches_done < self.steps_per_epoch: self.train_epoch()
+        # trained, not validated: the run had failed in validation, and resumes there
+        else: self.check_health()
+        if not self.stop_request.now: self.agree_to_stop(now=True)  # a signal in the epoch's last steps
+        if self.stop_request.agreed or self.validate() is None: break  # stopped: saved below
+        self.record_epoch()
+        self.callback('after_epoch')
+        self.epoch, self.batches_done = self.resume_position()
+        if not self.stop_request.now: self.agree_to_stop(now=True)  # a signal while checkpointing
+    if self.stop_request.agreed: self.callback('after_stop')  # `CheckpointCB` saves where the run stands
+
+# %% ../nbs/03_train.ipynb #1a3405b7
+@patch
+def end_on_failure(self:Learner, e:Exception):
+    """Raise `e` again unless it is a data failure; for one, fire `after_failure` (where the steps done are
+    saved), then raise `RunFailed`, whose line names the checkpoint on the rank that met it."""
+    if (what := data_failure(e)) is None: raise e
+    self.failed_together = isinstance(e, DataFailed)  # every rank is here, and may take part in the save
+    self.callback('after_failure')  # `CheckpointCB` saves the steps done
+    if self.failed_together and is_distributed(): dist.barrier(group=host_group())  # none ends before it
+    here = getattr(e, 'here', True)  # the rank that met it tells the user; the others end quietly
+    raise RunFailed(f"{what}; {self.failure_saved()}" if here else what, here, self.failed_together,
+                    getattr(e, 'near', True)) from None
 
 # %% ../nbs/03_train.ipynb #68a2ed7b
 @patch
@@ -605,7 +668,39 @@ def failure_saved(self:Learner) -> str:
     if saved == self.step: return f"{ckpt} (step {saved}) keeps every step done: {fix}"
     return f"the steps since step {saved} are lost, and {ckpt} (step {saved}) continues the run: {fix}"
 
+# %% ../nbs/03_train.ipynb #96749dfe
+@patch
+def fit(self:Learner, epochs:int|None=None) -> dict:
+    "Train to `epochs` (default `cfg.epochs`), validating after each epoch; returns the last epoch's record."
+    self.n_epochs, self.fit_start = epochs or self.cfg.epochs, time.perf_counter()
+    self.stop_request.asked, self.failed, self.failed_together = False, None, False
+    try:
+        self.callback('before_fit')
+        self.loaders.start_val()  # its processes start while the first epoch trains
+        self.fit_epochs()
+    except CancelFitException: pass
+    except Exception as e: self.end_on_failure(e)  # raises it again, or `RunFailed` for a data failure
+    # no loader process outlives `fit` (see `Loader.close`); the next `fit` starts new ones
+    finally: self.loaders.close()
+    self.record_summary()
+    self.callback('after_fit')
+    return next((r for r in reversed(self.history) if r['kind'] == 'epoch'), {})
+
 # %% ../nbs/03_train.ipynb #70fc2a93
+@patch
+def run_records(self:Learner) -> dict:
+    """What a checkpoint keeps of the run besides its weights and position: the history, the time and images
+    so far, the config and recipe, the classes, how updates were shared, the callbacks' and EMA's state."""
+    return {'history': self.history, 'train_time_s': self.train_time_s,
+            'throughput': {'images': self.throughput.total_images, 'seconds': self.throughput.total_time},
+            'config': self.config, 'recipe': self.recipe,
+            'num_classes': len(self.classes), 'classes': self.classes,
+            # how its updates were shared: a resume on another device count counts batches and steps anew
+            'world_size': get_world_size(), 'accum': self.accum,
+            **self.callback_state(),
+            **({'model_ema': self.ema.state_dict()} if self.ema is not None else {})}
+
+# %% ../nbs/03_train.ipynb #1a0b698b
 @patch
 def state_dict(
     self:Learner,
@@ -618,26 +713,15 @@ def state_dict(
     model = self.ema.module if weights == 'ema' else unwrap_model(self.model)
     return {'epoch': epoch, 'arch': self.cfg.arch, 'state_dict': model.state_dict(), 'weights': weights,
             'best_acc1': self.best_acc1, 'best_model': self.best_model, 'optimizer': self.opt.state_dict(),
-            'scaler': self.scaler.state_dict(),
-            'scheduler': self.sched.state_dict(), 'rng': rng_state(self.device),
-            'sampler': {'epoch': epoch, 'start_batch': batches_done}, 'step': self.step,
-            'train_sums': (train_sums or self.train_sums).sums.cpu(), 'history': self.history,
-            'train_time_s': self.train_time_s,
-            'throughput': {'images': self.throughput.total_images, 'seconds': self.throughput.total_time},
-            'config': self.config, 'recipe': self.recipe,
-            'num_classes': len(self.classes), 'classes': self.classes,
-            # how its updates were shared: a resume on another device count counts batches and steps anew
-            'world_size': get_world_size(), 'accum': self.accum,
-            **self.callback_state(),
-            **({'model_ema': self.ema.state_dict()} if self.ema is not None else {})}
+            'scaler': self.scaler.state_dict(), 'scheduler': self.sched.state_dict(),
+            'rng': rng_state(self.device), 'sampler': {'epoch': epoch, 'start_batch': batches_done},
+            'step': self.step, 'train_sums': (train_sums or self.train_sums).sums.cpu(), **self.run_records()}
 
-# %% ../nbs/03_train.ipynb #f6317524
+# %% ../nbs/03_train.ipynb #951d206c
 @patch
-def load_state_dict(self:Learner, state:dict):
-    "Restore a run saved by `state_dict` (or the model, optimiser and epoch of an Ascend-recipe checkpoint)."
-    unwrap_model(self.model).load_state_dict(clean_state_dict(state['state_dict']))
-    self.opt.load_state_dict(state['optimizer'])
-    self.best_acc1 = float(state['best_acc1'])
+def load_position(self:Learner, state:dict):
+    """Set `epoch`, `batches_done` and `step` from a checkpoint's `state`, counted in updates, and
+    `moved_from`: the layout it was written in."""
     sampler = state.get('sampler', {'epoch': state['epoch'], 'start_batch': 0})
     # on another device count the same updates are another number of batches (see `moved`): count in updates
     saved = state.get('accum') or ((state.get('config') or {}).get('train') or {}).get('grad_accum_steps', 1)
@@ -645,14 +729,22 @@ def load_state_dict(self:Learner, state:dict):
     self.epoch, self.batches_done = sampler['epoch'], sampler['start_batch'] // saved * self.accum
     # `step` goes on counting this process's batches, so that the logs' step axis never goes back
     self.step = state.get('step', self.epoch * self.steps_per_epoch + self.batches_done)
-    if 'scaler' in state: self.scaler.load_state_dict(state['scaler'])
+
+# %% ../nbs/03_train.ipynb #e5d838bf
+@patch
+def load_schedule(self:Learner, state:dict):
+    "Restore the schedule from a checkpoint's `state`, or move it to `step` when the checkpoint has none."
     if 'scheduler' in state: self.sched.load_state_dict(state['scheduler'])
     # an Ascend-recipe checkpoint has no schedule state: derive the LR from the step, as the schedule would
     else:
         self.sched.last_epoch = self.step
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
             group['lr'] = base * lr_factor(self.cfg, self.step, self.steps_per_epoch)
-    if 'rng' in state: set_rng_state(state['rng'], self.device)
+
+# %% ../nbs/03_train.ipynb #ba5cc2df
+@patch
+def load_records(self:Learner, state:dict):
+    "Restore a checkpoint's records: metric sums, images and time, history, the callbacks' and EMA's state."
     # the sums of every rank: rank 0 carries them on, so the epoch's all-reduce counts them once
     if 'train_sums' in state:
         self.train_sums.sums.copy_(state['train_sums'] if get_rank() == 0
@@ -665,7 +757,19 @@ def load_state_dict(self:Learner, state:dict):
     for cb in self.cbs:
         if hasattr(cb, 'load_state_dict'): cb.load_state_dict(state)
     if self.ema is not None and 'model_ema' in state: self.ema.load_state_dict(state['model_ema'])
-    self.best_model = state.get('best_model', 'model')
+
+# %% ../nbs/03_train.ipynb #5179fe5a
+@patch
+def load_state_dict(self:Learner, state:dict):
+    "Restore a run saved by `state_dict` (or the model, optimiser and epoch of an Ascend-recipe checkpoint)."
+    unwrap_model(self.model).load_state_dict(clean_state_dict(state['state_dict']))
+    self.opt.load_state_dict(state['optimizer'])
+    self.best_acc1, self.best_model = float(state['best_acc1']), state.get('best_model', 'model')
+    self.load_position(state)
+    if 'scaler' in state: self.scaler.load_state_dict(state['scaler'])
+    self.load_schedule(state)
+    if 'rng' in state: set_rng_state(state['rng'], self.device)
+    self.load_records(state)
 
 # %% ../nbs/03_train.ipynb #4044bb0e
 @patch
@@ -765,6 +869,16 @@ def before_epoch(self:LogCB):
 
 # %% ../nbs/03_train.ipynb #bb4e0cad
 @patch
+def note_skipped(self:LogCB, rec:dict):
+    "With `--skip-bad-images`, a line on the images skipped since the last one (the paths go to stderr)."
+    if rec['skipped_images'] > self.skipped:
+        self.write(f"=> epoch {self.learn.epoch}: skipped {rec['skipped_images'] - self.skipped} "
+                   "unreadable images "
+                   f"({rec['skipped_images']} in all, over every rank; --skip-bad-images)")
+        self.skipped = rec['skipped_images']
+
+# %% ../nbs/03_train.ipynb #0a4787cd
+@patch
 def after_epoch(self:LogCB):
     "The epoch's FPS and validation lines and record."
     learn, rec = self.learn, self.learn.history[-1]
@@ -775,16 +889,12 @@ def after_epoch(self:LogCB):
     if 'ema_val_acc1' in rec:
         self.write(f" * Epoch {learn.epoch} EMA Acc@1 {rec['ema_val_acc1']:.3f} Acc@5 "
                    f"{rec['ema_val_acc5']:.3f} val loss {rec['ema_val_loss']:.4f}")
-    # --skip-bad-images: how many, in the log too (the paths go to stderr)
-    if rec['skipped_images'] > self.skipped:
-        self.write(f"=> epoch {learn.epoch}: skipped {rec['skipped_images'] - self.skipped} "
-                   "unreadable images "
-                   f"({rec['skipped_images']} in all, over every rank; --skip-bad-images)")
-        self.skipped = rec['skipped_images']
+    self.note_skipped(rec)  # how many, in the log too
     if self.tb:
         for k in ('val_loss', 'val_acc1', 'val_acc5'):
             self.tb.add_scalar(k.replace('_', '/', 1), rec[k], learn.epoch)
 
+# %% ../nbs/03_train.ipynb #d9a29f0e
 @patch
 def after_fit(self:LogCB):
     "The run's last line and its summary record; close the files."
@@ -884,6 +994,17 @@ class ProgressCB(Callback):
             self.bar.comment = f"epoch {self.learn.epoch} loss {self.learn.train_metrics['loss']:.4f}"
 
 # %% ../nbs/03_train.ipynb #6ded59f3
+def style_history_axes(
+    axs, # the loss, accuracy and learning-rate axes of `plot_history`
+):
+    "Title the three charts, label their step axes, draw the loss on a log scale, and show the legends."
+    for ax, t in zip(axs, ('loss (log scale)', 'accuracy (%)', 'learning rate')):
+        ax.set(title=t, xlabel='step')
+    # an early validation spike (46.9 against 2.3) would squash the training curve flat
+    axs[0].set_yscale('log')
+    axs[0].legend(); axs[1].legend()
+
+# %% ../nbs/03_train.ipynb #e8b13b1b
 def plot_history(history:list[dict], fig=None):
     "Loss, accuracy and learning rate from a run's history records."
     import matplotlib.pyplot as plt
@@ -895,11 +1016,8 @@ def plot_history(history:list[dict], fig=None):
     axs[1].plot([r['step'] for r in steps], [r['acc1'] for r in steps], label='train Acc@1')
     axs[1].plot([r['step'] for r in epochs], [r['val_acc1'] for r in epochs], 'o-', label='val Acc@1')
     axs[2].plot([r['step'] for r in steps], [r['lr'] for r in steps])
-    for ax, t in zip(axs, ('loss (log scale)', 'accuracy (%)', 'learning rate')):
-        ax.set(title=t, xlabel='step')
-    # an early validation spike (46.9 against 2.3) would squash the training curve flat
-    axs[0].set_yscale('log')
-    axs[0].legend(); axs[1].legend(); fig.tight_layout()
+    style_history_axes(axs)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/03_train.ipynb #f6d38070
@@ -958,6 +1076,17 @@ def default_callbacks(
     return cbs
 
 # %% ../nbs/03_train.ipynb #c9c9bb63
+def wrap_ddp(
+    model:nn.Module, # on this process's device
+) -> nn.Module:
+    "`model` under DDP, its buffers broadcast once at the start rather than at every forward."
+    # torch 2.14 deprecates the flag, but its replacement also syncs at init
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='`broadcast_buffers` is deprecated',
+                                category=FutureWarning)
+        return nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+
+# %% ../nbs/03_train.ipynb #fd4b44a7
 def build_model(
     cfg:RunConfig, # the run: arch, zero-init and compile come from `cfg.train`
     num_classes:int, # outputs of the head
@@ -970,15 +1099,50 @@ def build_model(
                          zero_init_residual=cfg.train.zero_init_residual)
     if cfg.train.sync_bn and is_distributed(): model = sync_batchnorm(model, device.type)
     model = to_memory_format(model.to(device), precision)
-    if is_distributed():
-        # torch 2.14 deprecates the flag, but its replacement also syncs at init
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='`broadcast_buffers` is deprecated',
-                                    category=FutureWarning)
-            model = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    if is_distributed(): model = wrap_ddp(model)
     return torch.compile(model) if cfg.train.compile else model
 
-# %% ../nbs/03_train.ipynb #09de0994
+# %% ../nbs/03_train.ipynb #ddb664b6
+def prepare_process(
+    cfg:RunConfig, # the run
+    place:Placement, # where this process runs
+) -> tuple[RunConfig, Precision]:
+    """Ready this process for `cfg`, before any data or model: its output folder named, the NPU set up, the
+    RNGs seeded, deterministic algorithms if asked; returns `cfg` and the precision it runs in."""
+    if cfg.train.output is None:
+        cfg = replace(cfg, train=replace(cfg.train, output=default_output(cfg.train.arch)))
+    apply_npu_config(cfg.npu, place.device.type)
+    if cfg.train.seed is not None: seed_everything(cfg.train.seed)
+    if cfg.train.deterministic: torch.use_deterministic_algorithms(True)
+    return cfg, resolve_precision(cfg.amp, place.device.type)
+
+# %% ../nbs/03_train.ipynb #58dabb3c
+def resume_state(
+    cfg:RunConfig, # the run: `--resume`, `--arch`
+    classes:list[str], # this run's class names, from its data
+) -> dict|None:
+    "The checkpoint `--resume` names, checked to fit this run's arch and classes (before any model is built)."
+    if not cfg.train.resume: return None
+    state = load_resumable(cfg.train.resume)
+    check_fits(state, cfg.train.resume, cfg.train.arch, classes)
+    return state
+
+# %% ../nbs/03_train.ipynb #bb98c4f5
+def opening_notes(
+    cfg:RunConfig, # the run
+    model:nn.Module, # its model, which `--pretrained` weights go into (a new run only)
+    resuming:bool, # whether the run continues a checkpoint
+    train_batches:int, # this rank's train batches per epoch
+) -> tuple[list[str], dict]:
+    """The lines a run opens with (its recipe, `run_notes`, what `--pretrained` loaded), and its recipe as a
+    checkpoint records it: the name and the values it set."""
+    values = {**asdict(cfg.train), **asdict(cfg.data)}
+    notes = [describe_recipe(cfg.train.recipe, values)] + run_notes(cfg, train_batches)
+    if cfg.train.pretrained and not resuming:
+        notes.append(load_pretrained(model, cfg.train.pretrained, cfg.train.arch))
+    return notes, {'name': cfg.train.recipe, 'values': recipe_values(cfg.train.recipe, values)}
+
+# %% ../nbs/03_train.ipynb #65fc28c5
 def build_learner(
     cfg:RunConfig, # the run
     # where this process runs; None resolves `cfg.device` and `cfg.device_list` here
@@ -988,28 +1152,17 @@ def build_learner(
 ) -> Learner:
     "A `Learner` for this process from `cfg`, resumed from `cfg.train.resume` when set."
     place = place or resolve_placement(cfg.device, cfg.device_list)
-    if cfg.train.output is None:
-        cfg = replace(cfg, train=replace(cfg.train, output=default_output(cfg.train.arch)))
-    apply_npu_config(cfg.npu, place.device.type)
-    if cfg.train.seed is not None: seed_everything(cfg.train.seed)
-    if cfg.train.deterministic: torch.use_deterministic_algorithms(True)
-    precision = resolve_precision(cfg.amp, place.device.type)
+    cfg, precision = prepare_process(cfg, place)
     loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device,
                             accum=cfg.train.grad_accum_steps,  # a first count of shards stops on a signal
                             stop=lambda: stop_request and stop_request.signal)
-    state = load_resumable(cfg.train.resume) if cfg.train.resume else None
-    if state: check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)  # before the model exists
+    state = resume_state(cfg, loaders.classes)
     model = build_model(cfg, len(loaders.classes), place.device, precision)
-    values = {**asdict(cfg.train), **asdict(cfg.data)}
-    notes = [describe_recipe(cfg.train.recipe, values)] + run_notes(cfg, len(loaders.train))
-    if cfg.train.pretrained and not state:
-        notes.append(load_pretrained(model, cfg.train.pretrained, cfg.train.arch))
+    notes, recipe = opening_notes(cfg, model, state is not None, len(loaders.train))
     cbs = (default_callbacks() if cbs is None else cbs) + [SampleLogCB()] * cfg.train.log_samples
-    sgd = sgd_class(place.device.type, cfg.npu.fused_sgd)
-    learn = Learner(model, loaders, cfg.train, place.device, precision, cbs, sgd,
-                    untimed_steps(cfg.npu, place.device.type), config=asdict(cfg), notes=notes,
-                    recipe={'name': cfg.train.recipe, 'values': recipe_values(cfg.train.recipe, values)},
-                    stop_request=stop_request)
+    sgd, untimed = sgd_class(place.device.type, cfg.npu.fused_sgd), untimed_steps(cfg.npu, place.device.type)
+    learn = Learner(model, loaders, cfg.train, place.device, precision, cbs, sgd, untimed, config=asdict(cfg),
+                    notes=notes, recipe=recipe, stop_request=stop_request)
     if state: learn.load_state_dict(state)
     return learn
 
@@ -1029,6 +1182,38 @@ def train(
     # once
     return {**learn.summary, 'stopped_by': learn.summary.get('stopped_by') or request.signal}
 
+# %% ../nbs/03_train.ipynb #5e0a4169
+def checkpoint_model(
+    cfg:RunConfig, # the run; `cfg.train.resume` names the checkpoint
+    state:dict, # the checkpoint, read from there
+    classes:list[str], # the run's class names, from its data
+    device:torch.device, # where the model lives
+    precision:Precision, # its memory format
+) -> nn.Module:
+    "The model for `cfg`, not compiled, with the checkpoint's weights; `CheckpointError` if they do not fit."
+    check_fits(state, cfg.train.resume, cfg.train.arch, classes)  # before the model exists
+    model = build_model(replace(cfg, train=replace(cfg.train, compile=False)), len(classes), device,
+                        precision)
+    try: load_weights(model, state)
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {cfg.train.resume}: {first_line(e)}") from None
+    return model
+
+# %% ../nbs/03_train.ipynb #6d1e17b2
+def report_evaluation(
+    metrics:dict, # `score`'s results
+    interp:Interpretation, # the counts of the pass, already `reduce`d over the ranks
+    classes:list[str], # class names
+    out:Path, # where the report files go
+):
+    "On rank 0, print the scores and write the per-class report files into `out`."
+    if not is_main_process(): return
+    print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} "
+          f"({metrics['count']} images)")
+    write_report(interp, classes, out)
+    print(f"=> {', '.join(REPORT_FILES)} in {out}", flush=True)
+
+# %% ../nbs/03_train.ipynb #adb36be6
 def evaluate(
     cfg:RunConfig, # the run; `cfg.train.resume` is the checkpoint to score
     place:Placement|None=None, # where this process runs (None: from `cfg`)
@@ -1040,19 +1225,10 @@ def evaluate(
     apply_npu_config(cfg.npu, place.device.type)
     precision = resolve_precision(cfg.amp, place.device.type)
     loaders = build_loaders(cfg.data, place.rank, place.world_size, place.device, train=False)
-    check_fits(state, cfg.train.resume, cfg.train.arch, loaders.classes)
-    model = build_model(replace(cfg, train=replace(cfg.train, compile=False)), len(loaders.classes),
-                        place.device, precision)
-    try: load_weights(model, state)
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {cfg.train.resume}: {first_line(e)}") from None
+    model = checkpoint_model(cfg, state, loaders.classes, place.device, precision)
     interp = Interpretation(len(loaders.classes), place.device)
     try: metrics = score(model, loaders.val, place.device, precision, interp)
     finally: loaders.close()
     whole, out = interp.reduce(), Path(cfg.train.output or Path(cfg.train.resume).parent)
-    if is_main_process():
-        print(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f} loss {metrics['loss']:.4f} "
-              f"({metrics['count']} images)")
-        write_report(whole, loaders.classes, out)
-        print(f"=> {', '.join(REPORT_FILES)} in {out}", flush=True)
+    report_evaluation(metrics, whole, loaders.classes, out)
     return metrics
