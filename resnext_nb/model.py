@@ -233,12 +233,9 @@ def state_mismatch(
     missing, unexpected = [k for k in expected if k not in given], [k for k in given if k not in expected]
     shapes = shape_mismatches(expected, given)
     problems = [f"{len(shapes)} shape mismatch(es): {_some(shapes, 3, '; ')}"] if shapes else []
-    if strict and missing:
-        problems.append(f"{len(missing)} missing key(s), in the model but not the checkpoint: "
-                        f"{_some(missing)}")
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), in the checkpoint but not the model: "
-                        f"{_some(unexpected)}")
+    if strict: problems += [f"{len(keys)} {what}: {_some(keys)}" for keys, what in (
+        (missing, 'missing key(s), in the model but not the checkpoint'),
+        (unexpected, 'unexpected key(s), in the checkpoint but not the model')) if keys]
     return problems
 
 # %% ../nbs/01_model.ipynb #76d76fa5
@@ -254,8 +251,7 @@ def load_weights(
     strict:bool=True, # require exactly the model's keys
 ):
     "Load weights into `model`, with a clear error naming the keys and shapes that do not fit."
-    state = state_or_path
-    if isinstance(state, (str, os.PathLike)): state = read_weights_file(state)
+    if isinstance(state := state_or_path, (str, os.PathLike)): state = read_weights_file(state)
     weights, bare = clean_state_dict(state), unwrap_model(model)
     if problems := state_mismatch(bare.state_dict(), weights, strict):
         arch = state.get('arch') if isinstance(state, Mapping) else None
