@@ -57,10 +57,31 @@ def run_cli(*args, timeout=300, cwd=None, env=None):
     return subprocess.run(launch_cmd(*args), cwd=cwd or ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def module_cmd(module, *args):
+    return [sys.executable, '-m', f'resnext_nb.{module}', *map(str, args)]
+
+
 def run_module(module, *args, timeout=300):
     "Run `python -m resnext_nb.<module> ARGS`; returns the CompletedProcess."
-    return subprocess.run([sys.executable, '-m', f'resnext_nb.{module}', *map(str, args)], cwd=ROOT, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(module_cmd(module, *args), cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_together(*commands, timeout=300, cwd=None, env=None):
+    """Run the commands (`launch_cmd(...)`, `module_cmd(...)`) at the same time, each to completion; their
+    CompletedProcesses, in order. For commands that do not depend on each other: most of each one's time is the
+    interpreter starting and importing torch, which the two cores then share. `env`: one environment for all, or a
+    list of one per command."""
+    envs = env if isinstance(env, list) else [env] * len(commands)
+    procs = [subprocess.Popen(c, cwd=cwd or ROOT, env=e or cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c, e in zip(commands, envs)]
+    def finished(p):
+        out, err = p.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    try: return [finished(p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None: p.kill(); p.wait()
 
 
 def start_cli(*args, **kw):

@@ -4,7 +4,7 @@ checkpoint once, and its model card describes exactly the weights it exported.""
 import hashlib, json, os, shutil, struct, threading, time, zipfile
 import pytest
 import torch
-from conftest import TINY, make_image_folder, run_cli, run_module
+from conftest import TINY, launch_cmd, make_image_folder, module_cmd, run_cli, run_module, run_together
 
 COUNTS = {'train': {'a': 6, 'b': 6, 'c': 6}, 'val': {'a': 5, 'b': 5, 'c': 5}}  # 4 steps an epoch at batch 4
 
@@ -67,15 +67,15 @@ def test_checkpoints_carry_checksums(runs):
 def test_flipped_bit_is_refused(runs, tmp_path, command):
     "Each command that loads a checkpoint refuses the damaged copy in one line, and loads the intact file it came from."
     data, whole, _, flipped = runs
-    def run(ckpt, out):
-        if command == 'evaluate': return run_cli(*job(data, tmp_path / out, '--evaluate', '--resume', ckpt))
-        if command == 'resume': return run_cli(*job(data, tmp_path / out, '--resume', ckpt, '--epochs', 2, '--max-steps', 5))
-        if command == 'pretrained': return run_cli(*job(data, tmp_path / out, '--pretrained', ckpt, '--epochs', 1, '--max-steps', 1))
-        if command == 'predict': return run_module('predict', ckpt, data / 'val', '--device', 'cpu')
-        return run_module('export', ckpt, '--format', 'pt2', '--out', tmp_path / out)
-    line = refused(run(flipped, 'bad'), flipped)
+    def cmd(ckpt, out):
+        if command == 'evaluate': return launch_cmd(*job(data, tmp_path / out, '--evaluate', '--resume', ckpt))
+        if command == 'resume': return launch_cmd(*job(data, tmp_path / out, '--resume', ckpt, '--epochs', 2, '--max-steps', 5))
+        if command == 'pretrained': return launch_cmd(*job(data, tmp_path / out, '--pretrained', ckpt, '--epochs', 1, '--max-steps', 1))
+        if command == 'predict': return module_cmd('predict', ckpt, data / 'val', '--device', 'cpu')
+        return module_cmd('export', ckpt, '--format', 'pt2', '--out', tmp_path / out)
+    bad, ok = run_together(cmd(flipped, 'bad'), cmd(whole, 'good'))  # two copies, two output folders
+    line = refused(bad, flipped)
     assert 'state_dict' in line, line
-    ok = run(whole, 'good')
     assert ok.returncode == 0 and 'Traceback' not in ok.stderr, ok.stderr[-3000:]
 
 

@@ -2,7 +2,7 @@
 import os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
-from conftest import ROOT, TINY, cli_env, folder_fixture, launch_cmd, read_records, run_cli
+from conftest import ROOT, TINY, cli_env, folder_fixture, launch_cmd, read_records, run_cli, run_together
 
 
 data = folder_fixture(16, (4, 3))  # 7 validation images: an odd number, so 2 ranks get 4 and 3
@@ -30,8 +30,8 @@ def test_two_processes_train_validate_and_checkpoint(data, tmp_path, free_port):
 def test_ddp_step_equals_one_process_with_the_whole_batch(data, tmp_path, free_port):
     "2 ranks x batch 4 take the same first step as 1 rank x batch 8 on the same samples (BN frozen)."
     common = ('--batch-size', 8, '--max-steps', 1, '--freeze-bn', '--lr', 0.5, '--epochs', 1)
-    one = run_cli(*small(data, tmp_path / 'one', *common))
-    two = run_cli(*small(data, tmp_path / 'two', *common, '--nproc', 2, '--port', free_port))
+    one, two = run_together(launch_cmd(*small(data, tmp_path / 'one', *common)),
+                            launch_cmd(*small(data, tmp_path / 'two', *common, '--nproc', 2, '--port', free_port)))
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     loss1, loss2 = (read_records(tmp_path / d, 'step')[0]['loss'] for d in ('one', 'two'))
@@ -89,11 +89,11 @@ def test_two_nodes_on_one_machine(data, tmp_path, free_port):
 
 
 def test_bad_flags_exit_2_with_one_line(data):
-    for args, msg in ((['--epochs', '-1'], '--epochs -1: must be positive'),
-                      (['--batch-size', '7', '--nproc', '2'], 'must divide evenly over 2 processes'),
-                      (['--arch', 'vgg'], "--arch 'vgg': choose one of"),
-                      (['--device', 'tpu'], "--device 'tpu': choose one of auto, npu, cuda, cpu")):
-        r = run_cli(*args, timeout=60)
+    cases = ((['--epochs', '-1'], '--epochs -1: must be positive'),
+             (['--batch-size', '7', '--nproc', '2'], 'must divide evenly over 2 processes'),
+             (['--arch', 'vgg'], "--arch 'vgg': choose one of"),
+             (['--device', 'tpu'], "--device 'tpu': choose one of auto, npu, cuda, cpu"))
+    for (args, msg), r in zip(cases, run_together(*(launch_cmd(*args) for args, _ in cases), timeout=60)):
         assert r.returncode == 2, (args, r.stderr)
         assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

@@ -4,7 +4,7 @@ without a reachable package index these skip with one line; on CI they fail inst
 import os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from conftest import TINY, cli_env, folder_fixture, launch_cmd, make_image_folder, run_cli, wait_for_step
+from conftest import TINY, cli_env, folder_fixture, launch_cmd, make_image_folder, run_cli, run_together, wait_for_step
 import npu_standin
 
 WHEEL = npu_standin.wheel_or_skip()  # the cached torch_npu wheel; else one line: a skip here, a failure on CI
@@ -177,8 +177,9 @@ def test_a_checkpoint_from_the_npu_branch_continues_on_the_cpu(standin, data, tm
     run, and the weights agree to float rounding (the fused and plain SGD round differently)."""
     from resnext_nb.checkpoints import save_checkpoint
     args = lambda out, *more: job(data, out, '--epochs', 2, '--log-samples', '--random-erase', 0.5, *more)
-    straight = launch(standin, tmp_path, *args(tmp_path / 'npu'))
-    cut = launch(standin, tmp_path, *args(tmp_path / 'moved', '--max-steps', 2, '--checkpoint-every', 1))
+    straight, cut = run_together(launch_cmd(*args(tmp_path / 'npu')),
+                                 launch_cmd(*args(tmp_path / 'moved', '--max-steps', 2, '--checkpoint-every', 1)),
+                                 timeout=600, cwd=tmp_path, env=npu_env(standin))
     assert straight.returncode == 0 and cut.returncode == 0, (straight.stderr + cut.stderr)[-3000:]
     ckpt = checkpoint(tmp_path / 'moved')
     assert_npu_parts(ckpt, scaler=False)
@@ -197,8 +198,9 @@ def test_a_checkpoint_from_the_npu_branch_continues_on_the_cpu(standin, data, tm
 def test_a_cpu_checkpoint_continues_on_the_npu_branch(standin, data, tmp_path):
     "The other way: torch.optim.SGD's state, written mid-epoch on the CPU, continues under the wheel's NpuFusedSGD."
     args = lambda out, *more: job(data, out, '--epochs', 2, '--log-samples', *more)
-    straight = run_cli(*args(tmp_path / 'cpu'), cwd=tmp_path)
-    cut = run_cli(*args(tmp_path / 'moved', '--max-steps', 2, '--checkpoint-every', 1), cwd=tmp_path)
+    straight, cut = run_together(launch_cmd(*args(tmp_path / 'cpu')),
+                                 launch_cmd(*args(tmp_path / 'moved', '--max-steps', 2, '--checkpoint-every', 1)),
+                                 timeout=600, cwd=tmp_path)
     assert straight.returncode == 0 and cut.returncode == 0, (straight.stderr + cut.stderr)[-3000:]
     assert 'foreach' in checkpoint(tmp_path / 'moved')['optimizer']['param_groups'][0]
     r = launch(standin, tmp_path, *args(tmp_path / 'moved', '--resume', 'auto'))

@@ -4,8 +4,8 @@ traceback, and the run that was there before still loads with `weights_only=True
 import shutil, signal, time
 import pytest
 import torch
-from conftest import (TINY, alive, folder_fixture, job_pids, make_image_folder, read_records, run_cli, start_cli, tmpfs,
-                      wait_for_step)
+from conftest import (TINY, alive, folder_fixture, job_pids, launch_cmd, make_image_folder, read_records, run_cli,
+                      run_together, start_cli, tmpfs, wait_for_step)
 
 STEPS_PER_EPOCH = 120 // 4
 
@@ -161,31 +161,37 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(data,
 
 
 def test_a_read_only_output_or_a_file_is_refused_before_loading(data, tmp_path):
+    (tmp_path / 'afile').write_text('x')
     with tmpfs(tmp_path / 'ro', '1m', 'ro') as ro:
         if ro is None: pytest.skip("cannot mount a tmpfs here")
-        one_line(run_cli(*job(data, ro / 'run')), 2, f"--output {ro / 'run'} is not writable (Read-only file system)")
-    (tmp_path / 'afile').write_text('x')
-    one_line(run_cli(*job(data, tmp_path / 'afile')), 2, f"--output {tmp_path / 'afile'} is a file: choose a folder")
+        in_ro, to_file = run_together(launch_cmd(*job(data, ro / 'run')), launch_cmd(*job(data, tmp_path / 'afile')))
+        one_line(in_ro, 2, f"--output {ro / 'run'} is not writable (Read-only file system)")
+    one_line(to_file, 2, f"--output {tmp_path / 'afile'} is a file: choose a folder")
 
 
 # ---------------------------------------------------------------- the wrong checkpoint
 
 def test_a_checkpoint_of_another_arch_or_class_count(data, tmp_path, previous):
     ckpt = previous / 'checkpoint.pth.tar'
-    one_line(run_cli(*job(data, previous, '--resume', ckpt, '--arch', 'resnet50')), 2,
-             "--arch resnet50 differs from the checkpoint's resnext_tiny: a resumed run keeps its recipe")
-    one_line(run_cli(*job(data, tmp_path / 'e', '--evaluate', '--resume', ckpt, '--arch', 'resnet50')), 1,
-             f"checkpoint {ckpt} is resnext_tiny with 2 classes; this run is resnet50 with 2: pass --arch resnext_tiny")
     three = make_image_folder(tmp_path / 'three', {'train': {'a': 4, 'b': 4, 'c': 4}, 'val': {'a': 1, 'b': 1, 'c': 1}})
-    one_line(run_cli(*job(three, tmp_path / 'e3', '--evaluate', '--resume', ckpt)), 1,
+    resumed, scored, three_classes = run_together(
+        launch_cmd(*job(data, previous, '--resume', ckpt, '--arch', 'resnet50')),
+        launch_cmd(*job(data, tmp_path / 'e', '--evaluate', '--resume', ckpt, '--arch', 'resnet50')),
+        launch_cmd(*job(three, tmp_path / 'e3', '--evaluate', '--resume', ckpt)))
+    one_line(resumed, 2, "--arch resnet50 differs from the checkpoint's resnext_tiny: a resumed run keeps its recipe")
+    one_line(scored, 1,
+             f"checkpoint {ckpt} is resnext_tiny with 2 classes; this run is resnet50 with 2: pass --arch resnext_tiny")
+    one_line(three_classes, 1,
              f"checkpoint {ckpt} is resnext_tiny with 2 classes; this run is resnext_tiny with 3: point --data_path at data with 2 classes")
     loads(ckpt)
 
 
 def test_an_empty_checkpoint_or_a_folder(data, tmp_path, previous):
     (tmp_path / 'empty.pth.tar').write_bytes(b'')
-    one_line(run_cli(*job(data, tmp_path / 'r1', '--resume', tmp_path / 'empty.pth.tar')), 2, "is empty (0 bytes)")
-    one_line(run_cli(*job(data, tmp_path / 'r2', '--evaluate', '--resume', previous)), 1,
+    empty, folder = run_together(launch_cmd(*job(data, tmp_path / 'r1', '--resume', tmp_path / 'empty.pth.tar')),
+                                 launch_cmd(*job(data, tmp_path / 'r2', '--evaluate', '--resume', previous)))
+    one_line(empty, 2, "is empty (0 bytes)")
+    one_line(folder, 1,
              f"checkpoint {previous} is a folder, not a file: pass the checkpoint inside it, e.g. {previous / 'checkpoint.pth.tar'}")
     loads(previous / 'checkpoint.pth.tar')
 
@@ -200,21 +206,27 @@ def test_evaluate_needs_only_the_val_split(data, tmp_path, previous):
 
 # ---------------------------------------------------------------- bad values, before any work
 
-@pytest.mark.parametrize('flags, says', [
+BAD_VALUES = [
     (['--lr', 'nan'], '--lr nan: must be a finite number'),
     (['--lr', 'inf'], '--lr inf: must be a finite number'),
     (['--batch-size', '0'], '--batch-size 0: must be positive'),
     (['--epochs', '0'], '--epochs 0: must be positive'),
-])
-def test_bad_values_exit_2_at_once(data, tmp_path, flags, says):
-    one_line(run_cli(*job(data, tmp_path / 'run', *flags)), 2, says)
-    assert not (tmp_path / 'run').exists()  # refused before the output folder, and before the data
+]
+
+
+def test_bad_values_exit_2_at_once(data, tmp_path):
+    runs = run_together(*(launch_cmd(*job(data, tmp_path / f'run{k}', *flags)) for k, (flags, _) in enumerate(BAD_VALUES)))
+    for k, ((flags, says), r) in enumerate(zip(BAD_VALUES, runs)):
+        one_line(r, 2, says)
+        assert not (tmp_path / f'run{k}').exists()  # refused before the output folder, and before the data
 
 
 def test_a_data_path_that_is_a_file_or_missing(tmp_path):
     (tmp_path / 'f.txt').write_text('x')
-    one_line(run_cli(*TINY, '--data_path', tmp_path / 'f.txt', '--output', tmp_path / 'o'), 2, f"--data_path {tmp_path / 'f.txt'} is a file")
-    one_line(run_cli(*TINY, '--data_path', tmp_path / 'nope', '--output', tmp_path / 'o'), 2, f"--data_path {tmp_path / 'nope'} does not exist")
+    a_file, missing = run_together(launch_cmd(*TINY, '--data_path', tmp_path / 'f.txt', '--output', tmp_path / 'o1'),
+                                   launch_cmd(*TINY, '--data_path', tmp_path / 'nope', '--output', tmp_path / 'o2'))
+    one_line(a_file, 2, f"--data_path {tmp_path / 'f.txt'} is a file")
+    one_line(missing, 2, f"--data_path {tmp_path / 'nope'} does not exist")
 
 
 def test_resume_with_a_new_recipe_value_is_refused_and_run_flags_take_effect(data, tmp_path, previous):

@@ -7,7 +7,8 @@ killed mid-way resumes, keeping the shards it had verified."""
 import json, os, signal, subprocess, sys, time
 import pytest, torch
 from PIL import Image
-from conftest import ROOT, TINY, cli_env, read_records, run_cli, start_cli, wait_for_step
+from conftest import (ROOT, TINY, cli_env, launch_cmd, module_cmd, read_records, run_cli, run_together, start_cli,
+                      wait_for_step)
 
 TRAIN, VAL = 20, 5  # digits per class: 200 train and 50 val images
 
@@ -44,8 +45,9 @@ def sources(tmp_path_factory):
     "The digits as a folder, as WebDataset shards of 64 (200 = 3 x 64 + 8) and as parquet shards of 96."
     base = tmp_path_factory.mktemp('digits')
     folder = write_digits(base / 'folder')
-    for fmt, size in (('wds', 64), ('parquet', 96)):
-        r = prepare(folder, base / fmt, '--format', fmt, '--shard-size', size)
+    made = run_together(*(module_cmd('prepare', folder, base / fmt, '--format', fmt, '--shard-size', size)
+                          for fmt, size in (('wds', 64), ('parquet', 96))))
+    for r in made:
         assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
         assert 'all read back and verified: 200 images' in r.stdout and 'verified: 50 images' in r.stdout, r.stdout
     return {'folder': folder, 'wds': base / 'wds', 'parquet': base / 'parquet'}
@@ -67,12 +69,9 @@ def weights(out):
 @pytest.fixture(scope='module')
 def straight(sources, tmp_path_factory):
     "One uninterrupted run on each source."
-    runs = {}
-    for name, data in sources.items():
-        out = tmp_path_factory.mktemp(f'straight-{name}')
-        r = run_cli(*job(data, out), timeout=600)
-        assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
-        runs[name] = out
+    runs = {name: tmp_path_factory.mktemp(f'straight-{name}') for name in sources}
+    done = run_together(*(launch_cmd(*job(sources[name], out)) for name, out in runs.items()), timeout=600)
+    for r in done: assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
     return runs
 
 
@@ -138,8 +137,8 @@ def test_shards_over_http_train_as_the_local_ones(sources, straight, tmp_path):
     pattern = url + '/{train-{000000..000003},val-000000}.tar'  # the same shards, without their indexes
     out, cache, counted, cache2 = tmp_path / 'http', tmp_path / 'cache', tmp_path / 'pattern', tmp_path / 'cache2'
     try:
-        r = run_cli(*job(url, out), env=cli_env(RESNEXT_NB_WDS_CACHE=cache))
-        r2 = run_cli(*job(pattern, counted), env=cli_env(RESNEXT_NB_WDS_CACHE=cache2))
+        r, r2 = run_together(launch_cmd(*job(url, out)), launch_cmd(*job(pattern, counted)),
+                             env=[cli_env(RESNEXT_NB_WDS_CACHE=cache), cli_env(RESNEXT_NB_WDS_CACHE=cache2)])
     finally: server.shutdown()
     assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
     assert r2.returncode == 0 and r2.stderr == '', r2.stderr[-3000:]
@@ -160,7 +159,8 @@ def test_shuffle_shard_by_shard_resumes_exactly_and_needs_shards(sources, straig
     r = prepare(sources['folder'], mixed, '--shard-size', 32, '--shuffle')
     assert r.returncode == 0 and 'a shuffled order (seed 0) of' in r.stdout, r.stdout + r.stderr
     once, killed = tmp_path / 'once', tmp_path / 'killed'
-    r = run_cli(*job(mixed, once, '--shuffle', 'shards'), timeout=600)
+    r, refused = run_together(launch_cmd(*job(mixed, once, '--shuffle', 'shards')),
+                              launch_cmd(*job(sources['folder'], tmp_path / 'folder', '--shuffle', 'shards')), timeout=600)
     assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
     assert len(updates(once)) == 12 and updates(once) != updates(straight['wds'])  # another order
     proc = start_cli(*job(mixed, killed, '--shuffle', 'shards', '--workers', 2), start_new_session=True)
@@ -171,6 +171,5 @@ def test_shuffle_shard_by_shard_resumes_exactly_and_needs_shards(sources, straig
     assert updates(killed) == updates(once)
     want = weights(once)
     for k, v in weights(killed).items(): assert torch.equal(v, want[k]), k
-    r = run_cli(*job(sources['folder'], tmp_path / 'folder', '--shuffle', 'shards'), timeout=600)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode != 0 and len(lines) == 1 and 'has no shards: write them with python -m resnext_nb.prepare' in lines[0], r.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode != 0 and len(lines) == 1 and 'has no shards: write them with python -m resnext_nb.prepare' in lines[0], refused.stderr
