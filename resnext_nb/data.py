@@ -6,7 +6,7 @@ Docs: https://resnext-nb.github.io/resnext_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #2b1022f8
 from __future__ import annotations
-import gc, hashlib, io, itertools, logging, math, os, pickle, random, signal, sys, threading, time
+import functools, gc, hashlib, io, itertools, logging, math, os, pickle, random, signal, sys, threading, time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from collections import Counter
@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision import datasets, transforms
+from torchvision import datasets
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from PIL import Image
@@ -26,15 +26,16 @@ from .device import is_main_process, seeded_generator
 
 # %% auto #0
 __all__ = ['log', 'DATASETS', 'DATA_BACKENDS', 'AUTO_AUGMENTS', 'SHUFFLES', 'IMG_EXTENSIONS', 'CIFAR_FOLDER', 'CIFAR_HELP',
-           'IMAGENET_MEAN', 'IMAGENET_STD', 'STOP_SIGNALS', 'LOADER_START', 'printable', 'is_utf8', 'DataError',
-           'parse_range', 'at_most_one', 'default_workers', 'DataConfig', 'image_error', 'read_image', 'walk_images',
-           'not_utf8_error', 'duplicates_summary', 'ImageFolderSource', 'open_image_folder', 'open_val_folder',
-           'plain_image', 'write_image_folder', 'find_cifar10', 'read_cifar_file', 'CifarSource', 'write_cifar_batch',
-           'write_cifar_folder', 'CropFlip', 'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform',
-           'val_transform', 'sample_seed', 'BadSample', 'one_thread', 'SampleDataset', 'collate_samples',
-           'shard_indices', 'epoch_order', 'EpochBatches', 'ignore_stop_signals', 'process_ended',
-           'silent_once_orphaned', 'init_loader_process', 'make_dataloader', 'Loader', 'bad_images_summary',
-           'dead_process_named', 'quiet_sigchld', 'SyntheticLoader', 'normalize', 'grid_axes', 'image_grid']
+           'IMAGENET_MEAN', 'IMAGENET_STD', 'READ_AHEAD', 'READ_AHEAD_BYTES', 'STOP_SIGNALS', 'LOADER_START',
+           'printable', 'is_utf8', 'DataError', 'parse_range', 'at_most_one', 'default_workers', 'DataConfig',
+           'image_error', 'read_image', 'walk_images', 'not_utf8_error', 'duplicates_summary', 'ImageFolderSource',
+           'open_image_folder', 'open_val_folder', 'plain_image', 'write_image_folder', 'find_cifar10',
+           'read_cifar_file', 'CifarSource', 'write_cifar_batch', 'write_cifar_folder', 'log_ratio', 'centre_box',
+           'crop_box', 'CropFlip', 'val_resize_size', 'CropSizes', 'crop_sizes', 'train_transform', 'val_transform',
+           'sample_seed', 'BadSample', 'one_thread', 'SampleDataset', 'collate_samples', 'shard_indices', 'epoch_order',
+           'EpochBatches', 'ignore_stop_signals', 'process_ended', 'silent_once_orphaned', 'init_loader_process',
+           'make_dataloader', 'Loader', 'bad_images_summary', 'dead_process_named', 'quiet_sigchld', 'SyntheticLoader',
+           'normalize', 'grid_axes', 'image_grid']
 
 # %% ../nbs/02_data.ipynb #f41ab33d
 log = logging.getLogger(__name__)  # one-line warnings: files reached twice, images skipped
@@ -470,7 +471,37 @@ def write_cifar_folder(
     with open(folder/'batches.meta', 'wb') as f: pickle.dump({'label_names': list(classes)}, f)
     return Path(parent)
 
-# %% ../nbs/02_data.ipynb #9c1625bd
+# %% ../nbs/02_data.ipynb #a09e3fce
+@functools.cache
+def log_ratio(ratio:tuple[float, float]) -> tuple[float, float]:
+    "torchvision's `torch.log(torch.tensor(ratio))`, in `float32` as it draws from it, once per ratio."
+    return tuple(torch.log(torch.tensor(ratio)).tolist())
+
+def centre_box(height:int, width:int, ratio:tuple[float, float]) -> tuple[int, int, int, int]:
+    "torchvision's box when ten draws miss: the image's central box, its aspect ratio clamped to `ratio`."
+    if width / height < min(ratio): h, w = round(width / min(ratio)), width
+    elif width / height > max(ratio): h, w = height, round(height * max(ratio))
+    else: h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+# %% ../nbs/02_data.ipynb #40cabdd9
+def crop_box(
+    height:int, width:int, # the image's size
+    scale:tuple[float, float], # the box's share of the image area, (least, most)
+    ratio:tuple[float, float], # its aspect ratio, (least, most)
+) -> tuple[int, int, int, int]:
+    "`RandomResizedCrop.get_params`'s box `(top, left, h, w)`: the same draws, in the same order, for less."
+    area, (lo, hi), draw = height * width, log_ratio(tuple(ratio)), torch.empty(1)
+    for _ in range(10):
+        target = area * draw.uniform_(scale[0], scale[1]).item()
+        aspect = draw.uniform_(lo, hi).exp_().item()
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return (torch.randint(0, height - h + 1, size=(1,)).item(),
+                    torch.randint(0, width - w + 1, size=(1,)).item(), h, w)
+    return centre_box(height, width, ratio)
+
+# %% ../nbs/02_data.ipynb #8e549803
 class CropFlip:
     """RandomResizedCrop to `size` and a horizontal flip with probability `hflip`, on a `uint8` image tensor:
     the random draws and kernels of `v2.RandomResizedCrop` and `v2.RandomHorizontalFlip`, without their
@@ -483,7 +514,7 @@ class CropFlip:
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
 
     def __call__(self, img:torch.Tensor) -> torch.Tensor:
-        top, left, h, w = transforms.RandomResizedCrop.get_params(img, self.scale, self.ratio)
+        top, left, h, w = crop_box(*img.shape[-2:], self.scale, self.ratio)
         img = TF.resized_crop(img, top, left, h, w, self.size, antialias=True)
         return TF.horizontal_flip(img) if torch.rand(1) < self.hflip else img
 
@@ -571,21 +602,49 @@ def one_thread():
     try: yield
     finally: torch.set_num_threads(n)
 
-# %% ../nbs/02_data.ipynb #1eb758ce
+# %% ../nbs/02_data.ipynb #bfb797aa
 class SampleDataset(Dataset):
     """A source (ImageFolder or CIFAR) and a transform, indexed by `(index, sample_seed)`; unreadable images
     become `BadSample`s."""
     def __init__(self, source:Dataset, transform): self.source, self.transform = source, transform
     def __len__(self): return len(self.source)
 
-    def __getitem__(self, key:tuple[int, int]) -> tuple[torch.Tensor, int] | BadSample:
-        index, seed = key
-        try: image, label = self.source[index]
+    def read(self, index:int) -> tuple[torch.Tensor, int] | BadSample:
+        "Sample `index` as the source gives it (the image decoded), or the `BadSample` saying why it cannot."
+        try: return self.source[index]
         except DataError as e: return BadSample(e.path, str(e))
+
+    def augment(self, sample:tuple[torch.Tensor, int] | BadSample, seed:int):
+        "A read sample through the transform, under `seed`; a `BadSample` as it is."
+        if isinstance(sample, BadSample): return sample
         with torch.random.fork_rng(devices=[]), one_thread():
             # the CPU stream only: `torch.manual_seed` also seeds every device, slowly
             torch.default_generator.manual_seed(seed)
-            return self.transform(image), label
+            return self.transform(sample[0]), sample[1]
+
+    def __getitem__(self, key:tuple[int, int]) -> tuple[torch.Tensor, int] | BadSample:
+        index, seed = key
+        return self.augment(self.read(index), seed)
+
+# %% ../nbs/02_data.ipynb #adaed368
+# the images a loader process decodes before it augments them, and the most memory they may hold
+READ_AHEAD, READ_AHEAD_BYTES = 32, 64 << 20
+
+@patch
+def __getitems__(self:SampleDataset,
+                 keys:list[tuple[int, int]], # a batch's `(index, sample_seed)` pairs
+                 ahead:int=READ_AHEAD, most_bytes:int=READ_AHEAD_BYTES) -> list:
+    """The samples of `keys`, as `__getitem__` gives them: read `ahead` at a time (fewer past `most_bytes`),
+    then augmented."""
+    out, read = [], []
+    def augment_read():
+        out.extend(self.augment(sample, seed) for sample, seed in read); read.clear()
+    for index, seed in keys:
+        read.append((self.read(index), seed))
+        held = sum(s[0].nbytes for s, _ in read if not isinstance(s, BadSample))
+        if len(read) == ahead or held >= most_bytes: augment_read()
+    augment_read()
+    return out
 
 # %% ../nbs/02_data.ipynb #e5c11c4b
 def collate_samples(
