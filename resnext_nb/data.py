@@ -472,10 +472,15 @@ def write_cifar_folder(
     return Path(parent)
 
 # %% ../nbs/02_data.ipynb #a09e3fce
-@functools.cache
-def log_ratio(ratio:tuple[float, float]) -> tuple[float, float]:
-    "torchvision's `torch.log(torch.tensor(ratio))`, in `float32` as it draws from it, once per ratio."
-    return tuple(torch.log(torch.tensor(ratio)).tolist())
+def log_ratio(ratio:Sequence[float]) -> tuple[float, float]:
+    """torchvision's `torch.log(torch.tensor(ratio))` as Python floats, once per ratio: the cache knows the
+    values' types and torch's default dtype, which decide the tensor's precision, as in torchvision."""
+    return _log_ratio(tuple((type(r), r) for r in ratio), torch.get_default_dtype())
+
+@functools.lru_cache(maxsize=64)
+def _log_ratio(ratio:tuple, dtype:torch.dtype) -> tuple[float, float]:
+    "`log_ratio`'s cache: `ratio` as `(type, value)` pairs, and the default dtype it was computed under."
+    return tuple(torch.log(torch.tensor([r for _, r in ratio])).tolist())
 
 def centre_box(height:int, width:int, ratio:tuple[float, float]) -> tuple[int, int, int, int]:
     "torchvision's box when ten draws miss: the image's central box, its aspect ratio clamped to `ratio`."
@@ -491,7 +496,7 @@ def crop_box(
     ratio:tuple[float, float], # its aspect ratio, (least, most)
 ) -> tuple[int, int, int, int]:
     "`RandomResizedCrop.get_params`'s box `(top, left, h, w)`: the same draws, in the same order, for less."
-    area, (lo, hi), draw = height * width, log_ratio(tuple(ratio)), torch.empty(1)
+    area, (lo, hi), draw = height * width, log_ratio(ratio), torch.empty(1)
     for _ in range(10):
         target = area * draw.uniform_(scale[0], scale[1]).item()
         aspect = draw.uniform_(lo, hi).exp_().item()
@@ -641,7 +646,7 @@ def __getitems__(self:SampleDataset,
         out.extend(self.augment(sample, seed) for sample, seed in read); read.clear()
     for index, seed in keys:
         read.append((self.read(index), seed))
-        held = sum(s[0].nbytes for s, _ in read if not isinstance(s, BadSample))
+        held = sum(getattr(s[0], 'nbytes', 0) for s, _ in read if not isinstance(s, BadSample))
         if len(read) == ahead or held >= most_bytes: augment_read()
     augment_read()
     return out
