@@ -641,15 +641,13 @@ def __getitems__(self:SampleDataset,
                  ahead:int=READ_AHEAD, most_bytes:int=READ_AHEAD_BYTES) -> list:
     """The samples of `keys`, as `__getitem__` gives them: read `ahead` at a time (fewer past `most_bytes`),
     then augmented."""
-    out, read = [], []
-    def augment_read():
-        out.extend(self.augment(sample, seed) for sample, seed in read); read.clear()
+    out, read, held = [], [], 0
     for index, seed in keys:
-        read.append((self.read(index), seed))
-        held = sum(getattr(s[0], 'nbytes', 0) for s, _ in read if not isinstance(s, BadSample))
-        if len(read) == ahead or held >= most_bytes: augment_read()
-    augment_read()
-    return out
+        read.append((sample := self.read(index), seed))
+        held += getattr(sample[0], 'nbytes', 0)  # the image's bytes (a `BadSample`'s path has none)
+        if len(read) == ahead or held >= most_bytes:
+            out += [self.augment(s, k) for s, k in read]; read, held = [], 0
+    return out + [self.augment(s, k) for s, k in read]
 
 # %% ../nbs/02_data.ipynb #e5c11c4b
 def collate_samples(
