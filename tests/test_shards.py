@@ -4,11 +4,11 @@ each split is shorter) and as parquet in the Hub's layout. Every source trains t
 the same weights, bit for bit; a SIGKILL mid-epoch and `--resume auto` end `torch.equal` to an uninterrupted run on
 each source; two ranks on the uneven shards take the same batches; validation counts each image once; and `prepare`
 killed mid-way resumes, keeping the shards it had verified."""
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, time
 import pytest, torch
 from PIL import Image
-from conftest import (ROOT, TINY, cli_env, launch_cmd, module_cmd, read_records, run_cli, run_together, start_cli,
-                      wait_for_step)
+from conftest import (ROOT, TINY, cli_env, launch_cmd, module_cmd, read_records, run_cli, run_module, run_together,
+                      start_cli, wait_for_step)
 
 TRAIN, VAL = 20, 5  # digits per class: 200 train and 50 val images
 
@@ -25,11 +25,6 @@ def write_digits(root):
         pixels = Image.fromarray((image * 255 / 16).astype('uint8')).resize((16, 16), Image.Resampling.NEAREST)
         pixels.convert('RGB').save(folder / f'{k:03d}.png')
     return root
-
-
-def prepare(*args, **kw):
-    return subprocess.run([sys.executable, '-m', 'resnext_nb.prepare', *map(str, args)], cwd=ROOT, env=cli_env(),
-                          capture_output=True, text=True, **kw)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -110,15 +105,14 @@ def test_two_ranks_on_uneven_shards_take_the_same_batches(sources, straight, tmp
 
 def test_prepare_killed_midway_resumes_and_says_what_it_verified(sources, tmp_path):
     dst = tmp_path / 'wds'
-    proc = subprocess.Popen([sys.executable, '-m', 'resnext_nb.prepare', str(sources['folder']), str(dst),
-                             '--shard-size', '4'], cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(module_cmd('prepare', sources['folder'], dst, '--shard-size', 4), cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(list(dst.glob('train-*.tar'))) < 3 and time.time() < deadline and proc.poll() is None: time.sleep(0.01)
     proc.kill(); proc.wait(timeout=30)
     written = len(list(dst.glob('train-*.tar')))
     assert 3 <= written < 50, written  # killed mid-way: 50 train shards of 4 in all
-    r = prepare(sources['folder'], dst, '--shard-size', 4)
+    r = run_module('prepare', sources['folder'], dst, '--shard-size', 4)
     assert r.returncode == 0 and r.stderr == '', r.stderr
     line = r.stdout.splitlines()[0]
     assert f'train: 50 shards of up to 4 images, {50 - written} written and {written} kept from an earlier run' in line
@@ -156,7 +150,7 @@ def test_shards_over_http_train_as_the_local_ones(sources, straight, tmp_path):
 def test_shuffle_shard_by_shard_resumes_exactly_and_needs_shards(sources, straight, tmp_path):
     "`--shuffle shards` on shards written shuffled: SIGKILL and `--resume auto` end `torch.equal`; a folder is refused."
     mixed = tmp_path / 'mixed'
-    r = prepare(sources['folder'], mixed, '--shard-size', 32, '--shuffle')
+    r = run_module('prepare', sources['folder'], mixed, '--shard-size', 32, '--shuffle')
     assert r.returncode == 0 and 'a shuffled order (seed 0) of' in r.stdout, r.stdout + r.stderr
     once, killed = tmp_path / 'once', tmp_path / 'killed'
     r, refused = run_together(launch_cmd(*job(mixed, once, '--shuffle', 'shards')),
